@@ -1,0 +1,1 @@
+"""Datasets in one canonical shape: loaders, the embedded catalogue, splits and the validation gate."""
