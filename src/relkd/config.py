@@ -155,6 +155,14 @@ def parse_params(raw: dict[str, Any]) -> Params:
         raise ConfigError(_format(err)) from None
 
 
+def merge(base: dict, overlay: dict) -> dict:
+    """Deep-merge `overlay` into a copy of `base` (mappings merge key by key; other values replace)."""
+    out = dict(base)
+    for k, v in (overlay or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():

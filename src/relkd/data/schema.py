@@ -33,7 +33,7 @@ def canonical(df: pd.DataFrame, where: str) -> pd.DataFrame:
         df["query_id"] = pd.factorize(df["query"])[0].astype(str)
     if "pair_id" not in df:
         df["pair_id"] = [f"p{i}" for i in range(len(df))]
-    for c in ("pair_id", "query_id", "locale", "label"):
+    for c in ("pair_id", "query_id", "locale"):
         df[c] = df[c].astype(str)
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[list(COLUMNS) + extra].reset_index(drop=True)

@@ -1,0 +1,116 @@
+"""relkd.procs: helper servers run in their own process group and leave nothing behind."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from relkd import procs
+
+
+def _assert_gone(proc):
+    assert proc.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(proc.pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
+def _wait_for(path, proc, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, procs.log_tail(proc)
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_free_port_is_bindable():
+    import socket
+
+    port = procs.free_port()
+    assert 1024 <= port <= 65535
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_http_server_started_ready_and_stopped(tmp_path):
+    (tmp_path / "hello.txt").write_text("hi")
+    port = procs.free_port()
+    log = tmp_path / "logs" / "http.log"
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    with procs.running(cmd, f"http://127.0.0.1:{port}/hello.txt", timeout=30, log_path=log) as proc:
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)  # its own group
+        assert proc.poll() is None
+        import urllib.request
+
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            f"http://127.0.0.1:{port}/hello.txt"
+        ) as r:
+            assert r.read() == b"hi"
+    _assert_gone(proc)
+    assert "GET /hello.txt" in log.read_text()  # the server's stderr went to the log file
+
+
+def test_command_that_exits_immediately_raises_with_log_tail(tmp_path):
+    cmd = [sys.executable, "-c", "import sys; print('boom-marker-42', flush=True); sys.exit(3)"]
+    with pytest.raises(RuntimeError) as err:
+        with procs.running(cmd, f"http://127.0.0.1:{procs.free_port()}/", timeout=30):
+            pytest.fail("block must not run")
+    msg = str(err.value)
+    assert "exited with code 3" in msg
+    assert "boom-marker-42" in msg  # tail of the log
+    assert sys.executable in msg  # names the command
+
+
+def test_timeout_raises_and_group_is_stopped(tmp_path):
+    proc = procs.start_group([sys.executable, "-c", "import time; time.sleep(600)"])
+    log = proc.log_path
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="not ready after"):
+        procs.wait_ready(f"http://127.0.0.1:{procs.free_port()}/", proc, timeout=1)
+    assert time.monotonic() - t0 < 10
+    procs.stop_group(proc)
+    _assert_gone(proc)
+    assert proc.returncode == -signal.SIGTERM
+    assert not log.exists()  # temporary log removed
+
+
+IGNORE_TERM = textwrap.dedent(
+    """
+    import pathlib, signal, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pathlib.Path(sys.argv[1]).write_text("armed")
+    time.sleep(600)
+    """
+)
+
+
+def test_child_ignoring_sigterm_is_killed(tmp_path):
+    marker = tmp_path / "armed"
+    proc = procs.start_group([sys.executable, "-c", IGNORE_TERM, str(marker)], log_path=tmp_path / "p.log")
+    _wait_for(marker, proc)
+    t0 = time.monotonic()
+    procs.stop_group(proc, timeout=1)
+    assert 1 <= time.monotonic() - t0 < 10
+    assert proc.returncode == -signal.SIGKILL
+    _assert_gone(proc)
+
+
+def test_orphaned_grandchild_ignoring_sigterm_is_killed_and_reaped(tmp_path):
+    """The leader dies on SIGTERM first, its child (ignoring SIGTERM) is orphaned; the group must
+    still end up empty: no live process and no zombie."""
+    marker = tmp_path / "armed"
+    script = f"{sys.executable} -c '{IGNORE_TERM}' {marker} & wait"
+    proc = procs.start_group(["sh", "-c", script], log_path=tmp_path / "p.log")
+    _wait_for(marker, proc)
+    members = [pid for pid, _, _ in procs._members(proc.pid)]
+    assert len(members) == 2  # sh and python
+    procs.stop_group(proc, timeout=1)
+    _assert_gone(proc)
+    for pid in members:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
