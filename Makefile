@@ -2,16 +2,22 @@
 # Both create the environment first when it is missing or stale.
 SHELL := /bin/bash
 VENV ?= .venv
+# DVC remote for `dvc push` / `dvc pull`: a local folder by default; any DVC URL works (s3://..., gs://...).
+RELKD_DVC_REMOTE ?= $(HOME)/.cache/relkd/dvc-remote
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env run test
+.PHONY: env remote run test
 env:
 	@bash scripts/setup_env.sh
 
-run: env
+# Kept in .dvc/config.local (git-ignored): each machine or CI job names its own remote.
+remote: env
+	@dvc remote add --local --default --force storage "$(RELKD_DVC_REMOTE)" >/dev/null
+
+run: env remote
 	dvc repro
 
 test: env

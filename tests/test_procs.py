@@ -107,7 +107,7 @@ def test_orphaned_grandchild_ignoring_sigterm_is_killed_and_reaped(tmp_path):
     script = f"{sys.executable} -c '{IGNORE_TERM}' {marker} & wait"
     proc = procs.start_group(["sh", "-c", script], log_path=tmp_path / "p.log")
     _wait_for(marker, proc)
-    members = [pid for pid, _, _ in procs._members(proc.pid)]
+    members = [pid for pid, _, _ in procs.group_members(proc.pid)]
     assert len(members) == 2  # sh and python
     procs.stop_group(proc, timeout=1)
     _assert_gone(proc)

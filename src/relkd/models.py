@@ -148,6 +148,7 @@ def _build_once(name: str, build: Callable[[Path], None]) -> Path:
         if target.exists():  # not built by us (no marker): never trust it
             shutil.rmtree(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished folder is for every user
         try:
             start = time.monotonic()
             build(tmp)

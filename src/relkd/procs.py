@@ -130,7 +130,7 @@ def wait_ready(url: str, proc, timeout: float) -> None:
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
-def _members(pgid: int) -> list[tuple[int, int, str]] | None:
+def group_members(pgid: int) -> list[tuple[int, int, str]] | None:
     """(pid, ppid, state) of every process in group `pgid`, from /proc; None without /proc."""
     if not os.path.isdir("/proc/self"):
         return None
@@ -164,7 +164,7 @@ def _reap(proc, pgid: int) -> None:
     """Reap the leader and any zombie of the group that became our child (see module doc)."""
     proc.poll()
     me = os.getpid()
-    for pid, ppid, state in _members(pgid) or ():
+    for pid, ppid, state in group_members(pgid) or ():
         if state == "Z" and ppid == me and pid != proc.pid:
             try:
                 os.waitpid(pid, os.WNOHANG)
@@ -201,7 +201,7 @@ def stop_group(proc, timeout: float = 10) -> None:
         if not _wait_gone(proc, pgid, timeout):
             _signal_group(pgid, signal.SIGKILL)
             if not _wait_gone(proc, pgid, 10):
-                left = [pid for pid, _, _ in _members(pgid) or ()]
+                left = [pid for pid, _, _ in group_members(pgid) or ()]
                 raise RuntimeError(f"process group {pgid} survived SIGKILL (pids {left}): {_describe(proc)}")
         proc.wait()
     finally:
