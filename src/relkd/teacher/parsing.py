@@ -1,0 +1,111 @@
+"""Strict parsing of a teacher's answer into a rationale and a label: an unclear label is an error, never a guess.
+
+The grammar the prompts ask for (``prompts.answer_text`` writes exactly this)::
+
+    answer     := [ "Reasoning:" ] rationale NEWLINE label_line [ trailing ]
+    label_line := [ markdown ] key [ markdown ] ":" [ markdown ] label_text
+    key        := "Label" | "Final label" | "Answer" | "Final answer"      (any case)
+    markdown   := any run of "*", "_", "#", ">", "-", "`" and spaces       (e.g. "**Label:**", "- Label:")
+
+* The label line is the LAST line of the text that starts with a key; earlier key lines stay part of the
+  rationale (a model that corrects itself keeps its first attempt in its reasoning), and lines after the
+  label line are ``trailing`` and ignored.
+* When the label line has nothing after the colon, ``label_text`` is the next non-empty line
+  ("**Label:**" on one line, the class on the next).
+* ``rationale`` is everything before the label line, with a leading "Reasoning:" (or "Rationale:") key
+  removed and all whitespace collapsed to single spaces. It may be empty ("Label: exact" alone): the label
+  is still returned and ``error`` is None; callers that need a rationale (SFT targets, chosen answers)
+  check for an empty one themselves.
+* ``label_text`` names a class when, after normalising both (lowercase; every run of punctuation, quotes,
+  brackets, underscores, hyphens and spaces becomes one space), it EQUALS one class name, or it STARTS
+  WITH a class name followed by a non-letter ("brand mismatch, because ...") and names no other class
+  anywhere. Text naming two classes ("brand mismatch or model mismatch") is ambiguous; text naming none,
+  or not starting with one ("it is a brand mismatch", "not exact"), is unknown. Nothing is ever matched
+  fuzzily, and the rationale is never searched for a label.
+
+``Parsed.error`` is None or one of ``"no label line"``, ``"unknown label '<text>'"``,
+``"ambiguous label '<text>'"`` (``<text>`` is the label text as written, cut to 60 characters).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+REASONING_KEY = "Reasoning:"
+LABEL_KEY = "Label:"
+
+_MD = r"[\s*_#>`\-]*"
+_LABEL_LINE = re.compile(rf"^{_MD}(?:final\s+label|final\s+answer|label|answer){_MD}:{_MD}(?P<rest>.*)$",
+                         re.IGNORECASE)
+_REASONING = re.compile(rf"^{_MD}(?:reasoning|rationale){_MD}:{_MD}", re.IGNORECASE)
+_NON_WORD = re.compile(r"[\W_]+")
+_TEXT_CUT = 60
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One parsed answer: ``label`` is a class name from the label set, or None with ``error`` saying why."""
+
+    rationale: str
+    label: str | None
+    error: str | None
+
+
+def normalise(text: str) -> str:
+    """Lowercase, every run of non-alphanumeric characters as one space, stripped."""
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+def _class_table(labels: Sequence[str]) -> dict[str, str]:
+    if not labels:
+        raise ValueError("parse needs the label set; got an empty one")
+    table: dict[str, str] = {}
+    for label in labels:
+        key = normalise(label)
+        if not key:
+            raise ValueError(f"label {label!r} has no letters or digits; fix the dataset's label set")
+        if key in table:
+            raise ValueError(f"labels {table[key]!r} and {label!r} are the same after normalising "
+                             f"({key!r}); the parser could not tell them apart, rename one")
+        table[key] = label
+    return table
+
+
+def match_label(text: str, labels: Sequence[str]) -> tuple[str | None, str | None]:
+    """The class that ``text`` names, as ``(label, None)``, or ``(None, error)`` (see the module grammar)."""
+    table = _class_table(labels)
+    norm = normalise(text)
+    shown = text.strip()
+    shown = shown if len(shown) <= _TEXT_CUT else shown[:_TEXT_CUT] + "..."
+    if norm in table:
+        return table[norm], None
+    named = {key for key in table if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", norm)}
+    if len(named) > 1:
+        return None, f"ambiguous label '{shown}'"
+    # Normalised text is words and single spaces, so "followed by a non-letter" is "followed by a space":
+    # "brand mismatch, because ..." and "exact (E)" lead with a class, "exactly" does not.
+    leading = [key for key in named if norm.startswith(key + " ")]
+    if len(leading) == 1:
+        return table[leading[0]], None
+    return None, f"unknown label '{shown}'"
+
+
+def _rationale(lines: list[str]) -> str:
+    text = " ".join(" ".join(lines).split())
+    return _REASONING.sub("", text, count=1).strip()
+
+
+def parse(text: str, labels: Sequence[str]) -> Parsed:
+    """Parse a generated answer against the dataset's label set (see the module grammar)."""
+    _class_table(labels)  # a bad label set is the caller's error, whatever the text says
+    lines = text.splitlines()
+    hits = [i for i, line in enumerate(lines) if _LABEL_LINE.match(line)]
+    if not hits:
+        return Parsed(_rationale(lines), None, "no label line")
+    at = hits[-1]
+    rest = _LABEL_LINE.match(lines[at]).group("rest").strip()
+    if not normalise(rest):
+        rest = next((line.strip() for line in lines[at + 1:] if line.strip()), "")
+    label, error = match_label(rest, labels)
+    return Parsed(_rationale(lines[:at]), label, error)

@@ -1,0 +1,141 @@
+"""relkd.teacher.selection on hand-made generations with hand-computed expectations."""
+from __future__ import annotations
+
+import pytest
+
+from relkd.teacher import selection as sel
+
+U, S, R = "user_intent", "structured_analysis", "business_rules"
+REL, BRAND, CAT_, MODEL, ATTR, ACC = LABELS = (
+    "strongly relevant", "brand mismatch", "category mismatch", "model mismatch", "attribute mismatch",
+    "accessory mismatch")
+
+# pair -> (gold, {perspective: [(label, rationale), ...] for samples 0, 1, 2}); label None = unparseable.
+GENERATIONS = {
+    # Every perspective right on its first sample: no conflict.
+    "p1": (BRAND, {U: [(BRAND, "other brand"), (BRAND, "other brand"), (BRAND, "brand differs")],
+                   S: [(BRAND, "brand is Bose"), (MODEL, "model"), (BRAND, "brand is Bose")],
+                   R: [(BRAND, "brand rule")] * 3}),
+    # User intent and business rules fail all 3 attempts; structured analysis is right (twice, same text).
+    "p2": (MODEL, {U: [(BRAND, "wrong maker"), (None, "hmm no label"), (BRAND, "wrong maker")],
+                   S: [(MODEL, "model R10 not R50"), (MODEL, "model R10 not R50"), (ATTR, "size")],
+                   R: [(BRAND, "rule b"), (BRAND, "rule b"), (ATTR, "rule a")]}),
+    # Two perspectives fail; the only correct sample has an empty rationale: in conflict, not resolvable.
+    "p3": (ACC, {U: [(REL, "looks fine"), (REL, "looks fine"), (CAT_, "other thing")],
+                 S: [(REL, "names match")] * 3,
+                 R: [(REL, "fine"), (REL, "fine"), (ACC, "")]}),
+    # Structured analysis fails (once unparseable); two other perspectives have correct rationales.
+    "p4": (REL, {U: [(REL, "does the job"), (REL, "does the job"), (ATTR, "colour")],
+                 S: [(ATTR, "colour differs"), (None, "I think it's fine"), (ATTR, "colour differs")],
+                 R: [(ATTR, "rule attr"), (REL, "same job"), (REL, "same job")]}),
+    # Structured analysis fails; user intent is right only on its third attempt.
+    "p5": (CAT_, {U: [(REL, "a mat is a mat"), (REL, "a mat is a mat"), (CAT_, "bath mat is for the bathroom")],
+                  S: [(ATTR, "size differs")] * 3,
+                  R: [(CAT_, "bath mat not yoga mat"), (REL, "mat"), (CAT_, "bath mat not yoga mat")]}),
+}
+
+
+def _records(as_dicts=True):
+    out = []
+    for pid, (gold, by_p) in GENERATIONS.items():
+        for p, samples in by_p.items():
+            for i, (label, rationale) in enumerate(samples):
+                text = rationale if label is None else f"Reasoning: {rationale}\nLabel: {label}"
+                rec = sel.Generation(pid, p, i, rationale, label, gold, text)
+                out.append(rec.__dict__.copy() if as_dicts else rec)
+    return out
+
+
+@pytest.fixture(params=[True, False], ids=["dicts", "dataclasses"])
+def records(request):
+    return _records(request.param)
+
+
+def test_consistency_filter_and_sft_union(records):
+    kept = sel.consistency_filter(records)
+    assert len(kept) == 18 and all(sel.is_correct(r) for r in kept)
+    assert sel.class_balance(kept, LABELS) == {REL: 4, BRAND: 8, CAT_: 3, MODEL: 2, ATTR: 0, ACC: 1}
+    examples = sel.sft_examples(kept)
+    # Duplicates (same pair, same rationale) collapse across samples and perspectives; "" is dropped.
+    assert examples == [
+        ("p1", "other brand", BRAND), ("p1", "brand differs", BRAND), ("p1", "brand is Bose", BRAND),
+        ("p1", "brand rule", BRAND), ("p2", "model R10 not R50", MODEL), ("p4", "does the job", REL),
+        ("p4", "same job", REL), ("p5", "bath mat is for the bathroom", CAT_),
+        ("p5", "bath mat not yoga mat", CAT_)]
+    assert sel.class_balance(examples, LABELS) == {REL: 2, BRAND: 4, CAT_: 2, MODEL: 1, ATTR: 0, ACC: 0}
+    with pytest.raises(ValueError, match="not label-consistent"):
+        sel.sft_examples(records)
+
+
+def test_conflict_set(records):
+    c = sel.conflict_set(records)
+    assert c.conflict == {"p2", "p3", "p4", "p5"}
+    assert c.resolvable == {"p2", "p4", "p5"}
+    assert c.failing == {"p2": (R, U), "p3": (S, U), "p4": (S,), "p5": (S,)}
+
+
+def test_preference_pairs_all_candidates(records):
+    pairs = sel.preference_pairs(records, seed=0, max_per_pair=10)
+    got = sorted((p["pair_id"], p["rejected_perspective"], p["rejected"], p["chosen_perspective"], p["chosen"])
+                 for p in pairs)
+    wrong_maker, rule_b = "Reasoning: wrong maker\nLabel: brand mismatch", "Reasoning: rule b\nLabel: brand mismatch"
+    rule_a, colour = "Reasoning: rule a\nLabel: attribute mismatch", "Reasoning: colour differs\nLabel: attribute mismatch"
+    r10 = "Reasoning: model R10 not R50\nLabel: model mismatch"
+    job, same = "Reasoning: does the job\nLabel: strongly relevant", "Reasoning: same job\nLabel: strongly relevant"
+    bath_r = "Reasoning: bath mat not yoga mat\nLabel: category mismatch"
+    bath_u = "Reasoning: bath mat is for the bathroom\nLabel: category mismatch"
+    assert got == sorted([
+        ("p2", R, rule_b, S, r10), ("p2", R, rule_a, S, r10),
+        ("p2", U, wrong_maker, S, r10), ("p2", U, "hmm no label", S, r10),  # unparseable: raw text
+        ("p4", S, colour, U, job), ("p4", S, colour, R, same),
+        ("p4", S, "I think it's fine", U, job), ("p4", S, "I think it's fine", R, same),
+        ("p5", S, "Reasoning: size differs\nLabel: attribute mismatch", R, bath_r),
+        ("p5", S, "Reasoning: size differs\nLabel: attribute mismatch", U, bath_u),
+    ])
+    for p in pairs:
+        assert p["prompt_perspective"] == p["rejected_perspective"]
+        assert p["chosen_label"] == GENERATIONS[p["pair_id"]][0] != p["rejected_label"]
+    assert sel.pair_counts(pairs) == {(R, S): 2, (S, R): 3, (S, U): 3, (U, S): 2}
+
+
+def test_preference_pairs_capped_deterministic_and_shared_fairly(records):
+    two = sel.preference_pairs(records, seed=3, max_per_pair=2)
+    assert two == sel.preference_pairs(list(reversed(records)), seed=3, max_per_pair=2)
+    assert [p["pair_id"] for p in two] == ["p2", "p2", "p4", "p4", "p5", "p5"]
+    # p2 has two failing perspectives: each gives one rejected answer.
+    assert {p["rejected_perspective"] for p in two if p["pair_id"] == "p2"} == {R, U}
+    draws = {tuple((p["rejected"], p["chosen"]) for p in sel.preference_pairs(records, seed=s, max_per_pair=1))
+             for s in range(10)}
+    assert len(draws) > 1  # the seed matters
+    assert all(len(d) == 3 for d in draws)
+
+
+def test_metrics(records):
+    assert sel.accuracy_by_perspective(records) == {R: 0.4, S: 0.4, U: 0.4}
+    assert sel.oracle_accuracy(records) == pytest.approx(0.8)  # p3 is the only pair no perspective gets
+    assert sel.pass_at_k(records, U, 1) == pytest.approx(0.4)
+    assert sel.pass_at_k(records, U, 2) == pytest.approx(0.4)
+    assert sel.pass_at_k(records, U, 3) == pytest.approx(0.6)  # p5 on the third attempt
+    assert sel.pass_at_k(records, S, 3) == pytest.approx(0.4)
+    assert sel.pass_at_k(records, R, 3) == pytest.approx(0.8)
+    assert sel.unparseable_rate(records) == pytest.approx(2 / 45)
+    assert sel.unparseable_rate(records, S) == pytest.approx(1 / 15)
+    # First samples. user intent: gold [B, M, X, R, C] vs [B, B, R, R, R] -> F1 R 1/2, B 2/3, others 0.
+    # structured: [B, M, R, A, A] -> F1 B 1, M 1, others 0.
+    f1 = sel.f1_by_perspective(records, LABELS)
+    assert f1[U] == pytest.approx((1 / 2 + 2 / 3) / 6) and f1[S] == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="pass@4 needs 4 samples"):
+        sel.pass_at_k(records, U, 4)
+    with pytest.raises(ValueError, match="no records of perspective 'nope'"):
+        sel.pass_at_k(records, "nope", 1)
+
+
+def test_macro_f1_counts_unparseable_as_wrong():
+    assert sel.macro_f1(["a", "b"], ["a", None], ("a", "b")) == pytest.approx(0.5)
+    assert sel.macro_f1(["a", "b"], ["a", "b"], ("a", "b")) == pytest.approx(1.0)
+
+
+def test_inconsistent_gold_is_an_error():
+    recs = [sel.Generation("p", U, 0, "r", "a", "a"), sel.Generation("p", S, 0, "r", "a", "b")]
+    with pytest.raises(ValueError, match="two gold labels"):
+        sel.conflict_set(recs)
