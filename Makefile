@@ -1,5 +1,6 @@
 # The two commands of README.md: `make run` (pipeline) and `make test` (test suite).
-# Both create the environment first when it is missing or stale.
+# Both create the environments first when missing or stale: .venv (training stack) and
+# .venv-triton (the Triton server's own numpy<2 environment).
 SHELL := /bin/bash
 VENV ?= .venv
 # DVC remote for `dvc push` / `dvc pull`: a local folder by default; any DVC URL works (s3://..., gs://...).
@@ -12,6 +13,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: env remote run test
 env:
 	@bash scripts/setup_env.sh
+	@bash scripts/setup_server_env.sh
 
 # Kept in .dvc/config.local (git-ignored): each machine or CI job names its own remote.
 remote: env

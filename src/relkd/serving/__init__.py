@@ -1,0 +1,1 @@
+"""Serving: the Triton model repository, the server launcher and the batch-scoring client."""

@@ -1,0 +1,359 @@
+"""Batch scoring through Triton: validates rows, sends batches with retries, writes resumable shards.
+
+Rows that cannot be scored (missing, empty, non-UTF-8 or over-long text) go to the rejects with a
+reason, so every input row ends up either scored or rejected. The server's numbers for a row do not
+depend on which other rows share its batch, and shards cover fixed row ranges, so a resumed run
+writes the same bytes as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from relkd.io import write_json, write_parquet, write_text
+from relkd.serving.server import START_HINT, ServerUnreachable
+from relkd.serving.triton_model import text_problem
+
+DEFAULT_MODEL = "relevance_student"
+OUTPUTS = ("PROBS", "LABEL", "TIER", "SCORE", "EXPLAIN_ID")
+SCORE_COLUMNS = ["row", "id", "version", "label", "tier", "score", "probs", "explain_id"]
+REJECT_COLUMNS = ["row", "id", "reason"]
+# Failures worth another try: the server is (re)starting, overloaded or briefly unreachable.
+_TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
+                   "StatusCode.ABORTED"}
+
+
+class ScoringRejected(RuntimeError):
+    """The server refused a batch for a reason a retry cannot fix (a request or model error)."""
+
+
+def _protocol(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    elif protocol == "http":
+        import tritonclient.http as module
+    else:
+        raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+    return module
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    status = exc.status() if hasattr(exc, "status") and callable(exc.status) else None
+    if status is None:
+        return False
+    status = str(status)
+    return status in _TRANSIENT_GRPC or (status.isdigit() and int(status) >= 500)
+
+
+def _with_retries(call, what: str, url: str, retries: int, backoff: float):
+    """`call()` retried with exponential backoff on transient failures only."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if not _transient(e):
+                message = e.message() if hasattr(e, "message") and callable(e.message) else str(e)
+                raise ScoringRejected(f"Triton at {url} refused {what}: {message}") from e
+            if attempt == retries:
+                raise ServerUnreachable(
+                    f"Triton at {url} failed {what} {retries + 1} time(s), last with {type(e).__name__}: {e}; "
+                    f"{START_HINT}") from e
+            time.sleep(backoff * 2 ** attempt)
+
+
+def validate(df: pd.DataFrame, max_chars: int) -> tuple[np.ndarray, list[str]]:
+    """(ok mask, reasons): each row's reason is '' when it can be sent, else what is wrong."""
+    reasons = []
+    for query, title in zip(df["query"].tolist(), df["title"].tolist()):
+        problems = []
+        for name, value in (("query", query), ("title", title)):
+            text, problem = text_problem(value)
+            if problem is None and len(text) > max_chars:
+                problem = (f"has {len(text)} characters, over max_chars={max_chars} (the model reads only its "
+                           f"first max_length tokens; shorten the text or raise max_chars)")
+            if problem:
+                problems.append(f"{name} {problem}")
+        reasons.append("; ".join(problems))
+    return np.array([not r for r in reasons], dtype=bool), reasons
+
+
+def _check_columns(df: pd.DataFrame, source: str) -> None:
+    missing = [c for c in ("query", "title") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{source} has no column {missing} (columns: {list(df.columns)}); scoring needs "
+                         f"'query' and 'title' (and optionally 'id')")
+
+
+def _ids(df: pd.DataFrame, rows: np.ndarray) -> list[str | None]:
+    if "id" not in df.columns:
+        return [str(r) for r in rows]
+    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df["id"].tolist()]
+
+
+class _Clients:
+    """One tritonclient per worker thread (clients are not shared between threads)."""
+
+    def __init__(self, module, url: str, timeout: float):
+        self.module, self.url, self.timeout = module, url, timeout
+        self.local, self.all, self.lock = threading.local(), [], threading.Lock()
+
+    def get(self):
+        client = getattr(self.local, "client", None)
+        if client is None:
+            if self.module.__name__.endswith("http"):
+                client = self.module.InferenceServerClient(self.url, connection_timeout=self.timeout,
+                                                           network_timeout=self.timeout)
+            else:
+                client = self.module.InferenceServerClient(self.url)
+            self.local.client = client
+            with self.lock:
+                self.all.append(client)
+        return client
+
+    def close(self):
+        for client in self.all:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection is best effort
+                pass
+
+
+def _preflight(clients: _Clients, model_name: str, version: str, retries: int, backoff: float) -> int:
+    """Fail early and clearly when the server or the model version is not there; returns max_batch_size."""
+    client, url = clients.get(), clients.url
+    if not _with_retries(client.is_server_live, "a health check", url, retries, backoff):
+        raise ServerUnreachable(f"the server at {url} answers but is not live; {START_HINT}")
+    ready = _with_retries(lambda: client.is_model_ready(model_name, version), "a model-ready check", url,
+                          retries, backoff)
+    if not ready:
+        index = _with_retries(client.get_model_repository_index, "the repository index", url, retries, backoff)
+        if not isinstance(index, list):  # gRPC answers a protobuf message
+            index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
+        loaded = [f"{m['name']}:{m.get('version', '')} ({m.get('state', '')})" for m in index]
+        raise ScoringRejected(f"model {model_name!r} version {version or '(default)'!r} is not ready on {url}; "
+                              f"the server has {loaded}. Check `relkd serve --check` and the version policy")
+    config = _with_retries(lambda: client.get_model_config(model_name, version), "the model config", url,
+                           retries, backoff)
+    config = config.get("config", config) if isinstance(config, dict) else config.config
+    return int(config["max_batch_size"] if isinstance(config, dict) else config.max_batch_size)
+
+
+def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list[str], titles: list[str],
+                 timeout: float) -> dict:
+    module, client = clients.module, clients.get()
+    n = len(queries)
+    inputs = []
+    for name, texts in (("QUERY", queries), ("TITLE", titles)):
+        tensor = module.InferInput(name, [n, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_).reshape(n, 1))
+        inputs.append(tensor)
+    outputs = [module.InferRequestedOutput(name) for name in OUTPUTS]
+    kwargs = {"client_timeout": timeout} if module.__name__.endswith("grpc") else {}
+    result = client.infer(model_name, inputs, model_version=version, outputs=outputs, **kwargs)
+    response = result.get_response()
+    served = response["model_version"] if isinstance(response, dict) else response.model_version
+    got = {name: result.as_numpy(name) for name in OUTPUTS}
+    return {
+        "version": str(served),
+        "label": [b.decode("utf-8") for b in got["LABEL"].reshape(-1)],
+        "tier": got["TIER"].reshape(-1).astype(np.int32),
+        "score": got["SCORE"].reshape(-1).astype(np.float32),
+        "probs": list(got["PROBS"].astype(np.float32)),
+        "explain_id": [b.decode("utf-8") for b in got["EXPLAIN_ID"].reshape(-1)],
+    }
+
+
+def _score(df: pd.DataFrame, rows: np.ndarray, clients: _Clients, model_name: str, version: str, batch_size: int,
+           concurrency: int, retries: int, backoff: float, max_chars: int, timeout: float, bar) -> pd.DataFrame:
+    """All rows of `df` with either their scores or a reject reason (column reject_reason)."""
+    ok, reasons = validate(df, max_chars)
+    ids = _ids(df, rows)
+    good = np.flatnonzero(ok)
+    queries, titles = df["query"].tolist(), df["title"].tolist()
+    batches = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
+    if bar is not None:
+        bar.update(int((~ok).sum()))
+
+    def run(idx):
+        first, last = int(rows[idx[0]]), int(rows[idx[-1]])
+        out = _with_retries(
+            lambda: _infer_batch(clients, model_name, version, [str(queries[i]) for i in idx],
+                                 [str(titles[i]) for i in idx], timeout),
+            f"rows {first}..{last}", clients.url, retries, backoff)
+        if bar is not None:
+            bar.update(len(idx))
+        return out
+
+    results = [None] * len(batches)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = {pool.submit(run, idx): k for k, idx in enumerate(batches)}
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for f in pending:
+            f.cancel()
+        for f in done:
+            results[futures[f]] = f.result()  # re-raises the first failure
+
+    n = len(df)
+    frame = {"row": rows.astype(np.int64), "id": ids, "version": [None] * n, "label": [None] * n,
+             "tier": [None] * n, "score": [None] * n, "probs": [None] * n, "explain_id": [None] * n}
+    for idx, out in zip(batches, results):
+        for j, i in enumerate(idx):
+            frame["version"][i] = out["version"]
+            frame["label"][i] = out["label"][j]
+            frame["tier"][i] = int(out["tier"][j])
+            frame["score"][i] = float(out["score"][j])
+            frame["probs"][i] = out["probs"][j]
+            frame["explain_id"][i] = out["explain_id"][j]
+    result = pd.DataFrame(frame)
+    result["tier"] = result["tier"].astype("Int32")
+    result["score"] = result["score"].astype("Float32")
+    result["reject_reason"] = [r or None for r in reasons]
+    return result
+
+
+def _split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rejected = frame["reject_reason"].notna()
+    scores = frame.loc[~rejected, SCORE_COLUMNS].reset_index(drop=True)
+    scores["tier"] = scores["tier"].astype(np.int32)
+    scores["score"] = scores["score"].astype(np.float32)
+    scores["probs"] = [np.asarray(p, dtype=np.float32) for p in scores["probs"]]
+    rejects = frame.loc[rejected, ["row", "id", "reject_reason"]].rename(columns={"reject_reason": "reason"})
+    return scores, rejects.reset_index(drop=True)
+
+
+def _open(url: str, protocol: str, model_name: str, version: str, retries: int, backoff: float,
+          timeout: float, batch_size: int) -> tuple[_Clients, int]:
+    clients = _Clients(_protocol(protocol), url, timeout)
+    try:
+        max_batch = _preflight(clients, model_name, str(version), retries, backoff)
+    except BaseException:
+        clients.close()
+        raise
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # The server refuses requests over its max_batch_size; a larger batch_size is split, not an error.
+    return clients, min(batch_size, max_batch) if max_batch > 0 else batch_size
+
+
+def score_frame(df: pd.DataFrame, url: str, protocol: str = "grpc", model_name: str = DEFAULT_MODEL,
+                version: str | int = "", batch_size: int = 32, concurrency: int = 2, retries: int = 3,
+                backoff: float = 0.5, max_chars: int = 2000, timeout: float = 60.0,
+                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score (query, title[, id]) rows on the Triton server at `url` (host:port of its gRPC or HTTP
+    endpoint, per `protocol`); `version` '' lets the server pick (the highest served version).
+
+    Returns (scores, rejects), both in input order. scores: row (position in `df`), id (the id
+    column as text, else the row), version (the one that answered), label, tier, score, probs
+    (float32 array in the model's label order), explain_id. rejects: row, id, reason.
+    """
+    _check_columns(df, "the frame")
+    clients, batch_size = _open(url, protocol, model_name, version, retries, backoff, timeout, batch_size)
+    try:
+        with tqdm(total=len(df), unit="row", desc="score", disable=not progress) as bar:
+            frame = _score(df, np.arange(len(df)), clients, model_name, str(version), batch_size, concurrency,
+                           retries, backoff, max_chars, timeout, bar)
+    finally:
+        clients.close()
+    return _split(frame)
+
+
+def read_table(path) -> pd.DataFrame:
+    """A parquet, CSV or JSONL file as an object-typed frame; undecodable bytes in CSV/JSONL become
+    lone surrogates (rejected per row later) instead of failing the whole file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        df = pd.read_parquet(path)
+    elif suffix == ".csv":
+        df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding_errors="surrogateescape")
+    elif suffix in (".jsonl", ".ndjson"):
+        records = []
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{path}:{n} is not a JSON object ({e}); one object per line") from e
+        df = pd.DataFrame(records, dtype=object)
+    else:
+        raise ValueError(f"cannot read {path}: expected .parquet, .csv or .jsonl, got {suffix or 'no suffix'!r}")
+    return df.astype(object) if len(df.columns) else df
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def score_file(input_path, out_dir, url: str, protocol: str = "grpc", model_name: str = DEFAULT_MODEL,
+               version: str | int = "", batch_size: int = 32, concurrency: int = 2, retries: int = 3,
+               backoff: float = 0.5, max_chars: int = 2000, timeout: float = 60.0, shard_size: int = 10_000,
+               progress: bool = True) -> dict:
+    """Score a parquet/CSV/JSONL file into ``out_dir/scores.parquet`` and ``out_dir/rejects.jsonl``.
+
+    Work is written as shards (``out_dir/shards/part-00000.parquet``, `shard_size` input rows each,
+    written atomically); shards already present are kept, so a killed run resumes where it stopped.
+    A manifest pins the input's hash and the settings that change results, so shards of another run
+    are never mixed in. Returns a summary {rows, scored, rejected, shards, shards_reused, scores, rejects}.
+    """
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    df = read_table(input_path)
+    _check_columns(df, str(input_path))
+    shard_dir = out_dir / "shards"
+    manifest = {"input": str(input_path.resolve()), "input_sha256": _sha256(input_path), "rows": len(df),
+                "model_name": model_name, "version": str(version), "shard_size": shard_size, "max_chars": max_chars}
+    manifest_path = shard_dir / "manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if {k: v for k, v in old.items() if k != "input"} != {k: v for k, v in manifest.items() if k != "input"}:
+            changed = sorted(k for k in manifest if k != "input" and old.get(k) != manifest[k])
+            raise ValueError(f"{shard_dir} holds shards of another run (different {changed}); delete {shard_dir} "
+                             f"or choose another out_dir")
+    else:
+        write_json(manifest_path, manifest)
+
+    for stale in shard_dir.glob(".part-*.tmp"):  # half-written shards of a killed run
+        stale.unlink(missing_ok=True)
+    starts = range(0, len(df), shard_size)
+    paths = [shard_dir / f"part-{k:05d}.parquet" for k in range(len(starts))]
+    todo = [k for k, p in enumerate(paths) if not p.exists()]
+    if todo:
+        clients, batch_size = _open(url, protocol, model_name, version, retries, backoff, timeout, batch_size)
+        try:
+            done_rows = sum(min(shard_size, len(df) - starts[k]) for k in range(len(starts)) if k not in todo)
+            with tqdm(total=len(df), initial=done_rows, unit="row", desc="score", disable=not progress) as bar:
+                for k in todo:
+                    part = df.iloc[starts[k]:starts[k] + shard_size]
+                    rows = np.arange(starts[k], starts[k] + len(part))
+                    frame = _score(part, rows, clients, model_name, str(version), batch_size, concurrency, retries,
+                                   backoff, max_chars, timeout, bar)
+                    write_parquet(paths[k], frame)
+        finally:
+            clients.close()
+
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else \
+        pd.DataFrame(columns=SCORE_COLUMNS + ["reject_reason"])
+    scores, rejects = _split(frame)
+    write_parquet(out_dir / "scores.parquet", scores)
+    lines = [json.dumps({"row": int(r.row), "id": r.id, "reason": r.reason}, ensure_ascii=False)
+             for r in rejects.itertuples(index=False)]
+    write_text(out_dir / "rejects.jsonl", "".join(line + "\n" for line in lines))
+    return {"rows": len(df), "scored": len(scores), "rejected": len(rejects), "shards": len(paths),
+            "shards_reused": len(paths) - len(todo), "scores": out_dir / "scores.parquet",
+            "rejects": out_dir / "rejects.jsonl"}

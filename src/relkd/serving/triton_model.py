@@ -1,0 +1,220 @@
+"""The served student as a Triton python-backend model: raw (query, title) text in, relevance out.
+
+This file is copied as ``model.py`` into every version folder of the model repository and runs in
+the *server's* environment (numpy<2, onnxruntime, tokenizers; no torch, no relkd), so it imports
+nothing from this package. The pure helpers (`text_problem`, `check_serving_info`, `relevance`)
+import without Triton, so the writer and the client apply the very same rules.
+
+A version folder holds ``model.onnx`` (inputs input_ids, attention_mask[, token_type_ids]; outputs
+``logits`` (B, C) and optionally ``latent`` (B, D)), ``tokenizer.json``, ``serving.json`` and
+optionally ``explain.npz`` (ids, texts, vectors of training rationales in the latent space).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+try:  # present only inside the Triton python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported for its helpers by the writer, the client and tests
+    pb_utils = None
+
+N_TIERS = 5
+
+
+def text_problem(value) -> tuple[str | None, str | None]:
+    """(text, None) for a usable text, else (None, what is wrong with it).
+
+    Accepts the bytes Triton hands over as well as str (the client checks before sending); a str
+    with lone surrogates is what undecodable bytes become under ``errors="surrogateescape"``.
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return None, "is missing"
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"is not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return None, f"is not valid UTF-8 (lone surrogate U+{ord(e.object[e.start]):04X} at char {e.start})"
+    else:
+        return None, f"is not text (got {type(value).__name__} {value!r:.40})"
+    if not value.strip():
+        return None, "is empty"
+    return str(value), None
+
+
+def check_serving_info(info: dict) -> None:
+    """Raise ValueError naming the offending field when serving.json cannot drive the model."""
+    labels = info.get("labels")
+    if not labels or not all(isinstance(x, str) and x for x in labels):
+        raise ValueError(f"serving.json: labels must be a non-empty list of class names, got {labels!r}")
+    if int(info.get("max_length", 0)) < 4:
+        raise ValueError(f"serving.json: max_length must be >= 4 tokens, got {info.get('max_length')!r}")
+    if not float(info.get("temperature", 1.0)) > 0:
+        raise ValueError(f"serving.json: temperature must be > 0, got {info.get('temperature')!r}")
+    weights = info.get("relevance_weights")
+    if weights is None or len(weights) != len(labels):
+        raise ValueError(f"serving.json: relevance_weights needs one weight per label ({len(labels)}: "
+                         f"{labels}), got {weights!r}")
+    cuts = info.get("tier_thresholds")
+    if cuts is None or len(cuts) != N_TIERS - 1 or any(b <= a for a, b in zip(cuts, cuts[1:])):
+        raise ValueError(f"serving.json: tier_thresholds must be {N_TIERS - 1} strictly increasing cut "
+                         f"points on the relevance score (tiers 0..{N_TIERS - 1}), got {cuts!r}")
+
+
+def relevance(logits: np.ndarray, info: dict) -> dict[str, np.ndarray]:
+    """Probabilities (softmax at the calibrated temperature), label index, relevance score, tier."""
+    z = np.asarray(logits, dtype=np.float64) / float(info.get("temperature", 1.0))
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    score = p @ np.asarray(info["relevance_weights"], dtype=np.float64)
+    tier = np.searchsorted(np.asarray(info["tier_thresholds"], dtype=np.float64), score, side="right")
+    return {"probs": p.astype(np.float32), "label": p.argmax(axis=1), "score": score.astype(np.float32),
+            "tier": tier.astype(np.int32)}
+
+
+def load_tokenizer(version_dir: Path, max_length: int):
+    """tokenizer.json set up as at training time: pair encoding, truncation to max_length
+    (longest first), padding to the longest sequence of the batch."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(version_dir / "tokenizer.json"))
+    pad = tok.padding or {}
+    pad_token = pad.get("pad_token")
+    if pad_token is None:
+        cfg_path = version_dir / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+        pad_token = cfg.get("pad_token") or "[PAD]"
+        if isinstance(pad_token, dict):  # older configs store an AddedToken dict
+            pad_token = pad_token.get("content", "[PAD]")
+    pad_id = pad.get("pad_id", tok.token_to_id(pad_token))
+    if pad_id is None:
+        raise ValueError(f"{version_dir}/tokenizer.json has no padding token {pad_token!r}")
+    tok.enable_truncation(max_length=int(max_length), strategy="longest_first")
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token, pad_type_id=pad.get("pad_type_id", 0))
+    return tok
+
+
+def encode(tok, queries: list[str], titles: list[str], input_names, int_dtype=np.int64) -> dict:
+    """ONNX feed for (query, title) pairs; only the inputs the graph declares."""
+    enc = tok.encode_batch(list(zip(queries, titles)))
+    cols = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    return {name: np.array([getattr(e, cols[name]) for e in enc], dtype=int_dtype) for name in input_names}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        self.dir = Path(args["model_repository"]) / args["model_version"]
+        self.info = json.loads((self.dir / "serving.json").read_text(encoding="utf-8"))
+        check_serving_info(self.info)
+        self.labels = [x.encode("utf-8") for x in self.info["labels"]]
+        self.tok = load_tokenizer(self.dir, self.info["max_length"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(self.info.get("intra_op_threads", 1))
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown or "input_ids" not in inputs:
+            raise ValueError(f"{self.dir}/model.onnx: inputs must be input_ids, attention_mask[, token_type_ids]; "
+                             f"got {sorted(inputs)}")
+        self.input_names = list(inputs)
+        self.int_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "logits" not in outputs:
+            raise ValueError(f"{self.dir}/model.onnx: needs an output named 'logits', got {outputs}")
+        self.output_names = ["logits"] + (["latent"] if "latent" in outputs else [])
+        self.explain = self._load_explain()
+
+    def _load_explain(self):
+        spec = self.info.get("explain")
+        if not spec:
+            return None
+        with np.load(self.dir / spec.get("file", "explain.npz"), allow_pickle=False) as z:
+            vectors = z["vectors"].astype(np.float32)
+            ids = [str(x).encode("utf-8") for x in z["ids"]]
+            texts = [str(x).encode("utf-8") for x in z["texts"]]
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors, ids, texts
+
+    def _texts(self, request, name: str) -> list[str]:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            raise ValueError(f"input {name} is missing")
+        texts = []
+        for i, value in enumerate(tensor.as_numpy().reshape(-1)):
+            text, problem = text_problem(value)
+            if problem:
+                raise ValueError(f"{name}[{i}] {problem}; send non-empty UTF-8 text")
+            texts.append(text)
+        return texts
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        queries, titles, spans = [], [], []
+        for i, request in enumerate(requests):
+            # A bad request gets its own error response; the other requests of the batch still run.
+            try:
+                q, t = self._texts(request, "QUERY"), self._texts(request, "TITLE")
+                if len(q) != len(t):
+                    raise ValueError(f"QUERY has {len(q)} rows but TITLE has {len(t)}")
+            except ValueError as e:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(str(e)))
+                continue
+            spans.append((i, len(queries), len(q)))
+            queries += q
+            titles += t
+        if not spans:
+            return responses
+        feed = encode(self.tok, queries, titles, self.input_names, self.int_dtype)
+        results = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        out = relevance(results["logits"], self.info)
+        latent = results.get("latent")
+        explain_id, explain_text = self._nearest(latent, len(queries))
+        labels = np.array([self.labels[k] for k in out["label"]], dtype=np.object_)
+        for i, start, n in spans:
+            s = slice(start, start + n)
+            tensors = [
+                pb_utils.Tensor("PROBS", out["probs"][s]),
+                pb_utils.Tensor("LABEL", labels[s].reshape(n, 1)),
+                pb_utils.Tensor("TIER", out["tier"][s].reshape(n, 1)),
+                pb_utils.Tensor("SCORE", out["score"][s].reshape(n, 1)),
+                pb_utils.Tensor("EXPLAIN_ID", explain_id[s].reshape(n, 1)),
+                pb_utils.Tensor("EXPLAIN_TEXT", explain_text[s].reshape(n, 1)),
+            ]
+            if latent is not None:
+                tensors.append(pb_utils.Tensor("LATENT", latent[s].astype(np.float32)))
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def _nearest(self, latent, n: int):
+        """The training rationale nearest (cosine, latent space) to each row; empty without an index."""
+        if self.explain is None or latent is None:
+            empty = np.array([b""] * n, dtype=np.object_)
+            return empty, empty.copy()
+        vectors, ids, texts = self.explain
+        if latent.shape[1] != vectors.shape[1]:
+            raise ValueError(f"explain.npz vectors have {vectors.shape[1]} dims but the model's latent has "
+                             f"{latent.shape[1]}; rebuild the index from this model's latent space")
+        unit = latent / np.maximum(np.linalg.norm(latent, axis=1, keepdims=True), 1e-12)
+        best = (unit @ vectors.T).argmax(axis=1)
+        return (np.array([ids[k] for k in best], dtype=np.object_),
+                np.array([texts[k] for k in best], dtype=np.object_))
+
+    def finalize(self):
+        self.session = None
+
+
+def _error(message: str):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
