@@ -1,0 +1,124 @@
+"""Knobs of the LRKD student and the table of student variants (LRKD, ablations, baselines)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from relkd.config import Section
+
+ExtractorKind = Literal["none", "mlp", "poly", "gat"]
+AuxKind = Literal["none", "ced_kd", "mkd", "crsd"]
+
+
+class VariantConfig(Section):
+    """One student variant: which extractor, whether the guidance loss is on, which auxiliary
+    training-only objective (a baseline from the paper or seed 003) is added."""
+
+    extractor: ExtractorKind = Field(
+        "gat", description="latent reasoning extractor R(H, M): none (plain cross-encoder), mlp, poly, gat"
+    )
+    guidance: bool = Field(True, description="add lambda * MSE(r, e_cot) (needs rationale embeddings)")
+    lam: float | None = Field(
+        None, ge=0, description="guidance weight override; None takes StudentConfig.lam (paper: 0.1)"
+    )
+    r_from_cls: bool = Field(
+        False,
+        description="ablation 'w/o latent reasoning extractor': r := h_cls for both classification "
+        "and guidance (logits = Linear(h_cls); guidance on a linear projection of h_cls when the "
+        "rationale encoder's width differs, identity when equal)",
+    )
+    aux: AuxKind = Field(
+        "none",
+        description="training-only auxiliary objective: ced_kd (decoder reconstructs the rationale), "
+        "mkd (CRF over BIO tags of rationale words in the input), crsd (InfoNCE between plain and "
+        "rationale-augmented inputs, seed 003); none of them is used at inference",
+    )
+    aux_weight: float = Field(
+        1.0, ge=0, description="weight of the ced_kd / mkd auxiliary loss (CE + aux_weight * aux)"
+    )
+    crsd_weight: float = Field(1.0, ge=0, description="weight of the CRSD term (InfoNCE + CE of the augmented view)")
+    crsd_temperature: float = Field(0.1, gt=0, description="InfoNCE temperature of CRSD")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VariantConfig":
+        if self.r_from_cls and self.extractor != "none":
+            raise ValueError(
+                f"r_from_cls replaces the extractor with h_cls, so extractor must be 'none' (got {self.extractor!r})"
+            )
+        if self.r_from_cls and not self.guidance:
+            raise ValueError("r_from_cls without guidance is the plain student: set extractor='none', "
+                             "r_from_cls=false, guidance=false instead")
+        if self.guidance and self.extractor == "none" and not self.r_from_cls:
+            raise ValueError(
+                "guidance needs a latent vector r: give an extractor (mlp, poly, gat) or set r_from_cls=true"
+            )
+        return self
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.guidance
+
+    @property
+    def needs_rationales(self) -> bool:
+        return self.aux != "none"
+
+
+def default_variants() -> dict[str, VariantConfig]:
+    """The paper's Table 1 and Table 4 rows (plus CRSD from seed 003 and LRKD-GAT combined with it)."""
+    v = VariantConfig
+    return {
+        "plain": v(extractor="none", guidance=False),
+        "lrkd_mlp": v(extractor="mlp"),
+        "lrkd_poly": v(extractor="poly"),
+        "lrkd_gat": v(extractor="gat"),
+        "no_extractor": v(extractor="none", r_from_cls=True),
+        "no_guidance": v(extractor="gat", guidance=False, lam=0.0),
+        "ced_kd": v(extractor="none", guidance=False, aux="ced_kd"),
+        "mkd": v(extractor="none", guidance=False, aux="mkd"),
+        "crsd": v(extractor="none", guidance=False, aux="crsd"),
+        "lrkd_gat+crsd": v(extractor="gat", aux="crsd"),
+    }
+
+
+class StudentConfig(Section):
+    """Training of the LRKD student (paper section 3.3 and appendix B). Defaults are the embedded
+    CPU scale (a few hundred pairs, 2 cores); the paper's value is in each description."""
+
+    backbone: str = Field(
+        "pypi:all-MiniLM-L6-v2",
+        description="BERT-family encoder, a name for relkd.models.resolve (paper: bert-base-multilingual-cased)",
+    )
+    max_length: int = Field(64, ge=8, description="max tokens of '[CLS] query [SEP] title [SEP]' (paper: 128)")
+    hidden: int = Field(128, ge=1, description="extractor hidden size (paper: 128 for MLP and GAT)")
+    codes: int = Field(32, ge=1, description="Poly-encoder context codes K (paper: 32)")
+    lam: float = Field(0.1, ge=0, description="guidance loss weight lambda (paper: 0.1)")
+    guidance_normalize: bool = Field(
+        True,
+        description="L2-normalise e_cot before the guidance loss. The paper's BGE-M3 dense vectors are "
+        "unit-norm, so this reproduces its target scale whatever encoder or storage produced the "
+        "vectors, and keeps lambda comparable across encoders (an unnormalised target of norm ~10 "
+        "would make lambda * MSE dominate CE)",
+    )
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate (paper: 2e-6 at batch 256 on 100k+ pairs)")
+    epochs: int = Field(3, ge=1, description="training epochs (paper: 5)")
+    batch_size: int = Field(32, ge=1, description="per-process batch size (paper: 256)")
+    eval_batch_size: int = Field(64, ge=1, description="batch size for validation and predict")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: not stated)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warmup share of steps (paper: not stated)")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    rationale_max_length: int = Field(
+        48, ge=4, description="max rationale tokens for CED-KD's decoder and CRSD's augmented input"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [13], description="one student per seed (paper: not stated)")
+    variants: dict[str, VariantConfig] = Field(
+        default_factory=default_variants,
+        description="student variants by name: plain, lrkd_mlp, lrkd_poly, lrkd_gat, no_extractor, "
+        "no_guidance, ced_kd, mkd, crsd, lrkd_gat+crsd",
+    )
+
+    def lam_for(self, variant: VariantConfig) -> float:
+        """The guidance weight a variant trains with (0 when its guidance is off)."""
+        if not variant.guidance:
+            return 0.0
+        return self.lam if variant.lam is None else variant.lam

@@ -1,0 +1,139 @@
+"""relkd.student.trainer: short training runs per variant, determinism, predict, and a 2-process DDP run."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from relkd.student.config import StudentConfig, VariantConfig, default_variants
+from relkd.student.model import load_student
+from relkd.student.trainer import predict, train_student
+
+LABELS = ("match", "mismatch", "accessory")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data(n=40, offset=0):
+    rows, rationales = [], []
+    for i in range(offset, offset + n):
+        y = i % 3
+        noun = ["shoe", "lamp", "phone", "chair"][i % 4]
+        title = [f"red {noun} for sale", f"blue kettle {i % 5}", f"case for {noun}"][y]
+        rows.append({"pair_id": f"p{i}", "query": f"red {noun}", "title": title, "label": LABELS[y]})
+        rationales.append(["the title is the same product", "a kettle is another category",
+                           f"a case is an accessory for the {noun}"][y])
+    return pd.DataFrame(rows), rationales
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, rationales = _data()
+    valid, _ = _data(12, offset=100)
+    emb = np.random.default_rng(0).normal(size=(len(train), 24)).astype(np.float32)
+    return train, valid, emb, rationales
+
+
+CFG = StudentConfig(backbone="tiny:bert", max_length=24, epochs=2, batch_size=8, lr=1e-3, hidden=8, codes=4,
+                    rationale_max_length=16)
+
+
+@pytest.mark.parametrize("name", ["lrkd_poly", "ced_kd", "mkd", "lrkd_gat+crsd"])
+def test_short_run_returns_finite_losses_and_history(data, name):
+    train, valid, emb, rationales = data
+    variant = default_variants()[name]
+    logged = []
+    student, tok, history = train_student(train, valid, LABELS, emb, rationales, variant, CFG, seed=3,
+                                          log=lambda m, step: logged.append((step, m)))
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [s for s, _ in logged] == [1, 2]
+    for h in history:
+        for k in ("train_loss", "train_ce", "train_guidance", "train_aux", "valid_accuracy", "valid_macro_f1"):
+            assert math.isfinite(h[k]), (k, h)
+        assert h["train_ce"] > 0 and 0 <= h["valid_accuracy"] <= 1
+        assert h["distributed_type"] == "DistributedType.NO" and h["num_processes"] == 1
+        lam = CFG.lam_for(variant)
+        weight = variant.crsd_weight if variant.aux == "crsd" else variant.aux_weight
+        expected = h["train_ce"] + lam * h["train_guidance"] + (weight * h["train_aux"] if variant.aux != "none" else 0)
+        assert h["train_loss"] == pytest.approx(expected, rel=1e-4)
+    assert (history[0]["train_guidance"] > 0) == variant.guidance
+    assert (history[0]["train_aux"] > 0) == (variant.aux != "none")
+    probs, r, h_cls = predict(student, tok, valid, batch_size=5)
+    assert probs.shape == (len(valid), len(LABELS)) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert r.shape == (len(valid), student.r_dim) and h_cls.shape == (len(valid), 32)
+
+
+def test_same_seed_same_student_and_saved_folder_reloads(data, tmp_path):
+    train, valid, emb, _ = data
+    variant = default_variants()["lrkd_gat"]
+    cfg = CFG.model_copy(update={"epochs": 1})
+    a, tok, hist_a = train_student(train, valid, LABELS, emb, None, variant, cfg, seed=5, out_dir=tmp_path / "s")
+    b, _, hist_b = train_student(train, valid, LABELS, emb, None, variant, cfg, seed=5)
+    c, _, _ = train_student(train, valid, LABELS, emb, None, variant, cfg, seed=6)
+    assert hist_a == hist_b
+    pa, pb, pc = (predict(m, tok, valid)[0] for m in (a, b, c))
+    assert np.array_equal(pa, pb)
+    assert not np.allclose(pa, pc)
+    loaded, tok2 = load_student(tmp_path / "s")
+    assert np.array_equal(predict(loaded, tok2, valid)[0], pa)
+
+
+def test_inputs_a_variant_needs_are_demanded(data):
+    train, valid, emb, rationales = data
+    with pytest.raises(ValueError, match="rationale_embeddings"):
+        train_student(train, valid, LABELS, None, None, default_variants()["lrkd_gat"], CFG, seed=1)
+    with pytest.raises(ValueError, match="'mkd'"):
+        train_student(train, valid, LABELS, None, None, default_variants()["mkd"], CFG, seed=1)
+    with pytest.raises(ValueError, match="aligned"):
+        train_student(train, valid, LABELS, emb[:5], None, default_variants()["lrkd_gat"], CFG, seed=1)
+    with pytest.raises(ValueError, match="'exact'"):
+        bad = train.assign(label=["exact"] + list(train["label"][1:]))
+        train_student(bad, valid, LABELS, None, None, default_variants()["plain"], CFG, seed=1)
+
+
+def test_variant_table_rejects_contradictions():
+    with pytest.raises(ValueError, match="extractor must be 'none'"):
+        VariantConfig(extractor="gat", r_from_cls=True)
+    with pytest.raises(ValueError, match="guidance needs a latent vector"):
+        VariantConfig(extractor="none", guidance=True)
+    assert set(default_variants()) == {"plain", "lrkd_mlp", "lrkd_poly", "lrkd_gat", "no_extractor",
+                                       "no_guidance", "ced_kd", "mkd", "crsd", "lrkd_gat+crsd"}
+    assert StudentConfig().lam_for(default_variants()["no_guidance"]) == 0.0
+    assert StudentConfig().lam_for(default_variants()["lrkd_gat"]) == 0.1
+
+
+@pytest.mark.integration
+def test_two_processes_under_torchrun_match_one_process(tmp_path):
+    """torchrun --nproc_per_node 2 with Accelerator(cpu=True) inside: MULTI_CPU over gloo, the same
+    weights on both ranks, and the easy task learned as well as by one process."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    for cmd in ([sys.executable, worker, str(one)],
+                [torchrun, "--standalone", "--nproc_per_node", "2", worker, str(two)]):
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-4000:]
+    r1, r2 = json.loads(one.read_text()), json.loads(two.read_text())
+    assert (r1["distributed_type"], r1["num_processes"]) == ("DistributedType.NO", 1)
+    assert (r2["distributed_type"], r2["num_processes"]) == ("DistributedType.MULTI_CPU", 2)
+    sums = [json.loads((tmp_path / f"two.json.rank{k}").read_text())["checksum"] for k in (0, 1)]
+    assert sums[0] == sums[1]
+    acc1, acc2 = r1["history"][-1]["valid_accuracy"], r2["history"][-1]["valid_accuracy"]
+    assert acc1 >= 0.75 and acc2 >= 0.75, (acc1, acc2)  # chance is 0.5
+    assert abs(acc1 - acc2) <= 0.25
+
+
+def test_metrics_on_a_hand_computed_case():
+    from relkd.student.trainer import classification_metrics
+
+    m = classification_metrics(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), n_labels=4)
+    assert m["accuracy"] == 0.5
+    # per-class F1: 2/3, 1/2, 0, 0 (class 3 never seen nor predicted still counts in the macro mean)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 4)
