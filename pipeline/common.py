@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 import logging
 
 from relkd.config import Params, load_params
@@ -21,3 +23,14 @@ def stage_args(description: str, *paths: tuple[str, str]) -> argparse.ArgumentPa
 def setup(params_path: str) -> Params:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return load_params(params_path)
+
+
+def read_split(prepared: str, name: str):
+    import pandas as pd
+
+    return pd.read_parquet(Path(prepared) / f"{name}.parquet")
+
+
+def read_labels(prepared: str) -> tuple[str, ...]:
+    """The ordered label set travels with the prepared dataset (one place per fact)."""
+    return tuple(json.loads((Path(prepared) / "labels.json").read_text(encoding="utf-8"))["labels"])

@@ -1,6 +1,7 @@
 """The whole `dvc repro` on the tiny profile in a temporary copy of the repository."""
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,31 @@ def test_repro_builds_prepared_data(repo):
     assert ignored.returncode == 0
 
 
+def test_repro_runs_teacher_and_students(repo):
+    root, _ = repo
+    train_rows = json.loads((root / "metrics" / "prepare.json").read_text())["rows"]["train"]
+    rationales = [json.loads(line) for line in (root / "data/teacher/rationales.jsonl").read_text().splitlines()]
+    assert len(rationales) == train_rows and all("probs" in r for r in rationales)
+    teacher = json.loads((root / "metrics" / "teacher_eval.json").read_text())["table"]
+    assert {"MPCoT (few-shot)", "MPCoT (SFT)", "MPCoT (SFT+DPO)", "Best-SingleCoT (SFT)"} <= set(teacher)
+    variants = yaml.safe_load((root / "params.yaml").read_text())["student"]["variants"]
+    compare = json.loads((root / "metrics" / "compare.json").read_text())
+    assert set(compare) == set(variants)
+    assert "delta_accuracy" in compare["lrkd_gat"] and "delta_accuracy" not in compare["plain"]
+    assert (root / "reports/student/compare.md").read_text().count("\n| ") >= len(variants)
+    assert len(list((root / "plots" / "confusion").glob("*.json"))) == len(variants)
+    assert (root / "models/teacher/dpo/adapter_config.json").exists()
+    # MLflow: one run per SFT and DPO stage, one per student variant and seed, in the embedded store
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{root}/registry/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    stages = [r.data.tags.get("relkd.stage") for r in runs]
+    assert stages.count("teacher_sft") == 1 and stages.count("teacher_dpo") == 1
+    assert sorted(r.data.tags["relkd.variant"] for r in runs if r.data.tags.get("relkd.stage") == "student") \
+        == sorted(variants)
+
+
 def test_second_repro_does_nothing(repo):
     root, _ = repo
     before = md5s(root / "data" / "prepared")
@@ -54,12 +80,14 @@ def test_second_repro_does_nothing(repo):
 def test_param_change_reruns_only_what_reads_it(repo):
     root, _ = repo
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["tracking"]["experiment"] = "other"  # prepare does not declare `tracking`
+    params["tracking"]["experiment"] = "other"  # no stage declares `tracking`
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "Running stage 'prepare'" not in sh("dvc repro", root).stdout
-    params["data"]["seed"] = 99
+    assert "Running stage" not in sh("dvc repro", root).stdout
+    params["probe"]["n_runs"] = 3  # read by `probe` only
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert "Running stage 'prepare'" in sh("dvc repro", root).stdout
+    out = sh("dvc repro", root).stdout
+    ran = sorted(set(re.findall(r"Running stage '([^']+)'", out)))
+    assert ran == ["probe"], out
 
 
 def test_remote_push_then_pull_into_fresh_clone(repo, tmp_path):

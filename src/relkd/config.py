@@ -125,14 +125,45 @@ class DataConfig(Section):
         return self
 
 
+# ---------------------------------------------------------------------------------------- embed
+class EmbedConfig(Section):
+    """The frozen sentence encoder that turns each teacher rationale into e_cot."""
+
+    model: str = Field("pypi:all-MiniLM-L6-v2", description="sentence encoder; paper: BAAI/bge-m3")
+    max_length: int = Field(256, ge=8, description="rationale tokens encoded; paper: 1024")
+    batch_size: int = Field(32, ge=1)
+    normalize: bool = Field(True, description="L2-normalise the vectors (BGE-M3's dense vectors are)")
+
+
+# ---------------------------------------------------------------------------------------- probe
+class ProbeConfig(Section):
+    """Linear probes for rationale keywords on r versus h_cls (paper Fig. 4)."""
+
+    variant: str = Field("lrkd_gat", description="student variant whose r is probed")
+    top_n: int = Field(10, ge=1, description="keywords probed (frequent in rationales, absent from the pair)")
+    min_count: int = Field(5, ge=1, description="pairs a keyword must occur in")
+    n_runs: int = Field(10, ge=2, description="random splits per keyword (paper: 10)")
+    seed: int = 13
+
+
 # ------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Section):
     experiment: str = Field("relkd", description="MLflow experiment of every stage's run")
 
 
 # ----------------------------------------------------------------------------------------- root
+# Component sections live beside what they configure (like trl's DPOConfig); they subclass Section,
+# defined above, so these imports come after it.
+from relkd.student.config import StudentConfig  # noqa: E402
+from relkd.teacher.config import TeacherConfig  # noqa: E402
+
+
 class Params(Section):
     data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    embed: EmbedConfig = EmbedConfig()
+    student: StudentConfig = StudentConfig()
+    probe: ProbeConfig = ProbeConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -43,3 +43,12 @@ def _jsonable(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def write_jsonl(path: str | Path, records) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in records))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

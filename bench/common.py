@@ -1,0 +1,51 @@
+"""Shared bits of the benchmarks: the machine's matmul roof, timing, and writing table + JSON."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+
+def matmul_roof(n: int = 4096, repeats: int = 5) -> float:
+    """Achieved fp32 GFLOP/s of an n x n matmul (best of `repeats`): the physical limit every
+    throughput here is compared with."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def machine() -> dict:
+    import torch
+
+    return {"date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(name: str, rows: list[dict], columns: list[str], extra: dict, out_dir: str | Path = "bench/results") -> str:
+    """Print the table and write `<out_dir>/<name>.json` (rows + machine + extra) next to `<name>.md`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, columns)
+    payload = {"benchmark": name, "machine": machine(), **extra, "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{name}.md").write_text(f"# {name}\n\n{json.dumps(payload['machine'])}\n\n{text}\n")
+    print(text)
+    return text

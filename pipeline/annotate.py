@@ -1,0 +1,55 @@
+"""Stage `annotate`: the final teacher writes one rationale (and label) for every student training pair."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.common import read_labels, read_split, setup, stage_args
+from relkd.data.splits import balanced_sample
+from relkd.eval.metrics import classification_report
+from relkd.io import write_json, write_jsonl
+from relkd.models import resolve
+from relkd.teacher.cache import GenerationCache, shard
+from relkd.teacher.generation import make_backend, model_id
+from relkd.teacher.judge import judge, prompts_for
+from relkd.teacher.prompts import UNIFIED, load_perspective
+
+
+def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, metrics_path) -> dict:
+    params = setup(params_path)
+    cfg = params.teacher
+    labels = read_labels(prepared)
+    train = balanced_sample(read_split(prepared, "train"), cfg.annotate.max_pairs, cfg.fewshot.seed)
+    # N workers each take their shard (same cache folder, one file per worker); the merge is the folder.
+    mine = set(shard(list(train["pair_id"]), cfg.shards.num_shards, cfg.shards.shard_index))
+    train = train[train["pair_id"].isin(mine)].reset_index(drop=True)
+    model_path = resolve(cfg.model)
+    backend = make_backend(cfg, model_path, teacher_adapter)
+    unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
+    sampling = cfg.sampling.model_copy(update={"temperature": 0.0})  # one rationale per pair: the greedy one
+    cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
+    records = judge(backend, cache, model_id(model_path, teacher_adapter), train,
+                    prompts_for(backend.tokenizer, unified, train, labels), UNIFIED, labels, 1, sampling,
+                    cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size)
+    write_jsonl(out, records)
+    gold = [r["gold"] for r in records]
+    rep = classification_report(gold, [r["label"] for r in records], labels)
+    metrics = {"n_pairs": len(records), "teacher_accuracy_on_train": rep["accuracy"],
+               "teacher_macro_f1_on_train": rep["macro_f1"],
+               "unparseable_rate": classification_report(gold, [r["parsed_label"] for r in records],
+                                                         labels)["unparseable_rate"],
+               "empty_rationale_rate": sum(not r["rationale"] for r in records) / max(len(records), 1),
+               "mean_rationale_words": sum(len(r["rationale"].split()) for r in records) / max(len(records), 1)}
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("teacher", "final teacher adapter (DPO)"),
+                    ("prompts", "prompt files"), ("out", "rationales JSONL"),
+                    ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
+    a = ap.parse_args(argv)
+    run(a.params, a.prepared, a.teacher, a.prompts, a.out, a.cache, a.metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Stage `embed`: the frozen sentence encoder embeds every teacher rationale once (e_cot)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common import setup, stage_args
+from relkd.embed import encode_rationales, encoder_info
+from relkd.io import atomic_path, read_jsonl, write_json
+
+
+def run(params_path: str, rationales: str, out: str) -> dict:
+    cfg = setup(params_path).embed
+    records = read_jsonl(rationales)
+    vectors = encode_rationales([r["rationale"] for r in records], cfg.model, cfg.max_length, cfg.batch_size,
+                                cfg.normalize)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(out) / "rationales.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, vectors)
+    # The encoder's identity travels with the vectors: the student's extractor width must match `dim`.
+    meta = {**encoder_info(cfg.model, cfg.max_length), "normalize": cfg.normalize, "n": len(records),
+            "pair_ids": [r["pair_id"] for r in records]}
+    write_json(Path(out) / "meta.json", meta)
+    return meta
+
+
+def main(argv=None) -> None:
+    ap = stage_args(__doc__, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"))
+    a = ap.parse_args(argv)
+    run(a.params, a.rationales, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Stage `teacher_dpo`: DPO on the cross-perspective preference pairs, continuing the SFT adapter."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from pipeline.common import setup, stage_args
+from relkd.io import read_jsonl, write_json
+from relkd.models import resolve
+from relkd.tracking import log_metrics, stage_run
+
+log = logging.getLogger("teacher_dpo")
+
+
+def run(params_path, pairs_dir, sft_adapter, out, metrics_path) -> dict:
+    params = setup(params_path)
+    cfg = params.teacher
+    pairs = read_jsonl(Path(pairs_dir) / "pairs.jsonl")
+    with stage_run("teacher_dpo", {"teacher": cfg.model_dump(include={"model", "dpo"})},
+                   inputs=[pairs_dir, sft_adapter], experiment=params.tracking.experiment):
+        if not pairs:
+            # No conflict had both a right and a wrong answer: DPO has nothing to prefer, the SFT
+            # teacher is the final one. Said in the metrics, not hidden.
+            log.warning("no preference pairs: the DPO teacher is the SFT adapter unchanged")
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(sft_adapter, out)
+            metrics = {"n_pairs": 0, "skipped": 1}
+        else:
+            from relkd.teacher.training import MetricsCallback, dpo
+
+            metrics = {"n_pairs": len(pairs), "skipped": 0,
+                       "train": dpo(resolve(cfg.model), sft_adapter, pairs, out, cfg.dpo,
+                                    callbacks=[MetricsCallback(log_metrics)])}
+        log_metrics(metrics)
+        import mlflow
+
+        mlflow.log_artifacts(out, artifact_path="adapter")
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    ap = stage_args(__doc__, ("pairs", "teacher_pairs output folder"), ("sft", "SFT adapter folder"),
+                    ("out", "DPO adapter folder"), ("metrics", "metrics JSON"))
+    a = ap.parse_args(argv)
+    run(a.params, a.pairs, a.sft, a.out, a.metrics)
+
+
+if __name__ == "__main__":
+    main()

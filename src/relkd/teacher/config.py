@@ -1,0 +1,153 @@
+"""Knobs of the MPCoT teacher: model, sampling, few-shot seed set, SFT, conflict set, DPO, evaluation.
+
+Defaults are the embedded scale (SmolLM2-135M on 2 CPU cores, minutes per stage); each description
+names the paper's setting ("paper: ...") so a GPU host can be set to it from params.yaml.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from relkd.config import Section
+
+
+class SamplingConfig(Section):
+    """How rationales are sampled (few-shot generation, conflict search, annotation)."""
+
+    temperature: float = Field(0.7, ge=0, description="0 = greedy decoding; paper: 0.7")
+    top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass; paper: 0.99")
+    top_k: int = Field(50, ge=0, description="0 = no top-k cut; paper: 50")
+    max_new_tokens: int = Field(
+        48, ge=1, description="rationale + label budget; paper: long free-form CoT (hundreds of tokens)"
+    )
+    k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
+    seed: int = Field(13, description="sampling seed (with the prompt and sample index it fixes every output)")
+
+
+class FewShotConfig(Section):
+    """The labelled seed set that few-shot generation runs on, and the shots in each prompt."""
+
+    n_seed_pairs: int = Field(
+        32, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set; "
+        "paper: the labelled training set"
+    )
+    n_shots: int = Field(2, ge=0, description="worked examples per perspective prompt; paper: a few")
+    seed: int = Field(13, description="seed of the seed-set draw")
+
+
+class SFTSection(Section):
+    """LoRA SFT on the consistency-filtered union of the three perspective sets."""
+
+    r: int = Field(8, ge=1, description="LoRA rank; paper: LoRA, rank not stated")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names LoRA wraps (Llama/Qwen attention names); 'all-linear' wraps every linear layer",
+    )
+    epochs: float = Field(1, gt=0, description="paper: 3")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate; high for tiny CPU data; paper: 5e-5")
+    batch_size: int = Field(8, ge=1, description="per-device batch")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: global batch 32")
+    max_length: int = Field(384, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name; paper: cosine")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up linearly")
+    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
+    seed: int = Field(13, description="training seed (LoRA init, data order)")
+    label_hinted_fallback: bool = Field(
+        True,
+        description="when the consistency filter keeps fewer than min_kept_per_class examples of a class, add "
+        "label-hinted rationales ('explain why the label is X', STaR-style rationalisation) for it and report "
+        "how many in the metrics; needed at the embedded scale where the few-shot teacher is at chance; "
+        "paper: not used (False)",
+    )
+    min_kept_per_class: int = Field(4, ge=0, description="fallback trigger per class (see label_hinted_fallback)")
+
+
+class PairsConfig(Section):
+    """Conflict set search and cross-perspective preference pairs."""
+
+    n_pairs_set: int = Field(
+        48, ge=1, description="train pairs the SFT model is run on to find conflicts; paper: the training set"
+    )
+    k: int = Field(2, ge=1, description="samples per pair and perspective (pass@k); paper: 5")
+    max_pairs_per_sample: int = Field(
+        2, ge=1, description="preference pairs kept per conflicting (query, item); bounds one sample's weight"
+    )
+
+
+class DPOSection(Section):
+    """DPO on the cross-perspective preference pairs, continuing the SFT adapter."""
+
+    epochs: float = Field(1, gt=0, description="paper: 3")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate; high enough to move a LoRA on tiny CPU data; "
+                      "paper: 5e-6")
+    beta: float = Field(0.1, gt=0, description="KL strength to the reference (the SFT model); paper: 0.1 (trl default)")
+    batch_size: int = Field(4, ge=1, description="per-device batch of preference pairs")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: effective batch 64")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="paper: 0.1")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    max_length: int = Field(384, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
+    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
+    seed: int = Field(13, description="training seed (data order)")
+
+
+class EvalConfig(Section):
+    """Teacher accuracy on test pairs (few-shot, SFT, SFT+DPO; per perspective and unified)."""
+
+    n_test_pairs: int | None = Field(60, ge=1, description="cap on test pairs scored; None = all; paper: all")
+    greedy: bool = Field(True, description="greedy rationales for evaluation (else sampled with `sampling`)")
+
+
+class AnnotateConfig(Section):
+    """The final teacher writing rationales for the student's training pairs."""
+
+    batch_size: int = Field(16, ge=1, description="prompts per generate call")
+    max_pairs: int | None = Field(None, ge=1, description="cap on train pairs annotated; None = all")
+
+
+class ShardConfig(Section):
+    """Split generation over workers: each writes its own cache file, the merge reads the folder."""
+
+    num_shards: int = Field(1, ge=1, description="workers generating in parallel")
+    shard_index: int = Field(0, ge=0, description="this worker's shard, 0 .. num_shards - 1")
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "ShardConfig":
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"shard_index {self.shard_index} must be < num_shards {self.num_shards}")
+        return self
+
+
+class TeacherConfig(Section):
+    """The MPCoT teacher: a causal LM that writes a rationale, then a label."""
+
+    model: str = Field(
+        "pypi:SmolLM2-135M-Instruct",
+        description="relkd.models name or hub id of the teacher LM; paper: Qwen/Qwen3-14B",
+    )
+    backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="generation engine; auto = vllm when importable and a GPU is visible, else transformers"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPUs per model (paper scale: as many as fit 14B)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = bfloat16 on GPU, float32 on CPU (no bf16 on CPU)"
+    )
+    batch_size: int = Field(16, ge=1, description="prompts per generate call (transformers backend)")
+    max_prompt_tokens: int = Field(
+        2048, ge=16, description="longest prompt accepted; a longer one is an error (fewer shots or raise this)"
+    )
+    label_decision: Literal["parse", "score"] = Field(
+        "parse",
+        description="what decides the predicted label: 'parse' = the label written after the rationale (paper); "
+        "'score' = the highest log-likelihood label after the rationale; both rates are reported",
+    )
+    sampling: SamplingConfig = SamplingConfig()
+    fewshot: FewShotConfig = FewShotConfig()
+    sft: SFTSection = SFTSection()
+    pairs: PairsConfig = PairsConfig()
+    dpo: DPOSection = DPOSection()
+    eval: EvalConfig = EvalConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
+    shards: ShardConfig = ShardConfig()

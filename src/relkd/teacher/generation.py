@@ -1,0 +1,270 @@
+"""Teacher inference engines: sample rationales and score label words, with transformers or vLLM.
+
+Both backends give the same two calls:
+
+* ``generate(prompts, n, sampling, seed) -> list[list[str]]``: ``n`` completions per prompt (only the new
+  text); greedy when ``sampling.temperature == 0`` (then the ``n`` copies are equal).
+* ``score_labels(prefixes, labels) -> np.ndarray``: the summed log-probability of ``" " + label`` after each
+  prefix, shape ``(len(prefixes), len(labels))``. A prefix must not end with a space: ``"Label:"`` then
+  ``" exact"``, because ``"Label: "`` tokenises its trailing space on its own and no longer lines up with
+  the joined text.
+
+Reproducibility. The transformers backend seeds each generate batch from ``seed`` and the batch's prompts,
+so the same prompts in the same batches give the same samples however the work was split across calls
+or resumed (the cache relies on this); vLLM seeds each prompt from ``seed`` and its text.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from relkd.teacher.config import SamplingConfig, TeacherConfig
+
+
+class Backend(Protocol):
+    def generate(
+        self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int
+    ) -> list[list[str]]: ...
+
+    def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray: ...
+
+
+def label_distribution(scores: np.ndarray) -> np.ndarray:
+    """Softmax of label log-likelihoods over the label axis (the last one): each row sums to 1."""
+    scores = np.asarray(scores, dtype=np.float64)
+    z = scores - scores.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def model_id(model_path: str, adapter_path: str | Path | None = None) -> str:
+    """A stable name of the weights that produced an output, for cache keys: the model's name (the folder
+    name for a local folder, whose names carry a recipe version) plus the sha256 of the adapter's files."""
+    name = Path(model_path).name if Path(model_path).is_dir() else str(model_path)
+    if adapter_path is None:
+        return name
+    root = Path(adapter_path)
+    if not (root / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{root} is not a peft adapter folder (no adapter_config.json)")
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return f"{name}+adapter:{h.hexdigest()[:16]}"
+
+
+def _stable_seed(seed: int, texts: Sequence[str]) -> int:
+    h = hashlib.sha256(json.dumps([seed, list(texts)], ensure_ascii=False).encode())
+    return int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def torch_dtype(dtype: str):
+    """'auto' is bfloat16 on a GPU and float32 on CPU (bf16 matmuls on CPU are slow and lossy here)."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if _cuda() else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_teacher(model_path: str, adapter_path: str | Path | None = None, dtype: str = "auto"):
+    """Base model (+ a peft adapter merged in, for speed) and its tokenizer, ready for inference.
+
+    The tokenizer pads on the left (batched generation needs every prompt to end at the same position)
+    and pads with EOS when the model has no pad token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(dtype))
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+    model.to("cuda" if _cuda() else "cpu").eval()
+    return model, tokenizer
+
+
+class TransformersBackend:
+    """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation."""
+
+    def __init__(self, model_path: str, adapter_path: str | Path | None = None, dtype: str = "auto",
+                 batch_size: int = 16, max_prompt_tokens: int | None = None):
+        self.model, self.tokenizer = load_teacher(model_path, adapter_path, dtype)
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.device = self.model.device
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(texts))["input_ids"]
+        if self.max_prompt_tokens:
+            for i, row in enumerate(ids):
+                if len(row) > self.max_prompt_tokens:
+                    raise ValueError(
+                        f"prompt {i} has {len(row)} tokens, more than max_prompt_tokens={self.max_prompt_tokens} "
+                        f"(starts {texts[i][:80]!r}); use fewer shots or raise teacher.max_prompt_tokens"
+                    )
+        return ids
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int) -> list[list[str]]:
+        import torch
+        from transformers import GenerationConfig
+
+        greedy = sampling.temperature == 0
+        gen = GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else sampling.top_k,
+            max_new_tokens=sampling.max_new_tokens,
+            num_return_sequences=1 if greedy else n,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+        )
+        out: list[list[str]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = list(prompts[start:start + self.batch_size])
+            ids, mask = self._left_pad(self._encode(batch))
+            cuda = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leave the caller's RNG alone
+                torch.manual_seed(_stable_seed(seed, batch))
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            texts = self.tokenizer.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
+            per = 1 if greedy else n
+            for i in range(len(batch)):
+                got = texts[i * per:(i + 1) * per]
+                out.append(got * n if greedy else got)
+        return out
+
+    def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+        import torch
+
+        bad = [p for p in prefixes if p.endswith(" ")]
+        if bad:
+            raise ValueError(f"prefix ends with a space ({bad[0][-40:]!r}); end it without one, the label is "
+                             "scored as ' ' + label")
+        combos: list[tuple[list[int], int]] = []  # (prefix + label ids, number of label tokens)
+        prefix_ids = self._encode(prefixes)
+        for p, pids in zip(prefixes, prefix_ids):
+            full = self.tokenizer([p + " " + lab for lab in labels])["input_ids"]
+            for f in full:
+                common = 0  # the label starts where the two tokenisations part
+                while common < min(len(pids), len(f)) and pids[common] == f[common]:
+                    common += 1
+                combos.append((f, len(f) - common))
+        if any(m == 0 for _, m in combos):
+            raise ValueError(f"a label in {list(labels)} tokenises to nothing after a prefix")
+        scores = np.empty(len(combos))
+        for start in range(0, len(combos), self.batch_size):
+            chunk = combos[start:start + self.batch_size]
+            ids, mask = self._left_pad([c[0] for c in chunk])
+            keep = max(m for _, m in chunk) + 1  # logits of the last `keep` positions cover every label token
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=keep,
+                ).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
+            targets = ids[:, -(keep - 1):]
+            token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, keep - 1)
+            for row, (_, m) in enumerate(chunk):
+                scores[start + row] = token_logp[row, -m:].sum().item()
+        return scores.reshape(len(prefixes), len(labels))
+
+
+class VLLMBackend:
+    """vLLM on a GPU host: the same calls and outputs as TransformersBackend (not runnable on CPU)."""
+
+    def __init__(self, model_path: str, adapter_path: str | Path | None = None, tensor_parallel_size: int = 1,
+                 dtype: str = "auto", max_prompt_tokens: int | None = None):
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        rank = 16
+        if adapter_path is not None:
+            rank = max(rank, json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
+        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                       enable_lora=adapter_path is not None, max_lora_rank=rank,
+                       max_model_len=(max_prompt_tokens or 2048) + 1024)
+        self.lora = LoRARequest("teacher", 1, str(adapter_path)) if adapter_path is not None else None
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        greedy = sampling.temperature == 0
+        params = [
+            SamplingParams(n=1 if greedy else n, temperature=sampling.temperature, top_p=sampling.top_p,
+                           top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
+                           seed=_stable_seed(seed, [p]) % (1 << 31))
+            for p in prompts
+        ]
+        outs = self.llm.generate(list(prompts), params, lora_request=self.lora, use_tqdm=False)
+        return [[c.text for c in o.outputs] * (n if greedy else 1) for o in outs]
+
+    def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+        from vllm import SamplingParams
+
+        requests, label_lens = [], []
+        for p in prefixes:
+            pids = self.tokenizer(p)["input_ids"]
+            for lab in labels:
+                f = self.tokenizer(p + " " + lab)["input_ids"]
+                common = 0
+                while common < min(len(pids), len(f)) and pids[common] == f[common]:
+                    common += 1
+                requests.append({"prompt_token_ids": f})
+                label_lens.append(len(f) - common)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1)
+        outs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
+        scores = [
+            sum(pos[tok].logprob for pos, tok in zip(o.prompt_logprobs[-m:], r["prompt_token_ids"][-m:]))
+            for o, r, m in zip(outs, requests, label_lens)
+        ]
+        return np.asarray(scores).reshape(len(prefixes), len(labels))
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' -> 'vllm' when vllm is importable and a GPU is visible, else 'transformers'."""
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if backend == "auto":
+        return "vllm" if has_vllm and _cuda() else "transformers"
+    if backend == "vllm" and not (has_vllm and _cuda()):
+        raise RuntimeError(
+            f"teacher.backend='vllm' but this host has {'no GPU' if has_vllm else 'no vllm package'}; "
+            "set teacher.backend to 'transformers' or 'auto', or install the gpu extra on a GPU host "
+            "(pip install 'relkd[gpu]')"
+        )
+    return backend
+
+
+def make_backend(cfg: TeacherConfig, model_path: str, adapter_path: str | Path | None = None) -> Backend:
+    """The engine `cfg.backend` names, loaded with `model_path` (+ adapter)."""
+    if resolve_backend(cfg.backend) == "vllm":
+        return VLLMBackend(model_path, adapter_path, cfg.tensor_parallel_size, cfg.dtype, cfg.max_prompt_tokens)
+    return TransformersBackend(model_path, adapter_path, cfg.dtype, cfg.batch_size, cfg.max_prompt_tokens)

@@ -1,0 +1,124 @@
+"""A teacher judges pairs under one prompt: k cached rationales each, parsed strictly, labels scored.
+
+Every sample becomes one record (a plain dict, one JSONL line in the stages' outputs):
+``pair_id, perspective, sample, text, rationale, parsed_label, error, probs, scored_label, label, gold``.
+``parsed_label`` is what the answer's ``Label:`` line says (None when unparseable, never guessed);
+``probs`` is the teacher's distribution over the label set after its own rationale (log-likelihood
+of each label string, softmaxed), so ``scored_label`` always exists; ``label`` is whichever of the
+two ``label_decision`` picks, and is what the selection functions and metrics read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from relkd.teacher.cache import GenerationCache, cached_generate
+from relkd.teacher.config import SamplingConfig
+from relkd.teacher.generation import label_distribution
+from relkd.teacher.parsing import LABEL_KEY, REASONING_KEY, parse
+from relkd.teacher.prompts import Perspective, render, render_messages
+
+
+def prompts_for(tokenizer, perspective: Perspective, pairs: pd.DataFrame, labels: Sequence[str],
+                shots=()) -> list[str]:
+    return [render(tokenizer, render_messages(perspective, q, t, labels, shots))
+            for q, t in zip(pairs["query"], pairs["title"])]
+
+
+def score_prefix(prompt: str, rationale: str) -> str:
+    """The text after which label strings are scored: the prompt, the teacher's own rationale, then
+    ``Label:`` with no trailing space (the label is scored as ``" " + label``)."""
+    head = f"{REASONING_KEY} {rationale}\n" if rationale else ""
+    return f"{prompt}{head}{LABEL_KEY}"
+
+
+def _score_key(model_id: str, prefix: str, labels: Sequence[str]) -> str:
+    payload = json.dumps({"score": model_id, "prefix": prefix, "labels": list(labels)}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def cached_scores(backend, cache: GenerationCache, prefixes: Sequence[str], labels: Sequence[str],
+                  model_id: str, batch_size: int, progress: bool = True) -> np.ndarray:
+    """``backend.score_labels`` for the prefixes the cache lacks, a batch at a time (resumable)."""
+    keys = [_score_key(model_id, p, labels) for p in prefixes]
+    todo = list({k: p for k, p in zip(keys, prefixes) if k not in cache}.items())
+    with tqdm(total=len(todo), desc="scoring labels", unit="answer", disable=not progress or not todo) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            scores = backend.score_labels([p for _, p in batch], labels)
+            cache.put_many([(k, [json.dumps(s.tolist())], {"kind": "label_scores"}) for (k, _), s in zip(batch, scores)])
+            bar.update(len(batch))
+    return np.array([json.loads(cache.get(k)[0]) for k in keys]).reshape(len(prefixes), len(labels))
+
+
+def judge(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, prompts: Sequence[str],
+          perspective: str, labels: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
+          decision: str, batch_size: int) -> list[dict]:
+    """n samples per pair under the given rendered prompts; one record per sample."""
+    if len(prompts) != len(pairs):
+        raise ValueError(f"{len(prompts)} prompts for {len(pairs)} pairs")
+    texts = cached_generate(backend, cache, prompts, n, sampling, seed, model_id, batch_size)
+    parsed = [[parse(t, labels) for t in row] for row in texts]
+    prefixes = [score_prefix(p, a.rationale) for p, row in zip(prompts, parsed) for a in row]
+    probs = label_distribution(cached_scores(backend, cache, prefixes, labels, model_id, batch_size))
+    records, i = [], 0
+    for (_, pair), row_texts, row_parsed in zip(pairs.iterrows(), texts, parsed):
+        for s, (text, a) in enumerate(zip(row_texts, row_parsed)):
+            p = probs[i]
+            i += 1
+            scored = labels[int(np.argmax(p))]
+            records.append({
+                "pair_id": pair["pair_id"], "perspective": perspective, "sample": s, "text": text,
+                "rationale": a.rationale, "parsed_label": a.label, "error": a.error,
+                "probs": [round(float(x), 6) for x in p], "scored_label": scored,
+                "label": a.label if decision == "parse" else scored, "gold": pair["label"],
+            })
+    return records
+
+
+def majority(records: list[dict], labels: Sequence[str]) -> list[dict]:
+    """One vote per perspective (its first sample) per pair; ties go to the highest summed probability.
+
+    The few-shot MPCoT row: the three perspectives of the untrained model combined without training."""
+    by_pair: dict[str, list[dict]] = {}
+    for r in records:
+        if r["sample"] == 0:
+            by_pair.setdefault(r["pair_id"], []).append(r)
+    out = []
+    for pair_id, rs in by_pair.items():
+        votes = {lab: 0 for lab in labels}
+        mass = np.zeros(len(labels))
+        for r in rs:
+            if r["label"] is not None:
+                votes[r["label"]] += 1
+            mass += np.asarray(r["probs"])
+        best = max(labels, key=lambda lab: (votes[lab], mass[labels.index(lab)]))
+        out.append({"pair_id": pair_id, "perspective": "mpcot_vote", "sample": 0, "label": best,
+                    "gold": rs[0]["gold"], "rationale": "", "parsed_label": best, "error": None,
+                    "probs": (mass / max(len(rs), 1)).round(6).tolist(), "scored_label": best})
+    return out
+
+
+def hinted_prompts(tokenizer, perspective: Perspective, pairs: pd.DataFrame, labels: Sequence[str]) -> list[str]:
+    """Label-hinted prompts ("the label is X; explain why"): STaR-style rationalisation, the fallback that
+    fills classes the consistency filter left (nearly) empty when the untrained teacher is at chance."""
+    out = []
+    for q, t, y in zip(pairs["query"], pairs["title"], pairs["label"]):
+        messages = render_messages(perspective, q, t, labels)
+        messages[-1]["content"] += f"\nThe correct label is: {y}. Explain why in one or two sentences."
+        out.append(render(tokenizer, messages))
+    return out
+
+
+def unified_examples(tokenizer, unified: Perspective, pairs: pd.DataFrame, labels: Sequence[str],
+                     rationales: Sequence[str], answers: Sequence[str]) -> list[dict]:
+    """Prompt-completion examples under the unified "think, then answer" prompt (SFT data, DPO prompts)."""
+    from relkd.teacher.prompts import answer_text
+
+    prompts = prompts_for(tokenizer, unified, pairs, labels)
+    return [{"prompt": p, "completion": answer_text(r, y)} for p, r, y in zip(prompts, rationales, answers)]

@@ -1,0 +1,179 @@
+"""LoRA SFT and DPO of the teacher with trl + peft, on CPU or GPU.
+
+SFT trains a fresh LoRA adapter on prompt-completion examples (loss on the completion only).
+
+DPO continues training that same adapter. The reference model is the SFT model exactly: given a
+PeftModel that already carries a trained adapter and ``ref_model=None``, trl 1.16 (with peft >= 0.20)
+copies the adapter into a frozen second adapter named "ref" and computes the reference log-probs
+through it (``trl/trainer/dpo_trainer.py``: ``model.add_adapter("ref", ...)`` and ``use_adapter(model,
+"ref")``). The alternatives were worse: a fresh DPO adapter with the adapter-disabled base as reference
+would pull towards the untrained base, not the SFT model; merging SFT into the base and stacking a new
+DPO adapter on it gives a reference equal to SFT too, but the final teacher would then be base + merged
+SFT + adapter, which must either be saved whole (520 MB here, 28 GB for a 14B teacher) or rebuilt from
+two adapters, and vLLM serves one LoRA per request. Continuing the adapter keeps the final teacher a
+single adapter over the untouched base: ``relkd.teacher.generation.load_teacher(model_path, dpo_adapter)``.
+
+Only the adapter (and tokenizer) is saved, into a temporary folder renamed into place when complete.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from relkd.teacher.config import DPOSection, SFTSection
+
+
+class MetricsCallback(TrainerCallback):
+    """Hands the trainer's numeric logs (loss, lr, DPO rewards, ...) to ``log(metrics, step)`` each time the
+    trainer logs (every logging_steps, or at each epoch end); pass ``relkd.tracking.log_metrics``."""
+
+    def __init__(self, log: Callable[[dict, int], object], prefix: str = ""):
+        self.log = log
+        self.prefix = prefix
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numeric = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if numeric:
+            self.log(numeric, state.global_step)
+
+
+def _device_args(logging_steps: int | None) -> dict:
+    """Trainer arguments that differ between a CPU host and a GPU host (trl defaults assume a GPU)."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return dict(
+        use_cpu=not gpu,
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=gpu,  # the new name of gradient_checkpointing (trl defaults it on)
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="epoch" if logging_steps is None else "steps",
+        logging_steps=logging_steps or 10,
+        dataloader_num_workers=0,
+    )
+
+
+def _load_base(model_path: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    gpu = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if gpu else torch.float32)
+    return model, tokenizer
+
+
+def _save_adapter(model, tokenizer, out_dir: str | Path) -> None:
+    """Write the trained adapter ("default" only: not trl's frozen "ref" copy) and the tokenizer, so a
+    half-written folder never sits at `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, selected_adapters=["default"])
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _summary(trainer, n: int, keys: Sequence[str]) -> dict:
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    out = {"n_examples": n, "steps": trainer.state.global_step, "epochs": trainer.state.epoch}
+    for h in trainer.state.log_history:
+        if "train_loss" in h:
+            out["train_loss"] = h["train_loss"]
+            out["runtime_s"] = h.get("train_runtime")
+    if logs:
+        for k in ("loss", *keys):
+            if k in logs[0]:
+                out[f"first_{k}"], out[f"last_{k}"] = logs[0][k], logs[-1][k]
+    return out
+
+
+def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFTSection,
+        callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """LoRA SFT on ``[{"prompt": str, "completion": str}, ...]``; saves the adapter to `out_dir`; returns
+    metrics (train_loss, first/last logged loss, steps, ...)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    if not examples:
+        raise ValueError("sft() got no examples: the consistency filter kept nothing; check the few-shot "
+                         "accuracy, or enable teacher.sft.label_hinted_fallback")
+    bad = [i for i, e in enumerate(examples) if not (e.get("prompt") and e.get("completion"))]
+    if bad:
+        raise ValueError(f"SFT examples {bad[:5]} lack a non-empty 'prompt' or 'completion'")
+    model, tokenizer = _load_base(model_path)
+    data = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+    with tempfile.TemporaryDirectory(prefix="relkd-sft-") as scratch:
+        args = SFTConfig(
+            output_dir=scratch, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+            per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
+            completion_only_loss=True, seed=cfg.seed, **_device_args(cfg.logging_steps),
+        )
+        set_seed(cfg.seed)  # the LoRA init happens in the trainer's constructor, before it seeds itself
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                             peft_config=lora, callbacks=list(callbacks))
+        trainer.train()
+    metrics = _summary(trainer, len(examples), ("mean_token_accuracy",))
+    if not math.isfinite(metrics.get("train_loss", math.nan)):
+        raise FloatingPointError(f"SFT loss is {metrics.get('train_loss')}; lower teacher.sft.lr ({cfg.lr})")
+    _save_adapter(trainer.model, tokenizer, out_dir)
+    return metrics
+
+
+def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir: str | Path, cfg: DPOSection,
+        callbacks: Sequence[TrainerCallback] = ()) -> dict:
+    """DPO on ``[{"prompt", "chosen", "rejected"}, ...]``, continuing the SFT adapter against the SFT model as
+    reference (see the module docstring); saves the adapter to `out_dir`; returns metrics (train_loss,
+    first/last rewards/accuracies and rewards/margins, ...)."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise ValueError("dpo() got no preference pairs: the conflict set had no sample with both a correct "
+                         "and a wrong rationale; raise teacher.pairs.n_pairs_set or teacher.pairs.k")
+    bad = [i for i, p in enumerate(pairs) if not all(p.get(k) for k in ("prompt", "chosen", "rejected"))]
+    if bad:
+        raise ValueError(f"preference pairs {bad[:5]} lack a non-empty 'prompt', 'chosen' or 'rejected'")
+    base, tokenizer = _load_base(model_path)
+    model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
+    data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    with tempfile.TemporaryDirectory(prefix="relkd-dpo-") as scratch:
+        args = DPOConfig(
+            output_dir=scratch, num_train_epochs=cfg.epochs, learning_rate=cfg.lr, beta=cfg.beta,
+            per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
+            seed=cfg.seed, **_device_args(cfg.logging_steps),
+        )
+        set_seed(cfg.seed)
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data,
+                             processing_class=tokenizer, callbacks=list(callbacks))
+        if "ref" not in trainer.model.peft_config:
+            raise RuntimeError("trl did not add the frozen 'ref' adapter, so the DPO reference would be the "
+                               "base model, not the SFT model; check the trl/peft versions (trl 1.16, peft>=0.20)")
+        trainer.train()
+    metrics = _summary(trainer, len(pairs), ("rewards/accuracies", "rewards/margins", "rewards/chosen"))
+    if not math.isfinite(metrics.get("train_loss", math.nan)):
+        raise FloatingPointError(f"DPO loss is {metrics.get('train_loss')}; lower teacher.dpo.lr ({cfg.lr})")
+    _save_adapter(trainer.model, tokenizer, out_dir)
+    return metrics

@@ -1,0 +1,121 @@
+"""Teacher inference engine (transformers backend) on tiny Llama models."""
+import numpy as np
+import pytest
+import torch
+
+from relkd.models import resolve
+from relkd.teacher.config import SamplingConfig, TeacherConfig
+from relkd.teacher.generation import (
+    TransformersBackend, label_distribution, make_backend, model_id, resolve_backend,
+)
+
+PROMPTS = [
+    "Query: red running shoes\nTitle: Nike Pegasus 40 road running shoe, red\nLabel:",
+    "hi",
+    "The quick brown fox jumps over the lazy dog, and then the dog",
+    "Query: usb c cable\nTitle: Anker braided USB-C to USB-C cable 2 m\nThink step by step.",
+    "Query: iphone 15 case\nTitle: Spigen clear case for iPhone 14",
+]
+LABELS = ["exact", "substitute", "complement", "irrelevant"]
+SAMPLE = SamplingConfig(max_new_tokens=8)
+GREEDY = SAMPLE.model_copy(update={"temperature": 0.0})
+
+
+@pytest.fixture(scope="module")
+def sharp_llama(tmp_path_factory) -> str:
+    """tiny:llama with its block weights scaled up: the random model's greedy output then depends on the
+    whole context instead of echoing the last token, so a padding or position bug changes the text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve("tiny:llama")
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        for name, w in model.named_parameters():
+            if any(part in name for part in ("q_proj", "k_proj", "v_proj", "o_proj", "mlp")):
+                w.mul_(8)
+    out = tmp_path_factory.mktemp("sharp-llama")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def backend(sharp_llama) -> TransformersBackend:
+    return TransformersBackend(sharp_llama, batch_size=3)
+
+
+def test_generate_returns_n_strings_per_prompt(backend):
+    out = backend.generate(PROMPTS, 3, SAMPLE, seed=0)
+    assert len(out) == len(PROMPTS)
+    assert all(len(o) == 3 and all(isinstance(s, str) and s for s in o) for o in out)
+    assert any(len(set(o)) > 1 for o in out)  # sampled, not three copies of one
+
+
+def test_greedy_batched_equals_one_at_a_time(backend, sharp_llama):
+    batched = backend.generate(PROMPTS, 2, GREEDY, seed=0)
+    single = TransformersBackend(sharp_llama, batch_size=1)
+    alone = [single.generate([p], 1, GREEDY, seed=5)[0][0] for p in PROMPTS]
+    assert [o[0] for o in batched] == alone
+    assert all(o[0] == o[1] for o in batched)  # greedy: the n copies agree
+    assert len(set(alone)) == len(alone)  # the outputs really depend on the prompt
+
+
+def test_sampling_repeats_with_the_same_seed(backend):
+    a = backend.generate(PROMPTS, 2, SAMPLE, seed=7)
+    b = backend.generate(PROMPTS, 2, SAMPLE, seed=7)
+    c = backend.generate(PROMPTS, 2, SAMPLE, seed=8)
+    assert a == b
+    assert a != c
+
+
+def test_score_labels_is_the_sum_of_label_token_log_probs(backend):
+    prefixes = [PROMPTS[0], PROMPTS[3]]
+    scores = backend.score_labels(prefixes, LABELS)
+    assert scores.shape == (2, 4) and np.all(scores < 0)
+
+    # By hand: one unpadded forward over prefix + " " + label, summing the label tokens' log-probs.
+    tok, model = backend.tokenizer, backend.model
+    prefix, label = prefixes[1], "complement"
+    p_ids = tok(prefix)["input_ids"]
+    f_ids = tok(prefix + " " + label)["input_ids"]
+    assert f_ids[:len(p_ids)] == p_ids
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([f_ids])).logits[0].float(), -1)
+    expected = sum(logp[t - 1, f_ids[t]].item() for t in range(len(p_ids), len(f_ids)))
+    assert scores[1, 2] == pytest.approx(expected, abs=1e-4)
+
+    with pytest.raises(ValueError, match="ends with a space"):
+        backend.score_labels([PROMPTS[0] + " "], LABELS)
+
+
+def test_label_distribution_is_a_softmax_over_labels():
+    scores = np.array([[-1000.0, -1001.0, -1003.0], [-2.0, -0.5, -9.0]])
+    dist = label_distribution(scores)
+    assert np.allclose(dist.sum(axis=1), 1.0)
+    assert list(dist.argmax(axis=1)) == [0, 1]
+    assert dist[0, 0] / dist[0, 1] == pytest.approx(np.e)
+
+
+def test_model_id_tracks_adapter_content(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"a")
+    first = model_id("Qwen/Qwen3-14B", adapter)
+    (adapter / "adapter_model.safetensors").write_bytes(b"b")
+    assert first.startswith("Qwen/Qwen3-14B+adapter:")
+    assert model_id("Qwen/Qwen3-14B", adapter) != first
+    assert model_id("Qwen/Qwen3-14B") == "Qwen/Qwen3-14B"
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        model_id("Qwen/Qwen3-14B", tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-host rule")
+def test_backend_choice_on_a_cpu_host(sharp_llama):
+    assert resolve_backend("auto") == "transformers"
+    with pytest.raises(RuntimeError, match="backend='vllm'"):
+        make_backend(TeacherConfig(backend="vllm"), sharp_llama)
+    engine = make_backend(TeacherConfig(batch_size=2, max_prompt_tokens=16), sharp_llama)
+    assert isinstance(engine, TransformersBackend) and engine.model.dtype == torch.float32
+    with pytest.raises(ValueError, match="max_prompt_tokens=16"):
+        engine.generate(["word " * 40], 1, GREEDY, seed=0)

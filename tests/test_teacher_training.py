@@ -1,0 +1,93 @@
+"""Teacher LoRA SFT and DPO with trl on a tiny Llama: real steps, saved adapters, reloadable teacher."""
+import math
+
+import pytest
+import torch
+
+from relkd.models import resolve
+from relkd.teacher.config import DPOSection, SamplingConfig, SFTSection
+from relkd.teacher.generation import TransformersBackend, load_teacher
+from relkd.teacher.training import MetricsCallback, dpo, sft
+
+LABELS = ["exact", "substitute", "irrelevant"]
+EXAMPLES = [
+    {"prompt": f"Query: item {i}\nTitle: product {i}\nThink, then answer.\n",
+     "completion": f"The title names item {i} exactly. Label: {LABELS[i % 3]}"}
+    for i in range(8)
+]
+PAIRS = [
+    {"prompt": e["prompt"], "chosen": e["completion"], "rejected": "It is a different product. Label: irrelevant"}
+    for e in EXAMPLES[:4]
+]
+
+
+def _completion_logp(model, tok, prompt: str, completion: str) -> float:
+    p = tok(prompt)["input_ids"]
+    f = tok(prompt + completion)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([f])).logits[0].float(), -1)
+    return sum(logp[t - 1, f[t]].item() for t in range(len(p), len(f)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One SFT run, then DPO from its adapter (shared by the tests below: training is the slow part)."""
+    llama = resolve("tiny:llama")
+    root = tmp_path_factory.mktemp("teacher")
+    sft_logs, dpo_logs = [], []
+    # A high lr so the SFT adapter moves the model visibly: the DPO reference check below depends on it.
+    sft_metrics = sft(llama, EXAMPLES, root / "sft", SFTSection(batch_size=4, epochs=2, lr=5e-3, logging_steps=1),
+                      callbacks=[MetricsCallback(lambda m, s: sft_logs.append((s, m)), prefix="sft.")])
+    dpo_metrics = dpo(llama, root / "sft", PAIRS, root / "dpo", DPOSection(batch_size=2, lr=5e-3, logging_steps=1),
+                      callbacks=[MetricsCallback(lambda m, s: dpo_logs.append((s, m)), prefix="dpo.")])
+    return dict(llama=llama, root=root, sft=sft_metrics, dpo=dpo_metrics, sft_logs=sft_logs, dpo_logs=dpo_logs)
+
+
+def test_sft_trains_and_saves_a_loadable_adapter(trained):
+    m = trained["sft"]
+    assert m["steps"] == 4 and m["n_examples"] == 8
+    assert math.isfinite(m["train_loss"]) and m["last_loss"] < m["first_loss"]
+    steps = [s for s, logs in trained["sft_logs"] if "sft.loss" in logs]
+    assert steps == [1, 2, 3, 4]  # the callback saw every logged step, with the step number
+    adapter = trained["root"] / "sft"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    assert (adapter / "tokenizer_config.json").is_file()
+    base, tok = load_teacher(trained["llama"])
+    tuned, _ = load_teacher(trained["llama"], adapter)
+    e = EXAMPLES[0]
+    assert _completion_logp(tuned, tok, e["prompt"], e["completion"]) > _completion_logp(
+        base, tok, e["prompt"], e["completion"]) + 1.0
+
+
+def test_dpo_continues_from_the_sft_model_as_reference(trained):
+    m = trained["dpo"]
+    assert m["steps"] == 2 and math.isfinite(m["train_loss"])
+    # At the first step the policy is the SFT model; rewards are beta * (policy - reference) log-ratios,
+    # so they are 0 only when the reference is the SFT model too (the base would give beta * >1 nat).
+    first = next(logs for _, logs in trained["dpo_logs"] if "dpo.loss" in logs)
+    assert abs(first["dpo.rewards/chosen"]) < 1e-4 and abs(first["dpo.rewards/rejected"]) < 1e-4
+    assert first["dpo.loss"] == pytest.approx(math.log(2), abs=1e-4)
+    adapter = trained["root"] / "dpo"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert not (adapter / "ref").exists()  # trl's frozen reference copy is not saved
+    sft_model, tok = load_teacher(trained["llama"], trained["root"] / "sft")
+    dpo_model, _ = load_teacher(trained["llama"], adapter)
+    p = PAIRS[0]
+    margin = lambda model: (_completion_logp(model, tok, p["prompt"], p["chosen"])  # noqa: E731
+                            - _completion_logp(model, tok, p["prompt"], p["rejected"]))
+    assert margin(dpo_model) > margin(sft_model)  # DPO moved towards the chosen rationale
+
+
+def test_final_teacher_loads_and_generates(trained):
+    teacher = TransformersBackend(trained["llama"], trained["root"] / "dpo", batch_size=2)
+    out = teacher.generate([EXAMPLES[1]["prompt"], EXAMPLES[2]["prompt"]], 2, SamplingConfig(max_new_tokens=6), 0)
+    assert len(out) == 2 and all(len(o) == 2 and all(isinstance(s, str) for s in o) for o in out)
+    scores = teacher.score_labels([EXAMPLES[1]["prompt"] + "Label:"], LABELS)
+    assert scores.shape == (1, 3) and (scores < 0).all()
+
+
+def test_empty_training_sets_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="label_hinted_fallback"):
+        sft("unused", [], tmp_path / "a", SFTSection())
+    with pytest.raises(ValueError, match="n_pairs_set"):
+        dpo("unused", tmp_path, [], tmp_path / "b", DPOSection())
