@@ -4,6 +4,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -16,6 +17,9 @@ pytestmark = pytest.mark.e2e
 def repo(tmp_path_factory):
     root = copy_repo(tmp_path_factory.mktemp("repo"))
     sh("relkd profile tiny", root)
+    # Tiny random students predict few classes: the test registry's policy has no per-class floor.
+    policy = yaml.safe_load((root / "registry" / "policy.yaml").read_text())
+    (root / "registry" / "policy.yaml").write_text(yaml.safe_dump(dict(policy, per_class_floor=0.0)))
     sh("git -c user.email=t@t -c user.name=t commit -qam 'tiny profile'", root)
     res = sh("dvc repro", root)
     return root, res
@@ -66,6 +70,28 @@ def test_repro_runs_teacher_and_students(repo):
     assert stages.count("teacher_sft") == 1 and stages.count("teacher_dpo") == 1
     assert sorted(r.data.tags["relkd.variant"] for r in runs if r.data.tags.get("relkd.stage") == "student") \
         == sorted(variants)
+
+
+def test_repro_serves_scores_and_compares_champion_with_challenger(repo):
+    root, _ = repo
+    state = json.loads((root / "data/registry/register.json").read_text())
+    variants = yaml.safe_load((root / "params.yaml").read_text())["student"]["variants"]
+    assert set(state["versions"]) == set(variants)
+    assert state["champion_variant"] == "plain" and state["challenger_variant"] != "plain"
+    served = sorted(p.name for p in (root / "triton_repo/relevance_student").iterdir() if p.name.isdigit())
+    assert served == sorted([state["aliases"]["champion"], state["aliases"]["challenger"]], key=int)
+    batch = pd.read_parquet(root / "data/nightly/batch.parquet")
+    for role in ("champion", "challenger"):
+        scores = pd.read_parquet(root / "data/scores" / role / "scores.parquet")
+        rejects = (root / "data/scores" / role / "rejects.jsonl").read_text().splitlines()
+        assert len(scores) + len(rejects) == len(batch) and len(rejects) >= 1  # the broken rows
+        assert set(scores["tier"]) <= set(range(5))
+    ab = json.loads((root / "metrics/ab.json").read_text())
+    assert 0.0 <= ab["agreement"] <= 1.0 and ab["n"] == len(scores)
+    assert "McNemar" in (root / "reports/ab/ab.md").read_text() or "mcnemar" in (root / "reports/ab/ab.md").read_text()
+    # the score stage stopped its server: no tritonserver is left
+    left = sh("pgrep -x tritonserver || true", root).stdout.strip()
+    assert left == "", left
 
 
 def test_second_repro_does_nothing(repo):

@@ -109,5 +109,136 @@ def models(names: tuple[str, ...]) -> None:
             raise click.ClickException(str(err)) from None
 
 
+# ------------------------------------------------------------------------------------------- ops
+@main.command()
+@click.option("--repo", default="triton_repo", show_default=True, help="Triton model repository")
+@click.option("--http-port", type=int, default=None, help="default: a free port")
+@click.option("--grpc-port", type=int, default=None, help="default: a free port")
+@click.option("--metrics-port", type=int, default=None, help="default: a free port")
+@click.option("--check", "check_url", default=None, metavar="HOST:PORT",
+              help="report health and loaded versions of a running server (its HTTP port) and exit")
+def serve(repo, http_port, grpc_port, metrics_port, check_url) -> None:
+    """Run the real tritonserver on 127.0.0.1 until Ctrl-C (stopped cleanly, nothing left behind)."""
+    from relkd.serving.server import ServerUnreachable, check, triton
+
+    if check_url:
+        try:
+            info = check(check_url)
+        except ServerUnreachable as err:
+            raise click.ClickException(str(err)) from None
+        click.echo(f"{info['url']}: live={info['live']} ready={info['ready']}")
+        for m in info["models"]:
+            click.echo(f"  {m['name']} v{m['version']}: {m['state']} {m['reason']}".rstrip())
+        return
+    import time
+
+    with triton(repo, http_port, grpc_port, metrics_port) as server:
+        click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (pid {server.pid}); "
+                   "Ctrl-C stops it")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            click.echo("stopping")
+
+
+@main.command()
+@click.argument("batch", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for scores.parquet, rejects.jsonl, shards")
+@click.option("--url", default=None, metavar="HOST:PORT", help="a running server (gRPC or HTTP port per --protocol); "
+              "default: start one on --repo for this run")
+@click.option("--repo", default="triton_repo", show_default=True, help="model repository when starting a server")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
+@click.option("--model-name", default="relevance_student", show_default=True)
+@click.option("--version", default="", help="model version (registry version); default: the server's newest")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--concurrency", default=2, show_default=True)
+@click.option("--shard-size", default=10_000, show_default=True, help="rows per resumable shard")
+def score(batch, out, url, repo, protocol, model_name, version, batch_size, concurrency, shard_size) -> None:
+    """Score a batch file (parquet/CSV/JSONL of query, title, optional id) through Triton; resumable."""
+    from contextlib import nullcontext
+
+    from relkd.serving.client import ScoringRejected, score_file
+    from relkd.serving.server import ServerUnreachable, triton
+
+    try:
+        with (nullcontext() if url else triton(repo)) as server:
+            target = url or f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
+            s = score_file(batch, out, target, protocol, model_name, version, batch_size, concurrency,
+                           shard_size=shard_size)
+    except (ServerUnreachable, ScoringRejected, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{s['rows']} rows: {s['scored']} scored -> {s['scores']}, {s['rejected']} rejected -> {s['rejects']}")
+
+
+@main.command()
+@click.option("--params", default="params.yaml", show_default=True)
+@click.option("--batch", default="data/nightly/batch.parquet", show_default=True)
+@click.option("--scores", default="data/scores", show_default=True, help="folder with champion/ and challenger/")
+@click.option("--prepared", default="data/prepared", show_default=True)
+@click.option("--out", default="reports/ab", show_default=True)
+@click.option("--metrics", default="metrics/ab.json", show_default=True)
+def ab(params, batch, scores, prepared, out, metrics) -> None:
+    """Champion vs challenger on the same scored batch (what the `ab` stage runs)."""
+    from pipeline.ab import run
+
+    m = run(params, batch, scores, prepared, out, metrics)
+    click.echo(f"agreement {m['agreement']:.3f} on {m['n']} rows; report: {out}/ab.md")
+
+
+@main.command()
+@click.option("--name", default="relevance-student", show_default=True, help="registered model")
+@click.option("--version", default=None, help="version to promote (default: the `challenger` alias)")
+@click.option("--policy", default="registry/policy.yaml", show_default=True)
+@click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
+def promote(name, version, policy, dry_run) -> None:
+    """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
+    from relkd.tracking import configure
+    from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate
+
+    configure(".")
+    try:
+        d = gate(name, PromotionPolicy.load(policy), version=version, dry_run=dry_run)
+    except (RegistryError, FileNotFoundError, ConfigError) as err:
+        raise click.ClickException(str(err)) from None
+    verdict = "would promote" if dry_run and d.promote else "would refuse" if dry_run else \
+        "promoted" if d.promote else "refused"
+    click.echo(f"{name} v{d.version} vs champion v{d.champion or '-'}: {verdict}")
+    for r in d.reasons:
+        click.echo(f"  {r}")
+    if not d.promote:
+        sys.exit(1)
+
+
+@main.group()
+def runs() -> None:
+    """MLflow runs of the pipeline."""
+
+
+@runs.command("compare")
+@click.option("--experiment", default=None, help="experiment name (default: all)")
+@click.option("--stage", default="student", show_default=True, help="tag relkd.stage ('' for any)")
+@click.option("--variant", default=None, help="tag relkd.variant")
+@click.option("--max-results", default=200, show_default=True)
+def runs_compare(experiment, stage, variant, max_results) -> None:
+    """Students (or any stage's runs) side by side: the params that differ, and their metrics."""
+    from relkd.tracking import configure
+    from relkd.tracking.compare import format_table, runs_table
+
+    configure(".")
+    rows, params, metrics = runs_table(experiment, stage or None, variant, max_results)
+    if not rows:
+        raise click.ClickException("no runs match; run `dvc repro` first or loosen the filters")
+    click.echo(format_table(rows, ["run", "variant", "seed", "stage", *params, *metrics]))
+
+
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def probe(args) -> None:
+    """Linear probes of rationale keywords on r vs h_cls (paper Fig. 4); the `probe` stage. Arguments as
+    `relkd probe --help` lists them."""
+    importlib.import_module("pipeline.probe").main(list(args))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,15 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """params.yaml (or an override) holds an unknown key or a bad value."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from relkd.section import ConfigError, Section
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -152,8 +146,9 @@ class TrackingConfig(Section):
 
 
 # ----------------------------------------------------------------------------------------- root
-# Component sections live beside what they configure (like trl's DPOConfig); they subclass Section,
-# defined above, so these imports come after it.
+# Component sections live beside what they configure (like trl's DPOConfig).
+from relkd.serving.config import (AbConfig, ExportConfig, RegistryConfig, ScoreConfig,  # noqa: E402
+                                  TritonConfig)
 from relkd.student.config import StudentConfig  # noqa: E402
 from relkd.teacher.config import TeacherConfig  # noqa: E402
 
@@ -164,6 +159,11 @@ class Params(Section):
     embed: EmbedConfig = EmbedConfig()
     student: StudentConfig = StudentConfig()
     probe: ProbeConfig = ProbeConfig()
+    registry: RegistryConfig = RegistryConfig()
+    export: ExportConfig = ExportConfig()
+    triton: TritonConfig = TritonConfig()
+    score: ScoreConfig = ScoreConfig()
+    ab: AbConfig = AbConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

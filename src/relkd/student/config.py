@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from relkd.config import Section
+from relkd.section import Section
 
 ExtractorKind = Literal["none", "mlp", "poly", "gat"]
 AuxKind = Literal["none", "ced_kd", "mkd", "crsd"]

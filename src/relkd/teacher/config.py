@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from relkd.config import Section
+from relkd.section import Section
 
 
 class SamplingConfig(Section):

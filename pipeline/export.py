@@ -1,0 +1,123 @@
+"""Stage `export`: champion and challenger -> optimised (optionally int8) ONNX, calibrated temperature and
+tier thresholds, an explanation index -> Triton model repository versions (version = registry version)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.register import student_dir
+from relkd.eval.plots import reliability_plot, reliability_rows, save_figure
+from relkd.io import read_jsonl, write_json
+
+
+def explain_index(variant_cfg, embeddings: str, rationales: str) -> dict | None:
+    """Training rationales in the space the served latent r lives in: with the guidance loss r is
+    pulled towards e_cot, so the nearest e_cot names the rationale the student's reasoning resembles.
+    Without guidance r is not in that space, and no index ships."""
+    if not variant_cfg.guidance or variant_cfg.r_from_cls:
+        return None
+    meta = json.loads((Path(embeddings) / "meta.json").read_text(encoding="utf-8"))
+    notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
+    return {"ids": meta["pair_ids"], "texts": [notes.get(p, "") for p in meta["pair_ids"]],
+            "vectors": np.load(Path(embeddings) / "rationales.npy")}
+
+
+def export_version(params, role: str, variant: str, version: str, prepared, models, onnx_dir, embeddings,
+                   rationales, repo, work: Path, plots: Path) -> dict:
+    from relkd.serving.calibration import (assign_tiers, calibrated_probs, expected_calibration_error,
+                                           fit_temperature, fit_tier_thresholds, relevance_score)
+    from relkd.serving.export import agreement_rate, optimize, quantize_int8, score_pairs
+    from relkd.serving.repository import write_version
+    from relkd.student.model import load_student
+
+    ecfg, scfg = params.export, params.student
+    labels = list(read_labels(prepared))
+    folder = student_dir(models, variant, scfg.seeds[0])
+    model, tokenizer = load_student(folder)
+    valid = read_split(prepared, "valid")
+    pairs = list(zip(valid["query"], valid["title"]))
+    onnx = Path(onnx_dir) / f"{variant}.onnx"
+    served, info = onnx, {"graph": "fp32"}
+    if ecfg.optimize:
+        served = optimize(onnx, work / f"{variant}.opt.onnx")
+        info["graph"] = "fp32-optimised"
+    if ecfg.int8:
+        q = quantize_int8(onnx, work / f"{variant}.int8.onnx")
+        agree = agreement_rate(q, model, tokenizer, pairs, scfg.max_length)
+        info["int8_agreement"] = agree["agreement"]
+        if agree["agreement"] >= ecfg.min_int8_agreement:
+            served, info["graph"] = q, "int8"
+    # Calibration on the validation split, from the graph that will be served.
+    logits, _ = score_pairs(served, tokenizer, pairs, scfg.max_length)
+    y = np.array([labels.index(lab) for lab in valid["label"]])
+    temperature = fit_temperature(logits, y)
+    probs = calibrated_probs(logits, temperature)
+    weights = [float(ecfg.relevance_weights.get(lab, 0.0)) for lab in labels]
+    score = relevance_score(probs, weights)
+    relevant = np.isin(np.array(labels)[y], ecfg.relevant_labels)
+    tiers = fit_tier_thresholds(score, relevant, ecfg.target_precisions)
+    rows = reliability_rows(probs, y, n_bins=10)
+    write_json(plots / f"{role}.json", rows)
+    save_figure(reliability_plot(rows, title=f"{role}: {variant} (T={temperature:.2f})"),
+                work.parent / f"reliability_{role}.png")
+    serving_info = {"labels": labels, "max_length": scfg.max_length, "temperature": float(temperature),
+                    "tier_thresholds": [float(t) for t in tiers["thresholds"]], "relevance_weights": weights,
+                    "intra_op_threads": ecfg.intra_op_threads,
+                    "registry": {"name": params.registry.name, "version": int(version), "alias": role,
+                                 "variant": variant}}
+    explain = explain_index(scfg.variants[variant], embeddings, rationales) if ecfg.explain else None
+    if explain is not None:
+        serving_info["explain"] = {"file": "explain.npz"}
+    write_version(repo, params.triton.model_name, int(version), served, folder, serving_info, explain)
+    return {"variant": variant, "version": int(version), **info, "temperature": float(temperature),
+            "ece_before": expected_calibration_error(calibrated_probs(logits, 1.0), y),
+            "ece_after": expected_calibration_error(probs, y),
+            "tier_thresholds": serving_info["tier_thresholds"], "tier_precision_met": tiers.get("met"),
+            "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=5).tolist()}
+
+
+def run(params_path, prepared, models, onnx_dir, register_json, embeddings, rationales, repo, out, plots,
+        metrics_path) -> dict:
+    params = setup(params_path)
+    from relkd.serving.repository import write_config
+
+    state = json.loads(Path(register_json).read_text(encoding="utf-8"))
+    by_version = {r["version"]: v for v, r in state["versions"].items()}
+    roles = {role: state["aliases"][role] for role in ("champion", "challenger") if role in state["aliases"]}
+    work = Path(out) / "graphs"
+    work.mkdir(parents=True, exist_ok=True)
+    Path(plots).mkdir(parents=True, exist_ok=True)
+    model_dir = Path(repo) / params.triton.model_name
+    for old in model_dir.glob("[0-9]*"):  # only the versions in play are served
+        if old.name not in roles.values():
+            import shutil
+
+            shutil.rmtree(old)
+    exported = {role: export_version(params, role, by_version[v], v, prepared, models, onnx_dir, embeddings,
+                                     rationales, repo, work, Path(plots)) for role, v in roles.items()}
+    t = params.triton
+    write_config(repo, t.model_name, sorted(int(v) for v in roles.values()), t.max_batch_size,
+                 t.preferred_batch_sizes, t.max_queue_delay_us, t.instance_count)
+    write_json(Path(out) / "export.json", exported)
+    metrics = {role: {k: v for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+               for role, e in exported.items()}
+    write_json(metrics_path, metrics)
+    return exported
+
+
+def main(argv=None) -> None:
+    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                    ("onnx", "verified ONNX files from register"), ("register", "register state JSON"),
+                    ("embeddings", "embed output folder"), ("rationales", "annotate output"),
+                    ("repo", "Triton model repository"), ("out", "export report folder"),
+                    ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
+    a = ap.parse_args(argv)
+    run(a.params, a.prepared, a.models, a.onnx, a.register, a.embeddings, a.rationales, a.repo, a.out, a.plots,
+        a.metrics)
+
+
+if __name__ == "__main__":
+    main()

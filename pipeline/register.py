@@ -1,0 +1,92 @@
+"""Stage `register`: every trained student -> ONNX (verified) -> MLflow model, registered under one name;
+the baseline becomes champion when there is none; the best candidate gets the `challenger` alias."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.common import read_labels, read_split, setup, stage_args
+from relkd.io import write_json
+from relkd.tracking import configure
+
+
+def student_dir(models: str, variant: str, seed: int) -> Path:
+    return Path(models) / variant / f"seed{seed}"
+
+
+def sample_pairs(prepared: str) -> list[tuple[str, str]]:
+    """Short and long validation pairs: the exporter traces on them and checks other padded shapes."""
+    valid = read_split(prepared, "valid")
+    order = valid.assign(n=valid["query"].str.len() + valid["title"].str.len()).sort_values("n")
+    picks = [order.iloc[0], order.iloc[len(order) // 2], order.iloc[-1]]
+    return [(r["query"], r["title"]) for r in picks]
+
+
+def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path) -> dict:
+    params = setup(params_path)
+    reg, scfg = params.registry, params.student
+    seed = scfg.seeds[0]
+    labels = read_labels(prepared)
+    configure(".")
+    from relkd.serving.export import export_onnx
+    from relkd.student.model import InferenceWrapper, load_student
+    from relkd.tracking import registry
+
+    policy = registry.PromotionPolicy.load(policy_path)
+    samples = sample_pairs(prepared)
+    registered = {}
+    for variant in scfg.variants:
+        folder = student_dir(models, variant, seed)
+        results = json.loads((Path(models) / variant / "results.json").read_text(encoding="utf-8"))[str(seed)]
+        model, tokenizer = load_student(folder)
+        onnx = Path(onnx_dir) / f"{variant}.onnx"
+        check = export_onnx(InferenceWrapper(model), tokenizer, onnx, scfg.max_length, samples)
+        last = results["epochs"][-1]
+        metrics = {"accuracy": results["accuracy"], "macro_f1": results["macro_f1"],
+                   "valid_accuracy": last.get("valid_accuracy", 0.0), "valid_macro_f1": last.get("valid_macro_f1", 0.0),
+                   "f1": {lab: results["per_class_f1"][lab] for lab in labels},
+                   "onnx_max_abs_diff": check["max_abs_diff_logits"]}
+        mv = registry.log_student(folder, onnx, metrics, variant, reg.name, run_id=results["mlflow_run_id"],
+                                  experiment=params.tracking.experiment)
+        registered[variant] = {"version": mv["version"], "model_uri": mv["model_uri"], **{
+            k: metrics[k] for k in ("accuracy", "macro_f1", "valid_accuracy", "valid_macro_f1")}}
+
+    decisions = {}
+    current = registry.aliases(reg.name)
+    if registry.CHAMPION not in current:
+        # The first model becomes champion: the baseline, so the A/B pits LRKD against the control.
+        d = registry.promote(reg.name, policy, version=registered[reg.baseline]["version"])
+        decisions["first_champion"] = {"version": d.version, "promoted": d.promote, "reasons": d.reasons}
+        if not d.promote:
+            raise SystemExit(f"register: the baseline {reg.baseline!r} failed the promotion gate and there is no "
+                             f"champion: {d.reasons}")
+    champion = registry.aliases(reg.name)[registry.CHAMPION]
+    candidates = [v for v in (reg.candidates or [v for v in registered if v != reg.baseline])
+                  if registered[v]["version"] != champion]
+    if not candidates:
+        raise SystemExit("register: no candidate variant to become challenger; set registry.candidates")
+    key = reg.select_by
+    best = max(candidates, key=lambda v: registered[v][key] if key in registered[v] else float("-inf"))
+    registry.set_challenger(reg.name, registered[best]["version"])
+    state = {"name": reg.name, "versions": registered, "aliases": registry.aliases(reg.name),
+             "challenger_variant": best, "champion_variant": next(
+                 (v for v, r in registered.items() if r["version"] == champion), None),
+             "decisions": decisions}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, state)
+    write_json(metrics_path, {"n_registered": len(registered), "champion_version": int(champion),
+                              "challenger_version": int(registered[best]["version"]),
+                              "challenger_valid_macro_f1": registered[best]["valid_macro_f1"]})
+    return state
+
+
+def main(argv=None) -> None:
+    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                    ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
+                    ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"))
+    a = ap.parse_args(argv)
+    run(a.params, a.prepared, a.models, a.policy, a.onnx, a.out, a.metrics)
+
+
+if __name__ == "__main__":
+    main()

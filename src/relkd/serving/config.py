@@ -1,0 +1,69 @@
+"""Knobs of registration, export, the Triton model, nightly scoring and the champion-vs-challenger A/B."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from relkd.section import Section
+from relkd.serving.drift import DriftThresholds
+
+
+class RegistryConfig(Section):
+    name: str = Field("relevance-student", description="registered-model name every student version lives under")
+    baseline: str = Field("plain", description="variant that becomes champion when the registry has none "
+                          "(the production control student of the paper's A/B)")
+    candidates: list[str] | None = Field(None, description="variants eligible as challenger; None = all but baseline")
+    select_by: str = Field("valid_macro_f1", description="metric tag that picks the challenger among candidates")
+
+
+class ExportConfig(Section):
+    int8: bool = Field(False, description="serve the int8 dynamic-quantised graph when its argmax agreement "
+                       "with fp32 on the validation split is at least min_int8_agreement")
+    min_int8_agreement: float = Field(0.995, ge=0, le=1)
+    optimize: bool = Field(True, description="serve onnxruntime's fully optimised graph (ORT_ENABLE_ALL)")
+    target_precisions: list[float] = Field(
+        default_factory=lambda: [0.3, 0.5, 0.7, 0.9],
+        description="precision of 'relevant' wanted at tiers 1..4 (tier thresholds are fitted on valid)")
+    relevance_weights: dict[str, float] = Field(
+        default_factory=lambda: {"strongly relevant": 1.0, "exact": 1.0, "substitute": 0.5, "complement": 0.25},
+        description="per-label weight of the relevance score sum_c p_c w_c; labels not listed weigh 0")
+    relevant_labels: list[str] = Field(
+        default_factory=lambda: ["strongly relevant", "exact"],
+        description="labels that count as relevant when fitting tier thresholds")
+    explain: bool = Field(True, description="ship an index of training rationales for nearest-rationale explanations")
+    intra_op_threads: int = Field(2, ge=1, description="onnxruntime threads inside the Triton model")
+
+
+class TritonConfig(Section):
+    model_name: str = "relevance_student"
+    max_batch_size: int = Field(64, ge=1)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [16, 32])
+    max_queue_delay_us: int = Field(2000, ge=0)
+    instance_count: int = Field(1, ge=1)
+    start_timeout: float = Field(120, gt=0, description="seconds to wait for the server to be ready")
+
+
+class ScoreConfig(Section):
+    batch: str | None = Field(None, description="nightly batch file (parquet/CSV/JSONL: query, title, optional "
+                              "id, label); None = generate the embedded one")
+    n_rows: int = Field(200, ge=1, description="rows of the generated nightly batch")
+    seed: int = Field(101, description="seed of the generated batch")
+    labelled_share: float = Field(0.5, ge=0, le=1, description="share of generated rows that keep a label")
+    bad_rows: int = Field(3, ge=0, description="deliberately broken rows in the generated batch")
+    protocol: Literal["grpc", "http"] = "grpc"
+    batch_size: int = Field(32, ge=1)
+    concurrency: int = Field(2, ge=1)
+    retries: int = Field(3, ge=0)
+    backoff: float = Field(0.5, ge=0)
+    max_chars: int = Field(2000, ge=1, description="longer query/title text is rejected, not silently cut")
+    shard_size: int = Field(100, ge=1, description="rows per atomically written shard (resume unit)")
+    drift: DriftThresholds = DriftThresholds()
+
+
+class AbConfig(Section):
+    salt: str = Field("relkd-ab", description="salt of the hash-based traffic split")
+    champion_share: float = Field(0.1, ge=0, le=1, description="paper: 10% of traffic")
+    challenger_share: float = Field(0.1, ge=0, le=1, description="paper: 10% of traffic")
+    n_boot: int = Field(1000, ge=100)
+    seed: int = 0

@@ -1,0 +1,264 @@
+"""relkd.tracking.registry: a tiny student registered as a pyfunc model, and the champion/challenger gate."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import relkd.config  # noqa: F401  (imported first: relkd.student.config and relkd.config import each other)
+from relkd.config import ConfigError
+from relkd.tracking import configure, stage_run
+from relkd.tracking.registry import (
+    Decision,
+    Guard,
+    PromotionPolicy,
+    RegistryError,
+    aliases,
+    decide,
+    log_student,
+    promote,
+    serving_requirements,
+    set_challenger,
+    version_metrics,
+)
+
+LABELS = ("a", "b", "c")
+MAX_LENGTH = 24
+NAME = "relevance-student"
+POLICY = PromotionPolicy(metric="macro_f1", min_gain=0.0, guards=[Guard(metric="accuracy", max_drop=0.01)],
+                         per_class_floor=0.1)
+
+
+def _metrics(macro_f1, accuracy, f1=(0.5, 0.5, 0.5)):
+    return {"macro_f1": macro_f1, "accuracy": accuracy, "f1": dict(zip(LABELS, f1))}
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A tiny GAT student saved with save_student and exported to ONNX: (folder, onnx path, Student, tokenizer)."""
+    from relkd.models import resolve
+    from relkd.serving.export import export_onnx
+    from relkd.student.config import VariantConfig
+    from relkd.student.model import InferenceWrapper, build_student, save_student
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("student")
+    model, tokenizer = build_student(resolve("tiny:bert"), labels=LABELS, variant=VariantConfig(extractor="gat"),
+                                     d_out=32, max_length=MAX_LENGTH)
+    model.eval()
+    folder = save_student(model, tokenizer, root / "student")
+    onnx_path = root / "student.onnx"
+    export_onnx(InferenceWrapper(model), tokenizer, onnx_path, MAX_LENGTH,
+                [("red shoes", "Nike running shoe, red, size 10, wide fit"), ("usb cable", "Anker USB-C"),
+                 ("desk lamp", "IKEA desk lamp, white, LED bulb included")])
+    return folder, onnx_path, model, tokenizer
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = configure(tmp_path)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _version_tags(version):
+    return mlflow.MlflowClient().get_model_version(NAME, str(version)).tags
+
+
+def _promotion_tags(version):
+    return {k: v for k, v in _version_tags(version).items() if k.startswith("promotion.")}
+
+
+# ------------------------------------------------------------------------------------------ log_student
+def test_log_student_registers_a_pyfunc_that_matches_the_student(student, store, tmp_path):
+    folder, onnx_path, model, tokenizer = student
+    info = log_student(folder, onnx_path, _metrics(0.61, 0.7, (0.5, 0.6, 0.73)), "lrkd_gat")
+    assert info["name"] == NAME and info["version"] == "1"
+    assert info["model_uri"] == f"models:/{NAME}/1"
+
+    tags = _version_tags(1)
+    assert tags["variant"] == "lrkd_gat"
+    assert version_metrics(NAME, 1) == {"macro_f1": 0.61, "accuracy": 0.7, "f1.a": 0.5, "f1.b": 0.6, "f1.c": 0.73}
+    run = mlflow.MlflowClient().get_run(info["run_id"])
+    assert run.data.metrics["macro_f1"] == pytest.approx(0.61) and run.data.metrics["f1.c"] == pytest.approx(0.73)
+    assert run.data.tags["relkd.stage"] == "register"  # no run given and none active: a register run
+    assert aliases(NAME) == {}
+    # artifacts live in the embedded store under <root>/registry/artifacts, never ./mlruns
+    assert list((tmp_path / "registry" / "artifacts").rglob("relkd_student.json"))
+    assert not (tmp_path / "mlruns").exists()
+
+    loaded = mlflow.pyfunc.load_model(info["model_uri"])
+    assert [c.name for c in loaded.metadata.get_input_schema().inputs] == ["query", "title"]
+    assert [c.name for c in loaded.metadata.get_output_schema().inputs] == ["label", "prob.a", "prob.b", "prob.c"]
+    queries = ["red running shoes", "usb c", "lamp " * 30, "zapatos rojos"]
+    titles = ["Nike Pegasus running shoe red size 10", "Anker USB-C cable 2 m braided", "desk lamp", "Adidas"]
+    out = loaded.predict(pd.DataFrame({"query": queries, "title": titles}))
+    assert len(out) == 4 and set(out["label"]) <= set(LABELS)
+
+    from relkd.student.model import tokenize_pairs
+
+    with torch.inference_mode():
+        enc = tokenize_pairs(tokenizer, queries, titles, MAX_LENGTH, padding=True, return_tensors="pt")
+        want = torch.softmax(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits, -1).numpy()
+    got = out[["prob.a", "prob.b", "prob.c"]].to_numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert list(out["label"]) == [LABELS[i] for i in want.argmax(1)]
+
+    # The served model needs only what its requirements pin: load it with relkd, torch and
+    # transformers made unimportable.
+    reqs = mlflow.pyfunc.get_model_dependencies(info["model_uri"])
+    lines = [line.strip() for line in open(reqs) if line.strip()]
+    assert set(serving_requirements()) <= set(lines)
+    assert not any(line.startswith(("torch", "transformers", "relkd")) for line in lines)
+    code = ("import sys\n"
+            "for m in ('relkd', 'torch', 'transformers'): sys.modules[m] = None\n"
+            "import mlflow, pandas as pd\n"
+            f"m = mlflow.pyfunc.load_model('{info['model_uri']}')\n"
+            "print(m.predict(pd.DataFrame({'query': ['usb c'], 'title': ['Anker USB-C cable 2 m braided']}))"
+            "['prob.a'].round(4).tolist())\n")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == str([round(float(got[1, 0]), 4)])
+
+
+def test_log_student_onto_a_given_run(student, store):
+    folder, onnx_path, _, _ = student
+    with stage_run("student", {"variant": "lrkd_gat", "seed": 13}, tags={"relkd.variant": "lrkd_gat"}) as run:
+        train_run = run.info.run_id
+    info = log_student(folder, onnx_path, _metrics(0.5, 0.5), "lrkd_gat", run_id=train_run)
+    assert info["run_id"] == train_run
+    assert mlflow.MlflowClient().get_model_version(NAME, info["version"]).run_id == train_run
+    assert mlflow.MlflowClient().get_run(train_run).data.metrics["accuracy"] == 0.5
+
+    with pytest.raises(FileNotFoundError, match="relkd_student.json"):
+        log_student(onnx_path.parent, onnx_path, {}, "x")
+    with pytest.raises(ValueError, match="'note'"):
+        log_student(folder, onnx_path, {"note": "good"}, "x")
+
+
+# ------------------------------------------------------------------------------------------ the gate in the registry
+def test_champion_challenger_promotion(student, store):
+    folder, onnx_path, _, _ = student
+    client = mlflow.MlflowClient()
+    with stage_run("student", {}) as run:  # one training run carries all versions: fewer artifacts to copy
+        v1 = log_student(folder, onnx_path, _metrics(0.60, 0.70), "lrkd_gat")["version"]
+        v2 = log_student(folder, onnx_path, _metrics(0.55, 0.72), "plain")["version"]
+        v3 = log_student(folder, onnx_path, _metrics(0.70, 0.71, (0.9, 0.9, 0.05)), "lrkd_mlp")["version"]
+        v4 = log_student(folder, onnx_path, _metrics(0.65, 0.695, (0.6, 0.6, 0.75)), "lrkd_poly")["version"]
+    assert (v1, v2, v3, v4) == ("1", "2", "3", "4")
+    assert {client.get_model_version(NAME, v).run_id for v in (v1, v2, v3)} == {run.info.run_id}
+
+    with pytest.raises(RegistryError, match="no 'challenger' alias"):
+        promote(NAME, POLICY)
+    with pytest.raises(RegistryError, match="no version '9'"):
+        set_challenger(NAME, "9")
+
+    # first model: no champion, it becomes champion
+    set_challenger(NAME, v1)
+    d = promote(NAME, POLICY)
+    assert d.promote and d.version == "1" and d.champion is None
+    assert d.reasons[0] == "pass: no champion yet: the first model becomes champion (macro_f1 0.6000)"
+    assert aliases(NAME) == {"champion": "1"}  # the challenger alias went with the promotion
+    tags = _promotion_tags(v1)
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.previous_champion"] == "none"
+    assert "promotion.time" in tags and "first model" in tags["promotion.reasons"]
+    with pytest.raises(RegistryError, match="is the champion"):
+        set_challenger(NAME, v1)
+
+    # worse challenger: refused, aliases unchanged, refusal recorded
+    set_challenger(NAME, v2)
+    before = aliases(NAME)
+    d = promote(NAME, POLICY, dry_run=True)
+    assert not d.promote
+    assert aliases(NAME) == before and _promotion_tags(v2) == {}  # a dry run changes nothing
+    d = promote(NAME, POLICY)
+    assert not d.promote and d.champion == "1"
+    assert "fail: macro_f1 0.5500 vs champion 0.6000: gain -0.0500 < min_gain 0.0000" in d.reasons
+    assert aliases(NAME) == {"champion": "1", "challenger": "2"}
+    tags = _promotion_tags(v2)
+    assert tags["promotion.decision"] == "refused" and tags["promotion.champion"] == "1"
+    assert "macro_f1 0.5500 vs champion 0.6000" in tags["promotion.reasons"]
+
+    # better on macro_f1 but one class below the per-class floor: refused
+    set_challenger(NAME, v3)
+    d = promote(NAME, POLICY)
+    assert not d.promote
+    assert d.reasons == ["pass: macro_f1 0.7000 vs champion 0.6000: gain +0.1000 >= min_gain 0.0000",
+                         "pass: guard accuracy 0.7100 vs champion 0.7000: drop -0.0100 <= max_drop 0.0100",
+                         "fail: f1.c 0.0500 < per_class_floor 0.1000"]
+    assert aliases(NAME) == {"champion": "1", "challenger": "3"}
+
+    # better, within the accuracy guard, all classes above the floor: promoted by explicit version
+    d = promote(NAME, POLICY, version=v4, dry_run=True)
+    assert d.promote and aliases(NAME) == {"champion": "1", "challenger": "3"}
+    d = promote(NAME, POLICY, version=v4)
+    assert d.promote and d.champion == "1"
+    assert aliases(NAME) == {"champion": "4", "challenger": "3"}  # challenger 3 was not the one promoted
+    assert _promotion_tags(v4)["promotion.previous_champion"] == "1"
+    assert _promotion_tags(v1)["promotion.superseded_by"] == "4"
+    with pytest.raises(RegistryError, match="already the champion"):
+        promote(NAME, POLICY, version=v4)
+
+
+# ------------------------------------------------------------------------------------------ policy and decide
+def test_policy_file(tmp_path, repo_root):
+    repo_policy = PromotionPolicy.load(repo_root / "registry" / "policy.yaml")
+    assert repo_policy.metric == "macro_f1" and [g.metric for g in repo_policy.guards] == ["accuracy"]
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("metric: macro_f1\nmin_gian: 0.01\n")
+    with pytest.raises(ConfigError, match="unknown key 'min_gian'"):
+        PromotionPolicy.load(path)
+    path.write_text("metric: macro_f1\nguards:\n  - metric: accuracy\n    max_dorp: 0.01\n")
+    with pytest.raises(ConfigError, match="unknown key 'guards.0.max_dorp'"):
+        PromotionPolicy.load(path)
+    path.write_text("per_class_floor: 1.5\n")
+    with pytest.raises(ConfigError, match="bad value for 'per_class_floor'"):
+        PromotionPolicy.load(path)
+    path.write_text("guards:\n  - {metric: accuracy}\n  - {metric: accuracy, max_drop: 0.1}\n")
+    with pytest.raises(ConfigError, match="more than once"):
+        PromotionPolicy.load(path)
+    with pytest.raises(ConfigError, match="not found"):
+        PromotionPolicy.load(tmp_path / "missing.yaml")
+
+
+def test_decide_rules():
+    policy = PromotionPolicy(metric="macro_f1", min_gain=0.02, guards=[Guard(metric="accuracy", max_drop=0.01)])
+    champ = {"macro_f1": 0.60, "accuracy": 0.80}
+
+    assert decide(policy, {"macro_f1": 0.5}, None) == Decision(
+        True, ["pass: no champion yet: the first model becomes champion (macro_f1 0.5000)"])
+    assert decide(policy, {"accuracy": 0.9}, None) == Decision(
+        False, ["fail: challenger has no macro_f1 (its metrics: accuracy); register it with that metric"])
+    assert decide(policy, {"macro_f1": 0.63, "accuracy": 0.795}, champ) == Decision(True, [
+        "pass: macro_f1 0.6300 vs champion 0.6000: gain +0.0300 >= min_gain 0.0200",
+        "pass: guard accuracy 0.7950 vs champion 0.8000: drop +0.0050 <= max_drop 0.0100"])
+    assert decide(policy, {"macro_f1": 0.61, "accuracy": 0.80}, champ) == Decision(False, [
+        "fail: macro_f1 0.6100 vs champion 0.6000: gain +0.0100 < min_gain 0.0200",
+        "pass: guard accuracy 0.8000 vs champion 0.8000: drop +0.0000 <= max_drop 0.0100"])
+    assert decide(policy, {"macro_f1": 0.70, "accuracy": 0.75}, champ) == Decision(False, [
+        "pass: macro_f1 0.7000 vs champion 0.6000: gain +0.1000 >= min_gain 0.0200",
+        "fail: guard accuracy 0.7500 vs champion 0.8000: drop +0.0500 > max_drop 0.0100"])
+    assert decide(policy, {"macro_f1": 0.70}, champ).reasons[1] == \
+        "fail: guard accuracy: the challenger has no accuracy"
+
+    floor = PromotionPolicy(per_class_floor=0.2)
+    assert decide(floor, {"macro_f1": 0.5, "f1.x": 0.1, "f1.y": 0.9}, None) == Decision(False, [
+        "pass: no champion yet: the first model becomes champion (macro_f1 0.5000)",
+        "fail: f1.x 0.1000 < per_class_floor 0.2000"])
+    assert decide(floor, {"macro_f1": 0.5}, None).reasons[-1] == \
+        "fail: per-class floor 0.2000: the challenger has no f1.<label> metrics"
+    assert decide(floor, {"macro_f1": 0.7, "f1.x": 0.3, "f1.y": 0.9}, {"macro_f1": 0.6, "f1.x": 0.5}) == Decision(
+        False, ["pass: macro_f1 0.7000 vs champion 0.6000: gain +0.1000 >= min_gain 0.0000",
+                "pass: per-class f1 >= floor 0.2000 (lowest: f1.x 0.3000)",
+                "fail: label sets differ: challenger ['x', 'y'] vs champion ['x']"])

@@ -1,0 +1,193 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from relkd.serving.export import (
+    INPUT_NAMES,
+    ExportMismatch,
+    agreement_rate,
+    export_onnx,
+    length_buckets,
+    optimize,
+    ort_session,
+    pad_batch,
+    quantize_int8,
+    score_pairs,
+    tokenize,
+)
+
+MAX_LENGTH = 40
+SAMPLES = [
+    ("red shoes", "Nike red running shoe, size 10"),
+    ("cordless drill 18v", "DeWalt 18V cordless drill driver with two batteries and carry case"),
+    ("usb c cable 2m", "Anker USB-C to USB-C cable"),
+    ("lamp", "desk lamp"),
+]
+NEW_PAIRS = [
+    ("zapatillas rojas talla 42", "Zapatillas de running Adidas rojas"),
+    ("tv 55 inch", "Samsung 55 inch 4K smart TV"),
+    ("kettle", "Stainless steel electric kettle 1.7 l with auto shut-off"),
+    ("coque iphone 13", "Coque en silicone pour iPhone 13, noir"),
+    ("a", "b"),
+]
+
+
+class TinyRelevance(nn.Module):
+    """A real (randomly initialised) BERT cross-encoder with a linear head: the student's signature."""
+
+    def __init__(self, n_labels: int = 4, shift_when_exporting: float = 0.0):
+        super().__init__()
+        from transformers import AutoModel
+
+        from relkd.models import resolve
+
+        torch.manual_seed(0)
+        self.backbone = AutoModel.from_pretrained(resolve("tiny:bert"), add_pooling_layer=False)
+        self.head = nn.Linear(self.backbone.config.hidden_size, n_labels)
+        self.shift_when_exporting = shift_when_exporting
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state[:, 0]
+        logits = self.head(h)
+        if self.shift_when_exporting and torch.compiler.is_exporting():
+            # The traced graph computes something else than eager PyTorch: what the check must catch.
+            logits = logits + self.shift_when_exporting
+        return logits, h
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from relkd.models import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("tiny:bert"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TinyRelevance().eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return path, export_onnx(model, tokenizer, path, MAX_LENGTH, SAMPLES)
+
+
+def test_export_is_verified_and_matches_torch_on_a_new_batch(exported, model, tokenizer):
+    path, info = exported
+    assert info["max_abs_diff_logits"] <= 1e-4 and info["max_abs_diff_latent"] <= 1e-4
+    assert info["opset"] == 18
+    assert info["file_size_bytes"] == path.stat().st_size > 0
+    assert info["checked_shapes"][0][0] != info["checked_shapes"][1][0]
+    assert info["checked_shapes"][1][1] == MAX_LENGTH
+
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == list(INPUT_NAMES)
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT64 for i in graph.input)
+    assert [o.name for o in graph.output] == ["logits", "latent"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert all(d.dim_param and not d.dim_value for d in dims)  # batch and sequence are dynamic
+
+    # A batch size and a sequence length the export never saw.
+    ids, types = tokenize(tokenizer, NEW_PAIRS, MAX_LENGTH)
+    batch = pad_batch(ids, types, tokenizer.pad_token_id, length=23)
+    got_logits, got_latent = ort_session(path, threads=1).run(["logits", "latent"], batch)
+    with torch.inference_mode():
+        want_logits, want_latent = model(*(torch.from_numpy(batch[k]) for k in INPUT_NAMES))
+    assert got_logits.shape == (5, 4) and got_latent.shape == (5, model.backbone.config.hidden_size)
+    np.testing.assert_allclose(got_logits, want_logits.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got_latent, want_latent.numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_raises_with_the_measured_difference_when_the_graph_differs(tokenizer, tmp_path):
+    shifted = TinyRelevance(shift_when_exporting=0.5).eval()
+    with pytest.raises(ExportMismatch, match=r"'logits': 0\.5"):
+        export_onnx(shifted, tokenizer, tmp_path / "bad.onnx", MAX_LENGTH, SAMPLES)
+    assert not (tmp_path / "bad.onnx").exists()  # nothing half-checked is left where serving would look
+
+
+def test_export_refuses_samples_that_cannot_exercise_dynamic_shapes(model, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="at least 3"):
+        export_onnx(model, tokenizer, tmp_path / "m.onnx", MAX_LENGTH, SAMPLES[:2])
+    with pytest.raises(ValueError, match="same length"):
+        export_onnx(model, tokenizer, tmp_path / "m.onnx", MAX_LENGTH, [("a", "b")] * 3)
+
+
+def test_int8_is_smaller_and_agrees_with_fp32(exported, model, tokenizer, tmp_path):
+    path, _ = exported
+    q = quantize_int8(path, tmp_path / "int8.onnx")
+    assert q.stat().st_size < 0.5 * path.stat().st_size
+    pairs = (SAMPLES + NEW_PAIRS) * 4
+    res = agreement_rate(path, q, tokenizer, pairs, MAX_LENGTH, batch_size=8)
+    assert 0.0 <= res["agreement"] <= 1.0 and res["n"] == len(pairs)
+    assert 0.0 < res["max_prob_diff"] < 0.2  # quantised weights move the probabilities, a little
+    same = agreement_rate(path, path, tokenizer, pairs, MAX_LENGTH, batch_size=8)
+    assert same["agreement"] == 1.0 and same["max_prob_diff"] == 0.0
+    vs_torch = agreement_rate(path, model, tokenizer, pairs, MAX_LENGTH, batch_size=8)
+    assert vs_torch["agreement"] == 1.0 and vs_torch["max_prob_diff"] < 1e-4
+
+
+def test_optimized_graph_gives_the_same_outputs(exported, tokenizer, tmp_path):
+    path, _ = exported
+    opt = optimize(path, tmp_path / "opt.onnx")
+    assert opt.is_file() and opt.stat().st_size > 0
+    a, ra = score_pairs(path, tokenizer, NEW_PAIRS, MAX_LENGTH, batch_size=2)
+    b, rb = score_pairs(opt, tokenizer, NEW_PAIRS, MAX_LENGTH, batch_size=2)
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ra, rb, atol=1e-4, rtol=0)
+
+
+def test_bucketed_scoring_equals_fixed_padding_in_input_order(model, tokenizer):
+    pairs = SAMPLES + NEW_PAIRS
+    bucketed, lat_b = score_pairs(model, tokenizer, pairs, MAX_LENGTH, batch_size=3, buckets=True)
+    padded, lat_p = score_pairs(model, tokenizer, pairs, MAX_LENGTH, batch_size=3, buckets=False)
+    one_by_one = np.concatenate([score_pairs(model, tokenizer, [p], MAX_LENGTH, 1)[0] for p in pairs])
+    np.testing.assert_allclose(bucketed, padded, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lat_b, lat_p, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(bucketed, one_by_one, atol=1e-4, rtol=0)
+    assert len({tuple(np.round(r, 3)) for r in bucketed}) == len(pairs)  # rows really differ: order matters
+
+
+def test_length_buckets_cover_every_index_once_sorted_by_length():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 64, size=103)
+    batches = length_buckets(lengths, 10)
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(103))
+    assert np.all(np.diff(lengths[flat]) >= 0)  # within and across batches
+    out = np.empty(103)
+    for b in batches:  # the caller undoes the order by writing back to the original positions
+        out[b] = lengths[b] * 2
+    np.testing.assert_array_equal(out, lengths * 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        length_buckets(lengths, 0)
+
+
+def test_pad_batch_pads_right_with_mask():
+    b = pad_batch([[101, 5, 102], [101, 102]], [[0, 0, 0], [0, 1]], pad_id=0, length=4)
+    assert b["input_ids"].dtype == np.int64
+    np.testing.assert_array_equal(b["input_ids"], [[101, 5, 102, 0], [101, 102, 0, 0]])
+    np.testing.assert_array_equal(b["attention_mask"], [[1, 1, 1, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(b["token_type_ids"], [[0, 0, 0, 0], [0, 1, 0, 0]])
+    with pytest.raises(ValueError, match="cannot pad to 2"):
+        pad_batch([[1, 2, 3]], [[0, 0, 0]], 0, length=2)
+
+
+def test_the_student_exports_through_its_inference_wrapper(tokenizer, tmp_path):
+    """The real student (default GAT extractor) behind InferenceWrapper passes the same check."""
+    from relkd.student.config import VariantConfig
+    from relkd.student.model import InferenceWrapper, build_student
+
+    torch.manual_seed(0)
+    student, tok = build_student("tiny:bert", ("exact", "substitute", "irrelevant"), VariantConfig(),
+                                 d_out=24, max_length=MAX_LENGTH)
+    info = export_onnx(InferenceWrapper(student.eval()), tok, tmp_path / "student.onnx", MAX_LENGTH, SAMPLES)
+    assert info["max_abs_diff_logits"] <= 1e-4 and info["max_abs_diff_latent"] <= 1e-4
+    logits, latent = score_pairs(tmp_path / "student.onnx", tok, NEW_PAIRS, MAX_LENGTH)
+    assert logits.shape == (len(NEW_PAIRS), 3) and latent.shape == (len(NEW_PAIRS), 24)
