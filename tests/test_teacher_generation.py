@@ -119,3 +119,22 @@ def test_backend_choice_on_a_cpu_host(sharp_llama):
     assert isinstance(engine, TransformersBackend) and engine.model.dtype == torch.float32
     with pytest.raises(ValueError, match="max_prompt_tokens=16"):
         engine.generate(["word " * 40], 1, GREEDY, seed=0)
+
+
+def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label():
+    """The KV-cache reuse path must give what a full forward over prefix + label gives."""
+    import torch
+
+    from relkd.models import resolve
+    from relkd.teacher.generation import TransformersBackend, _label_spans
+
+    backend = TransformersBackend(resolve("tiny:llama"), batch_size=4)
+    prefixes = ["Query: red shoes\nLabel:", "Q: a much longer prefix with more words in it\nLabel:", "x\nLabel:"]
+    labels = ["strongly relevant", "brand mismatch", "accessory mismatch", "exact"]
+    fast = backend.score_labels(prefixes, labels)
+    slow = []
+    for full, m in _label_spans(backend.tokenizer, prefixes, labels, None):
+        with torch.inference_mode():
+            logp = torch.log_softmax(backend.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+        slow.append(sum(logp[q - 1, full[q]].item() for q in range(len(full) - m, len(full))))
+    assert np.allclose(fast, np.array(slow).reshape(fast.shape), atol=1e-4)

@@ -65,6 +65,36 @@ def _stable_seed(seed: int, texts: Sequence[str]) -> int:
     return int.from_bytes(h.digest()[:8], "big") & ((1 << 63) - 1)
 
 
+def _check_lengths(ids: list[list[int]], texts: Sequence[str], limit: int | None) -> list[list[int]]:
+    for i, row in enumerate(ids):
+        if limit and len(row) > limit:
+            raise ValueError(
+                f"prompt {i} has {len(row)} tokens, more than max_prompt_tokens={limit} "
+                f"(starts {texts[i][:80]!r}); use fewer shots or raise teacher.max_prompt_tokens"
+            )
+    return ids
+
+
+def _label_spans(tokenizer, prefixes: Sequence[str], labels: Sequence[str],
+                 limit: int | None) -> list[tuple[list[int], int]]:
+    """(token ids of prefix + " " + label, number of label tokens at the end) per prefix, then label."""
+    bad = [p for p in prefixes if p.endswith(" ")]
+    if bad:
+        raise ValueError(f"prefix ends with a space ({bad[0][-40:]!r}); end it without one, the label is "
+                         "scored as ' ' + label")
+    combos = []
+    prefix_ids = _check_lengths(tokenizer(list(prefixes))["input_ids"], prefixes, limit)
+    for p, pids in zip(prefixes, prefix_ids):
+        for f in tokenizer([p + " " + lab for lab in labels])["input_ids"]:
+            common = 0  # the label starts where the two tokenisations part (as trl finds completions)
+            while common < min(len(pids), len(f)) and pids[common] == f[common]:
+                common += 1
+            if common == len(f):
+                raise ValueError(f"a label in {list(labels)} tokenises to nothing after prefix {p[-40:]!r}")
+            combos.append((f, len(f) - common))
+    return combos
+
+
 def _cuda() -> bool:
     import torch
 
@@ -112,15 +142,7 @@ class TransformersBackend:
         self.device = self.model.device
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer(list(texts))["input_ids"]
-        if self.max_prompt_tokens:
-            for i, row in enumerate(ids):
-                if len(row) > self.max_prompt_tokens:
-                    raise ValueError(
-                        f"prompt {i} has {len(row)} tokens, more than max_prompt_tokens={self.max_prompt_tokens} "
-                        f"(starts {texts[i][:80]!r}); use fewer shots or raise teacher.max_prompt_tokens"
-                    )
-        return ids
+        return _check_lengths(self.tokenizer(list(texts))["input_ids"], texts, self.max_prompt_tokens)
 
     def _left_pad(self, rows: Sequence[Sequence[int]]):
         import torch
@@ -162,38 +184,46 @@ class TransformersBackend:
         return out
 
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+        """One forward pass over each prefix (its KV cache then reused by every label), instead of one
+        pass per (prefix, label): the prefix is a whole few-shot prompt plus a rationale, the labels a
+        few tokens each, so this is about len(labels) times cheaper."""
         import torch
 
-        bad = [p for p in prefixes if p.endswith(" ")]
-        if bad:
-            raise ValueError(f"prefix ends with a space ({bad[0][-40:]!r}); end it without one, the label is "
-                             "scored as ' ' + label")
-        combos: list[tuple[list[int], int]] = []  # (prefix + label ids, number of label tokens)
-        prefix_ids = self._encode(prefixes)
-        for p, pids in zip(prefixes, prefix_ids):
-            full = self.tokenizer([p + " " + lab for lab in labels])["input_ids"]
-            for f in full:
-                common = 0  # the label starts where the two tokenisations part
-                while common < min(len(pids), len(f)) and pids[common] == f[common]:
-                    common += 1
-                combos.append((f, len(f) - common))
-        if any(m == 0 for _, m in combos):
-            raise ValueError(f"a label in {list(labels)} tokenises to nothing after a prefix")
+        combos = _label_spans(self.tokenizer, prefixes, labels, self.max_prompt_tokens)
+        n_lab = len(labels)
         scores = np.empty(len(combos))
-        for start in range(0, len(combos), self.batch_size):
-            chunk = combos[start:start + self.batch_size]
-            ids, mask = self._left_pad([c[0] for c in chunk])
-            keep = max(m for _, m in chunk) + 1  # logits of the last `keep` positions cover every label token
+        step = max(1, self.batch_size // 2)
+        for start in range(0, len(prefixes), step):
+            rows = range(start, min(start + step, len(prefixes)))
+            full = [[combos[i * n_lab + j][0] for j in range(n_lab)] for i in rows]
+            # The shared part of a prefix's tokenisations; each label's tail (>= 1 token) follows it.
+            shared = []
+            for fs in full:
+                k = min(len(f) for f in fs) - 1
+                while any(f[:k] != fs[0][:k] for f in fs):
+                    k -= 1
+                shared.append(fs[0][:k])
+            ids, mask = self._left_pad(shared)
             with torch.inference_mode():
-                logits = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    logits_to_keep=keep,
-                ).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)  # position t predicts token t + 1
-            targets = ids[:, -(keep - 1):]
-            token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, keep - 1)
-            for row, (_, m) in enumerate(chunk):
-                scores[start + row] = token_logp[row, -m:].sum().item()
+                out = self.model(input_ids=ids, attention_mask=mask,
+                                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+                first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, vocab): the tail's 1st token
+                cache = out.past_key_values
+                cache.batch_repeat_interleave(n_lab)
+                tails = [f[len(sh):] for sh, fs in zip(shared, full) for f in fs]
+                width = max(len(t) for t in tails)
+                pad = self.tokenizer.pad_token_id
+                tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=self.device)
+                tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=self.device)
+                full_mask = torch.cat([mask.repeat_interleave(n_lab, 0), tail_mask], dim=1)
+                pos = mask.sum(-1).repeat_interleave(n_lab, 0)[:, None] + torch.arange(width, device=self.device)
+                logp = torch.log_softmax(self.model(input_ids=tail_ids, attention_mask=full_mask, position_ids=pos,
+                                                    past_key_values=cache).logits.float(), dim=-1)
+            for r, t in enumerate(tails):
+                i, j = divmod(r, n_lab)
+                m = combos[(start + i) * n_lab + j][1]  # label tokens: the last m of the tail
+                token_logp = [first[i, t[0]].item()] + [logp[r, q - 1, t[q]].item() for q in range(1, len(t))]
+                scores[(start + i) * n_lab + j] = sum(token_logp[-m:])
         return scores.reshape(len(prefixes), len(labels))
 
 
@@ -209,14 +239,15 @@ class VLLMBackend:
         if adapter_path is not None:
             rank = max(rank, json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
         self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                       enable_lora=adapter_path is not None, max_lora_rank=rank,
-                       max_model_len=(max_prompt_tokens or 2048) + 1024)
+                       enable_lora=adapter_path is not None, max_lora_rank=rank)
+        self.max_prompt_tokens = max_prompt_tokens
         self.lora = LoRARequest("teacher", 1, str(adapter_path)) if adapter_path is not None else None
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int) -> list[list[str]]:
         from vllm import SamplingParams
 
+        _check_lengths(self.tokenizer(list(prompts))["input_ids"], prompts, self.max_prompt_tokens)
         greedy = sampling.temperature == 0
         params = [
             SamplingParams(n=1 if greedy else n, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -230,22 +261,12 @@ class VLLMBackend:
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         from vllm import SamplingParams
 
-        requests, label_lens = [], []
-        for p in prefixes:
-            pids = self.tokenizer(p)["input_ids"]
-            for lab in labels:
-                f = self.tokenizer(p + " " + lab)["input_ids"]
-                common = 0
-                while common < min(len(pids), len(f)) and pids[common] == f[common]:
-                    common += 1
-                requests.append({"prompt_token_ids": f})
-                label_lens.append(len(f) - common)
-        params = SamplingParams(max_tokens=1, prompt_logprobs=1)
-        outs = self.llm.generate(requests, params, lora_request=self.lora, use_tqdm=False)
-        scores = [
-            sum(pos[tok].logprob for pos, tok in zip(o.prompt_logprobs[-m:], r["prompt_token_ids"][-m:]))
-            for o, r, m in zip(outs, requests, label_lens)
-        ]
+        combos = _label_spans(self.tokenizer, prefixes, labels, self.max_prompt_tokens)
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1)  # the prompt token's own log-prob is always in
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in combos], params, lora_request=self.lora,
+                                 use_tqdm=False)
+        scores = [sum(pos[tok].logprob for pos, tok in zip(o.prompt_logprobs[-m:], ids[-m:]))
+                  for o, (ids, m) in zip(outs, combos)]
         return np.asarray(scores).reshape(len(prefixes), len(labels))
 
 
