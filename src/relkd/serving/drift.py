@@ -1,4 +1,4 @@
-"""Input drift: a cheap profile of scored traffic (lengths, language mix, tier mix) and warnings when a batch departs from the reference.
+"""Input drift: a cheap profile of traffic (lengths, language mix, tier mix) and warnings when a batch departs from it.
 
 A profile is a small JSON-ready dict, so the reference (the validation split, or last week's traffic)
 can be stored beside the model and each new batch compared to it without the reference rows.

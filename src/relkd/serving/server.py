@@ -81,6 +81,9 @@ def server_paths(venv=None) -> dict:
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
     env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(venv)
+    # The stub imports each version's model.py; without this it writes __pycache__ into the model
+    # repository, which is a DVC output: the next `dvc repro` would see it changed and re-score.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     for var in ("PYTHONPATH", "PYTHONHOME"):  # the training venv's paths must not leak into the stub
         env.pop(var, None)
     return {"binary": binary, "backend_dir": backends, "env": env, "venv": venv, "site_packages": site}

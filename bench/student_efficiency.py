@@ -1,0 +1,60 @@
+"""Student efficiency like the paper's Table 2: parameters and milliseconds per 100-pair batch for each
+variant (torch eager, CPU, realistic catalogue pairs), with the extractor's overhead over `plain`.
+
+    python bench/student_efficiency.py [--backbone pypi:all-MiniLM-L6-v2] [--repeats 10]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_roof, report  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="pypi:all-MiniLM-L6-v2")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=10)
+    a = ap.parse_args()
+
+    import torch
+
+    from relkd.config import CatalogueConfig
+    from relkd.data.catalogue import LABELS, generate_catalogue
+    from relkd.student.config import default_variants
+    from relkd.student.model import build_student, tokenize_pairs
+
+    pairs = generate_catalogue(CatalogueConfig(n_queries=a.batch, pairs_per_query=1), seed=3).iloc[:a.batch]
+    rows = []
+    for name, variant in default_variants().items():
+        model, tok = build_student(a.backbone, LABELS, variant, 384, 128, 32, a.max_length)
+        model.eval()
+        enc = tokenize_pairs(tok, list(pairs["query"]), list(pairs["title"]), a.max_length, padding="max_length",
+                             return_tensors="pt")
+        args = (enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+        with torch.inference_mode():
+            model(*args)
+            times = []
+            for _ in range(a.repeats):
+                t = time.perf_counter()
+                model(*args)
+                times.append(time.perf_counter() - t)
+        rows.append({"variant": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                     "ms_per_100_pairs": 1000 * statistics.median(times) * 100 / a.batch})
+    base = next(r for r in rows if r["variant"] == "plain")
+    for r in rows:
+        r["overhead_vs_plain"] = r["ms_per_100_pairs"] / base["ms_per_100_pairs"] - 1
+    roof = matmul_roof()
+    report("student_efficiency", rows, ["variant", "params_M", "ms_per_100_pairs", "overhead_vs_plain"],
+           {"backbone": a.backbone, "batch": a.batch, "padded_to": a.max_length, "matmul_roof_gflops": roof})
+    print(f"matmul roof: {roof:.0f} GFLOP/s (batch {a.batch}, padded to {a.max_length}, median of {a.repeats})")
+
+
+if __name__ == "__main__":
+    main()
