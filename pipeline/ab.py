@@ -2,6 +2,7 @@
 labelled quality with a paired bootstrap CI and McNemar's test, and a simulated 10%/10% traffic split."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,13 @@ def arm(scores_dir: Path) -> pd.DataFrame:
                          "probs": [np.asarray(p, dtype=float) for p in s["probs"]]})
 
 
-def run(params_path, batch, scores, prepared, out, metrics_path) -> dict:
+def cost(folder: Path) -> float | None:
+    """Seconds per 1,000 pairs recorded by the scorer that wrote `folder`, if it recorded it."""
+    f = folder / "cost.json"
+    return json.loads(f.read_text(encoding="utf-8")).get("seconds_per_1000_pairs") if f.exists() else None
+
+
+def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=None) -> dict:
     params = setup(params_path)
     cfg = params.ab
     from relkd.serving.ab import ab_markdown, ab_report, traffic_split
@@ -26,6 +33,8 @@ def run(params_path, batch, scores, prepared, out, metrics_path) -> dict:
 
     labels = read_labels(prepared)
     arms = {role: arm(Path(scores) / role) for role in ("champion", "challenger")}
+    if teacher_scores:  # TaoSR1's alternative: the LLM itself, tiered (relkd teacher-score)
+        arms["teacher"] = arm(Path(teacher_scores))
     rows = read_table(batch)
     ids = rows["id"].astype(str) if "id" in rows else pd.Series(range(len(rows))).astype(str)
     gold = None
@@ -33,7 +42,7 @@ def run(params_path, batch, scores, prepared, out, metrics_path) -> dict:
         g = rows["label"].where(rows["label"].astype(str).str.len() > 0)
         gold = pd.Series(g.to_numpy(), index=ids.to_numpy())
     # Rejected rows are in neither arm's scores: compare on the rows both arms scored.
-    common = set(arms["champion"]["id"]) & set(arms["challenger"]["id"])
+    common = set.intersection(*(set(a["id"]) for a in arms.values()))
     arms = {k: v[v["id"].isin(common)].reset_index(drop=True) for k, v in arms.items()}
     report = ab_report(arms, labels, gold, seed=cfg.seed, n_boot=cfg.n_boot)
     # Online-style simulation: each id lands in one arm by a salted hash (10% / 10% by default) and is
@@ -52,13 +61,18 @@ def run(params_path, batch, scores, prepared, out, metrics_path) -> dict:
             entry["accuracy"] = float((mine["label"].to_numpy()[has] == g.to_numpy()[has]).mean()) if has.any() else None
         sim[role] = entry
     report["online_simulation"] = sim
+    report["seconds_per_1000_pairs"] = {role: cost(Path(scores) / role) for role in ("champion", "challenger")}
+    if teacher_scores:
+        report["seconds_per_1000_pairs"]["teacher"] = cost(Path(teacher_scores))
     Path(out).mkdir(parents=True, exist_ok=True)
     write_text(Path(out) / "ab.md", ab_markdown(report) + "\n\n## Online-style simulation\n\n"
                f"Each id goes to one arm by sha256(salt={cfg.salt!r}, id): {cfg.champion_share:.0%} champion, "
-               f"{cfg.challenger_share:.0%} challenger.\n\n```\n{sim}\n```\n")
+               f"{cfg.challenger_share:.0%} challenger.\n\n```\n{sim}\n```\n\n## Cost\n\nSeconds per 1,000 pairs "
+               f"(scoring wall time, this machine): {report['seconds_per_1000_pairs']}\n")
     write_json(Path(out) / "ab.json", report)
     metrics = {"agreement": report["agreement"], "n": report["n"],
-               "filtered_share": report["filtered_share"]}
+               "filtered_share": report["filtered_share"],
+               "seconds_per_1000_pairs": {k: v for k, v in report["seconds_per_1000_pairs"].items() if v is not None}}
     if report.get("labelled"):
         lab = report["labelled"]
         metrics["labelled"] = {"n": lab["n"], **{f"{k}_{m}": v[m] for k, v in lab["metrics"].items()
@@ -76,8 +90,9 @@ def run(params_path, batch, scores, prepared, out, metrics_path) -> dict:
 def main(argv=None) -> None:
     ap = stage_args(__doc__, ("batch", "the scored batch file"), ("scores", "score stage output folder"),
                     ("prepared", "prepared data (label set)"), ("out", "report folder"), ("metrics", "metrics JSON"))
+    ap.add_argument("--teacher-scores", default=None, help="a `relkd teacher-score` output folder: third arm")
     a = ap.parse_args(argv)
-    run(a.params, a.batch, a.scores, a.prepared, a.out, a.metrics)
+    run(a.params, a.batch, a.scores, a.prepared, a.out, a.metrics, a.teacher_scores)
 
 
 if __name__ == "__main__":

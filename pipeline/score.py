@@ -3,6 +3,7 @@ challenger version through tritonclient, check drift against the training data, 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -32,9 +33,15 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
     with triton(repo, timeout=t.start_timeout, log_path=Path(out) / "tritonserver.log") as server:
         url = f"127.0.0.1:{server.grpc_port if cfg.protocol == 'grpc' else server.http_port}"
         for role, e in exported.items():
+            t0 = time.perf_counter()
             summary[role] = score_file(batch, Path(out) / role, url, cfg.protocol, t.model_name, e["version"],
                                        cfg.batch_size, cfg.concurrency, cfg.retries, cfg.backoff, cfg.max_chars,
                                        shard_size=cfg.shard_size)
+            seconds = time.perf_counter() - t0
+            write_json(Path(out) / role / "cost.json", {
+                "pairs": summary[role]["scored"], "seconds": seconds,
+                "seconds_per_1000_pairs": 1000 * seconds / max(summary[role]["scored"], 1),
+                "shards_reused": summary[role]["shards_reused"]})
     rows = read_table(batch)
     for role, e in exported.items():
         scores = pd.read_parquet(Path(out) / role / "scores.parquet")

@@ -51,7 +51,7 @@ def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unifie
     return rows, records
 
 
-def run(params_path, prepared, fewshot, sft, dpo, prompts_dir, out, cache_dir, metrics_path) -> dict:
+def run(params_path, prepared, fewshot, sft, dpo, final, prompts_dir, out, cache_dir, metrics_path) -> dict:
     params = setup(params_path)
     cfg = params.teacher
     labels = read_labels(prepared)
@@ -60,7 +60,10 @@ def run(params_path, prepared, fewshot, sft, dpo, prompts_dir, out, cache_dir, m
     perspectives = load_perspectives(prompts_dir)
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
     rows, records = [], []
-    for stage, adapter in (("few-shot", None), ("SFT", sft), ("SFT+DPO", dpo)):
+    stages = [("few-shot", None), ("SFT", sft), ("SFT+DPO", dpo)]
+    if cfg.grpo.enabled:  # TaoSR1's RL stage on top (teacher_grpo); its rows join the table
+        stages.append(("SFT+DPO+GRPO", final))
+    for stage, adapter in stages:
         r, g = evaluate(cfg, stage, adapter, test, labels, shots, perspectives, unified, cache_dir)
         rows += r
         records += g
@@ -86,11 +89,12 @@ def run(params_path, prepared, fewshot, sft, dpo, prompts_dir, out, cache_dir, m
 
 def main(argv=None) -> None:
     ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("fewshot", "teacher_fewshot output (shots)"),
-                    ("sft", "SFT adapter"), ("dpo", "DPO adapter"), ("prompts", "prompt files"),
+                    ("sft", "SFT adapter"), ("dpo", "DPO adapter"),
+                    ("final", "final teacher adapter (GRPO when enabled, else the DPO one)"), ("prompts", "prompt files"),
                     ("out", "report folder"), ("cache", "generation cache folder (persisted)"),
                     ("metrics", "metrics JSON"))
     a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.fewshot, a.sft, a.dpo, a.prompts, a.out, a.cache, a.metrics)
+    run(a.params, a.prepared, a.fewshot, a.sft, a.dpo, a.final, a.prompts, a.out, a.cache, a.metrics)
 
 
 if __name__ == "__main__":

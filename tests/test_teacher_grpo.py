@@ -40,7 +40,8 @@ def test_make_rewards_binds_the_label_set_and_takes_trls_extra_kwargs():
     correct, fmt = make_rewards(["exact", "irrelevant"], format_weight=0.2)
     extra = {"trainer_state": None, "log_extra": None, "log_metric": None, "completion_ids": [[1], [2]]}
     completions = ["Reasoning: r.\nLabel: irrelevant", "Reasoning: r.\nLabel: substitute"]  # not in this label set
-    assert correct(prompts=["p", "p"], completions=completions, gold=["irrelevant", "substitute"], **extra) == [1.0, 0.0]
+    got = correct(prompts=["p", "p"], completions=completions, gold=["irrelevant", "substitute"], **extra)
+    assert got == [1.0, 0.0]
     assert fmt(prompts=["p", "p"], completions=completions, gold=["irrelevant", "irrelevant"], **extra) == [0.2, 0.0]
     assert [f.func.__name__ for f in (correct, fmt)] == ["correctness_reward", "format_reward"]  # trl's log names
 
@@ -129,3 +130,43 @@ def test_stage_copies_the_dpo_teacher_when_grpo_is_disabled(adapter, tmp_path):
     assert json.loads(metrics_path.read_text()) == {"enabled": 0}
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in dpo.iterdir())
     assert (out / "adapter_model.safetensors").read_bytes() == (dpo / "adapter_model.safetensors").read_bytes()
+
+
+def test_stage_probes_the_dpo_teacher_and_keeps_it_when_every_pair_is_hopeless(adapter, tmp_path, monkeypatch,
+                                                                                 repo_root):
+    import mlflow
+    import pandas as pd
+
+    from pipeline.teacher_grpo import run
+    from relkd.tracking import configure
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    configure(tmp_path)
+    _, dpo = adapter
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    labels = ["exact", "substitute", "complement", "irrelevant"]
+    (prepared / "labels.json").write_text(json.dumps({"labels": labels}))
+    pd.DataFrame({"pair_id": [f"p{i}" for i in range(8)], "query_id": [f"q{i}" for i in range(8)],
+                  "query": [f"usb cable {i}" for i in range(8)], "title": [f"cable {i}" for i in range(8)],
+                  "label": [labels[i % 4] for i in range(8)], "locale": ["us"] * 8}
+                 ).to_parquet(prepared / "train.parquet")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"teacher": {"model": "tiny:llama", "sampling": {"max_new_tokens": 8},
+                                                  "grpo": {"enabled": True, "n_pairs": 4, "k": 2}}}))
+    out = tmp_path / "grpo"
+    try:
+        metrics = run(params, prepared, dpo, repo_root / "prompts", out, tmp_path / "cache", tmp_path / "m.json")
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+    # The random tiny teacher never writes a label line: all 4 probed pairs are hopeless (pass rate 0).
+    assert metrics == {"enabled": 1, "n_probe": 4, "k": 2, "probe_pass_rate": 0.0, "kept": 0, "dropped_easy": 0,
+                       "dropped_hopeless": 4, "skipped": 1}
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    assert (out / "adapter_model.safetensors").read_bytes() == (dpo / "adapter_model.safetensors").read_bytes()
+    assert len(list((tmp_path / "cache").glob("*.jsonl"))) == 1  # the k samples per pair were cached
+    assert [(r.info.run_name, r.info.status, r.data.metrics["dropped_hopeless"]) for r in runs] == [
+        ("teacher_grpo", "FINISHED", 4.0)]

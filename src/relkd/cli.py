@@ -178,12 +178,23 @@ def score(batch, out, url, repo, protocol, model_name, version, batch_size, conc
 @click.option("--prepared", default="data/prepared", show_default=True)
 @click.option("--out", default="reports/ab", show_default=True)
 @click.option("--metrics", default="metrics/ab.json", show_default=True)
-def ab(params, batch, scores, prepared, out, metrics) -> None:
-    """Champion vs challenger on the same scored batch (what the `ab` stage runs)."""
+@click.option("--teacher-scores", default=None, help="a `relkd teacher-score` output folder as a third arm")
+def ab(params, batch, scores, prepared, out, metrics, teacher_scores) -> None:
+    """Champion vs challenger on the same scored batch (what the `ab` stage runs), optionally with the
+    LLM-tiered teacher as a third arm."""
     from pipeline.ab import run
 
-    m = run(params, batch, scores, prepared, out, metrics)
+    m = run(params, batch, scores, prepared, out, metrics, teacher_scores)
     click.echo(f"agreement {m['agreement']:.3f} on {m['n']} rows; report: {out}/ab.md")
+
+
+@main.command("teacher-score", context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def teacher_score(args) -> None:
+    """Score a batch with the LLM teacher itself, tiered by cumulative label probability (TaoSR1's
+    alternative to distillation); its output is a third arm for `relkd ab --teacher-scores DIR`.
+    Arguments as `relkd teacher-score --help` lists them."""
+    importlib.import_module("pipeline.teacher_score").main(list(args))
 
 
 @main.command()

@@ -120,6 +120,68 @@ class ShardConfig(Section):
         return self
 
 
+class GRPOSection(Section):
+    """TaoSR1's third stage: difficulty-based dynamic sampling, then GRPO continuing the DPO adapter."""
+
+    enabled: bool = Field(
+        False, description="run GRPO after DPO; off = the final teacher is the DPO teacher (the stage copies it); "
+        "TaoSR1: on"
+    )
+    n_pairs: int = Field(
+        16, ge=1, description="train pairs (class-balanced draw) the DPO teacher is probed on for pass rates; "
+        "TaoSR1: the RL training pool"
+    )
+    k: int = Field(
+        4, ge=1, description="samples per probed pair for its pass rate (dynamic sampling); TaoSR1: not stated"
+    )
+    num_generations: int = Field(
+        4, ge=2, description="completions per prompt in a GRPO group (advantages are relative within it); "
+        "TaoSR1: not stated (trl default 8)"
+    )
+    max_steps: int | None = Field(
+        4, ge=1, description="optimiser steps; None = `epochs` passes over the kept pairs; TaoSR1: not stated"
+    )
+    epochs: float = Field(1, gt=0, description="passes over the kept pairs when max_steps is None")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (LoRA, tiny CPU data); TaoSR1: not stated")
+    beta: float = Field(
+        0.04, ge=0, description="KL strength to the reference (the DPO model, a frozen copy of its adapter); "
+        "0 = no reference; TaoSR1: not stated"
+    )
+    batch_size: int = Field(
+        1, ge=1, description="prompts per device step (each brings num_generations completions)"
+    )
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    format_weight: float = Field(
+        0.5, ge=0, description="reward for a well-formed answer (non-empty rationale and a parseable label line), "
+        "added to the correctness reward (1.0 when the label is the gold one)"
+    )
+    logging_steps: int | None = Field(1, ge=1, description="log every N optimiser steps; None = once per epoch")
+    seed: int = Field(13, description="seed of the probe draw, the rollouts and the data order")
+
+
+class TeacherTierSection(Section):
+    """TaoSR1's cumulative-probability partitioning of the teacher's label distribution into tiers 0..4
+    (rule: relkd.teacher.tiers)."""
+
+    order: list[str] | None = Field(
+        None, description="label names from most to least relevant; None = the dataset's label order; e.g. "
+        "['exact', 'substitute', 'complement', 'irrelevant']"
+    )
+    thresholds: list[float] = Field(
+        default_factory=lambda: [0.5, 0.5, 0.5, 0.5],
+        description="[t4, t3, t2, t1]: tier 4 when P(top 1 label) >= t4, else tier 3 when P(top 2) >= t3, else "
+        "tier 2 when P(top 3) >= t2, else tier 1 when P(top 4) >= t1, else 0; a sum never takes in the least "
+        "relevant label (with 4 labels tiers 2 and 1 both read P(top 3)); all 0.5 = the median relevance level; "
+        "TaoSR1: tuned thresholds, not stated",
+    )
+
+    @model_validator(mode="after")
+    def _four_probabilities(self) -> "TeacherTierSection":
+        if len(self.thresholds) != 4 or any(not 0 <= t <= 1 for t in self.thresholds):
+            raise ValueError(f"thresholds must be 4 values in [0, 1] ([t4, t3, t2, t1]), got {self.thresholds}")
+        return self
+
+
 class TeacherConfig(Section):
     """The MPCoT teacher: a causal LM that writes a rationale, then a label."""
 
@@ -151,3 +213,5 @@ class TeacherConfig(Section):
     eval: EvalConfig = EvalConfig()
     annotate: AnnotateConfig = AnnotateConfig()
     shards: ShardConfig = ShardConfig()
+    grpo: GRPOSection = GRPOSection()
+    tiers: TeacherTierSection = TeacherTierSection()
