@@ -253,10 +253,15 @@ def test_decide_rules():
         "fail: guard accuracy: the challenger has no accuracy"
 
     floor = PromotionPolicy(per_class_floor=0.2)
-    assert decide(floor, {"macro_f1": 0.5, "f1.x": 0.1, "f1.y": 0.9}, None) == Decision(False, [
+    # the first model becomes champion even below the floor (something must be served); it is noted
+    assert decide(floor, {"macro_f1": 0.5, "f1.x": 0.1, "f1.y": 0.9}, None) == Decision(True, [
         "pass: no champion yet: the first model becomes champion (macro_f1 0.5000)",
-        "fail: f1.x 0.1000 < per_class_floor 0.2000"])
-    assert decide(floor, {"macro_f1": 0.5}, None).reasons[-1] == \
+        "note: first champion; below per_class_floor 0.2000: f1.x"])
+    # ...but a challenger below it never replaces a champion
+    assert decide(floor, {"macro_f1": 0.9, "f1.x": 0.1, "f1.y": 0.9}, {"macro_f1": 0.5, "f1.x": 0.3, "f1.y": 0.9}) \
+        == Decision(False, ["pass: macro_f1 0.9000 vs champion 0.5000: gain +0.4000 >= min_gain 0.0000",
+                            "fail: f1.x 0.1000 < per_class_floor 0.2000"])
+    assert decide(floor, {"macro_f1": 0.5}, {"macro_f1": 0.4}).reasons[-1] == \
         "fail: per-class floor 0.2000: the challenger has no f1.<label> metrics"
     assert decide(floor, {"macro_f1": 0.7, "f1.x": 0.3, "f1.y": 0.9}, {"macro_f1": 0.6, "f1.x": 0.5}) == Decision(
         False, ["pass: macro_f1 0.7000 vs champion 0.6000: gain +0.1000 >= min_gain 0.0000",

@@ -291,8 +291,9 @@ def _fmt(x: float) -> str:
 def decide(policy: PromotionPolicy, challenger: dict[str, float], champion: dict[str, float] | None) -> Decision:
     """Apply `policy` to the challenger's and champion's metrics (None: no champion yet).
 
-    Without a champion the first model becomes champion, provided it carries the policy's metric and
-    meets the per-class floor. With one, the challenger must gain at least min_gain on the metric,
+    Without a champion the first model becomes champion, provided it carries the policy's metric (the
+    issue's rule: something must be served; a per-class floor it misses is reported as a note, not a
+    failure, and every later challenger must meet it). With one, the challenger must gain at least min_gain on the metric,
     stay within each guard's max_drop, meet the floor, and cover the champion's label set.
     """
     reasons: list[str] = []
@@ -332,7 +333,11 @@ def decide(policy: PromotionPolicy, challenger: dict[str, float], champion: dict
 
     prefix = f"{policy.per_class_metric}."
     mine = {k[len(prefix):]: v for k, v in challenger.items() if k.startswith(prefix)}
-    if policy.per_class_floor is not None:
+    if policy.per_class_floor is not None and champion is None:
+        low = sorted(label for label, value in mine.items() if value < policy.per_class_floor)
+        reasons.append(f"note: first champion; below per_class_floor {_fmt(policy.per_class_floor)}: "
+                       f"{', '.join(prefix + x for x in low) or 'none'}")
+    elif policy.per_class_floor is not None:
         if not mine:
             check(False, f"per-class floor {_fmt(policy.per_class_floor)}: the challenger has no "
                          f"{prefix}<label> metrics")
