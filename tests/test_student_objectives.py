@@ -35,7 +35,7 @@ def test_lrkd_loss_on_a_hand_computed_case():
     r = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     e_cot = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
     ce = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(-1))) / 2
-    mse = (1 + 0 + 1 + 1) / 4  # squared distances 1 and 2, over batch 2 and width 2
+    mse = (1 + 2) / 2  # squared L2 distances 1 and 2, averaged over the batch of 2
     assert guidance_loss(r, e_cot).item() == pytest.approx(mse)
     assert lrkd_loss(logits, y, r, e_cot, 0.1).item() == pytest.approx(ce + 0.1 * mse, abs=1e-6)
     assert lrkd_loss(logits, y, r, e_cot, 0.0).item() == pytest.approx(ce, abs=1e-6)

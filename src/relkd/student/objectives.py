@@ -18,13 +18,15 @@ BIO = ("O", "B", "I")
 
 # ------------------------------------------------------------------------------------------- LRKD
 def guidance_loss(r: torch.Tensor, e_cot: torch.Tensor) -> torch.Tensor:
-    """The paper's ||r - e_cot||^2 (eq. 8), as the mean over the batch of the squared L2 distance
-    divided by the width d, i.e. ``F.mse_loss``. Dividing by d keeps lambda = 0.1 meaningful for
-    any encoder width (384 or 1024) instead of scaling the guidance with it."""
+    """The paper's ||r - e_cot||^2 (eq. 8): the squared L2 distance summed over the width, averaged
+    over the batch. With unit-norm targets (BGE-M3's dense vectors, or guidance_normalize) it lies in
+    [0, 4] for any width, so lambda = 0.1 weighs it as the paper does. (An earlier version divided by
+    the width, as F.mse_loss does: that shrank the term 384-fold and made lrkd_gat train like
+    no_guidance on the embedded run.)"""
     if r.shape != e_cot.shape:
         raise ValueError(f"r has shape {tuple(r.shape)} but e_cot has {tuple(e_cot.shape)}: the extractor's "
                          "d_out must equal the rationale encoder's width")
-    return F.mse_loss(r, e_cot.to(r.dtype))
+    return (r - e_cot.to(r.dtype)).pow(2).sum(dim=-1).mean()
 
 
 def lrkd_loss(logits: torch.Tensor, y: torch.Tensor, r: torch.Tensor, e_cot: torch.Tensor,
