@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common import read_labels, read_split, setup, stage_args
-from pipeline.register import student_dir
 from relkd.eval.plots import reliability_plot, reliability_rows, save_figure
 from relkd.io import read_jsonl, write_json
 
@@ -25,8 +24,21 @@ def explain_index(variant_cfg, embeddings: str, rationales: str) -> dict | None:
             "vectors": np.load(Path(embeddings) / "rationales.npy")}
 
 
-def export_version(params, role: str, variant: str, version: str, prepared, models, onnx_dir, embeddings,
-                   rationales, repo, work: Path, plots: Path) -> dict:
+def from_registry(name: str, version: str, scratch: Path) -> tuple[str, Path, Path]:
+    """(variant, student folder, ONNX file) of a registered version, downloaded from the registry: the
+    champion may come from an earlier run whose workspace files have since been retrained over."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                     dst_path=str(scratch / f"v{version}")))
+    folder = next(p.parent for p in (local / "artifacts").rglob("relkd_student.json"))
+    onnx = next((local / "artifacts").glob("*.onnx"))
+    variant = mlflow.MlflowClient().get_model_version(name, version).tags["variant"]
+    return variant, folder, onnx
+
+
+def export_version(params, role: str, version: str, prepared, embeddings, rationales, repo, work: Path,
+                   plots: Path, scratch: Path) -> dict:
     from relkd.serving.calibration import (assign_tiers, calibrated_probs, expected_calibration_error,
                                            fit_temperature, fit_tier_thresholds, relevance_score)
     from relkd.serving.export import agreement_rate, optimize, quantize_int8, score_pairs
@@ -35,23 +47,23 @@ def export_version(params, role: str, variant: str, version: str, prepared, mode
 
     ecfg, scfg = params.export, params.student
     labels = list(read_labels(prepared))
-    folder = student_dir(models, variant, scfg.seeds[0])
+    variant, folder, onnx = from_registry(params.registry.name, version, scratch)
     model, tokenizer = load_student(folder)
+    max_length = model.max_length  # travels with the saved student
     valid = read_split(prepared, "valid")
     pairs = list(zip(valid["query"], valid["title"]))
-    onnx = Path(onnx_dir) / f"{variant}.onnx"
     served, info = onnx, {"graph": "fp32"}
     if ecfg.optimize:
         served = optimize(onnx, work / f"{variant}.opt.onnx")
         info["graph"] = "fp32-optimised"
     if ecfg.int8:
         q = quantize_int8(onnx, work / f"{variant}.int8.onnx")
-        agree = agreement_rate(q, model, tokenizer, pairs, scfg.max_length)
+        agree = agreement_rate(q, model, tokenizer, pairs, max_length)
         info["int8_agreement"] = agree["agreement"]
         if agree["agreement"] >= ecfg.min_int8_agreement:
             served, info["graph"] = q, "int8"
     # Calibration on the validation split, from the graph that will be served.
-    logits, _ = score_pairs(served, tokenizer, pairs, scfg.max_length)
+    logits, _ = score_pairs(served, tokenizer, pairs, max_length)
     y = np.array([labels.index(lab) for lab in valid["label"]])
     temperature = fit_temperature(logits, y)
     probs = calibrated_probs(logits, temperature)
@@ -63,7 +75,7 @@ def export_version(params, role: str, variant: str, version: str, prepared, mode
     write_json(plots / f"{role}.json", rows)
     save_figure(reliability_plot(rows, title=f"{role}: {variant} (T={temperature:.2f})"),
                 work.parent / f"reliability_{role}.png")
-    serving_info = {"labels": labels, "max_length": scfg.max_length, "temperature": float(temperature),
+    serving_info = {"labels": labels, "max_length": max_length, "temperature": float(temperature),
                     "tier_thresholds": [float(t) for t in tiers["thresholds"]], "relevance_weights": weights,
                     "intra_op_threads": ecfg.intra_op_threads,
                     "registry": {"name": params.registry.name, "version": int(version), "alias": role,
@@ -79,13 +91,16 @@ def export_version(params, role: str, variant: str, version: str, prepared, mode
             "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=5).tolist()}
 
 
-def run(params_path, prepared, models, onnx_dir, register_json, embeddings, rationales, repo, out, plots,
-        metrics_path) -> dict:
+def run(params_path, prepared, register_json, embeddings, rationales, repo, out, plots, metrics_path) -> dict:
     params = setup(params_path)
     from relkd.serving.repository import write_config
 
+    import tempfile
+
+    from relkd.tracking import configure
+
+    configure(".")
     state = json.loads(Path(register_json).read_text(encoding="utf-8"))
-    by_version = {r["version"]: v for v, r in state["versions"].items()}
     roles = {role: state["aliases"][role] for role in ("champion", "challenger") if role in state["aliases"]}
     work = Path(out) / "graphs"
     work.mkdir(parents=True, exist_ok=True)
@@ -96,8 +111,9 @@ def run(params_path, prepared, models, onnx_dir, register_json, embeddings, rati
             import shutil
 
             shutil.rmtree(old)
-    exported = {role: export_version(params, role, by_version[v], v, prepared, models, onnx_dir, embeddings,
-                                     rationales, repo, work, Path(plots)) for role, v in roles.items()}
+    with tempfile.TemporaryDirectory(prefix="relkd-export-") as scratch:
+        exported = {role: export_version(params, role, v, prepared, embeddings, rationales, repo, work,
+                                         Path(plots), Path(scratch)) for role, v in roles.items()}
     t = params.triton
     write_config(repo, t.model_name, sorted(int(v) for v in roles.values()), t.max_batch_size,
                  t.preferred_batch_sizes, t.max_queue_delay_us, t.instance_count)
@@ -109,14 +125,12 @@ def run(params_path, prepared, models, onnx_dir, register_json, embeddings, rati
 
 
 def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
-                    ("onnx", "verified ONNX files from register"), ("register", "register state JSON"),
+    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("register", "register state JSON (aliases)"),
                     ("embeddings", "embed output folder"), ("rationales", "annotate output"),
                     ("repo", "Triton model repository"), ("out", "export report folder"),
                     ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
     a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.models, a.onnx, a.register, a.embeddings, a.rationales, a.repo, a.out, a.plots,
-        a.metrics)
+    run(a.params, a.prepared, a.register, a.embeddings, a.rationales, a.repo, a.out, a.plots, a.metrics)
 
 
 if __name__ == "__main__":

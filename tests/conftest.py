@@ -24,12 +24,21 @@ def sh(cmd, cwd, env=None, check=True):
     return res
 
 
+# Pipeline outputs of a local `dvc repro` never belong in the copy: a clean clone has none of them.
+OUTPUT_ROOTS = ("data/", "models/", "reports/", "plots/", "metrics/", "triton_repo/relevance_student/")
+
+
 def copy_repo(dest: Path) -> Path:
-    """A temporary copy of the working tree (tracked and untracked-but-not-ignored files) as a fresh
-    git repository, so DVC and git behave as in a clean clone."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
+    """A temporary copy of the working tree as a fresh git repository, so DVC and git behave as in a
+    clean clone: tracked files, plus untracked source files (work not yet committed) outside the
+    pipeline's output folders."""
+    def listed(*args: str) -> list[str]:
+        out = subprocess.run(["git", "ls-files", "-z", *args], cwd=ROOT, capture_output=True, check=True)
+        return [f for f in out.stdout.decode().split("\0") if f]
+
+    files = listed("--cached") + [f for f in listed("--others", "--exclude-standard")
+                                  if not f.startswith(OUTPUT_ROOTS)]
+    for f in files:
         src = ROOT / f
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
