@@ -31,27 +31,32 @@ def main() -> None:
     from relkd.student.model import build_student, tokenize_pairs
 
     pairs = generate_catalogue(CatalogueConfig(n_queries=a.batch, pairs_per_query=1), seed=3).iloc[:a.batch]
-    rows = []
+    models = {}
     for name, variant in default_variants().items():
         model, tok = build_student(a.backbone, LABELS, variant, 384, 128, 32, a.max_length)
-        model.eval()
         enc = tokenize_pairs(tok, list(pairs["query"]), list(pairs["title"]), a.max_length, padding="max_length",
                              return_tensors="pt")
-        args = (enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
-        with torch.inference_mode():
+        models[name] = (model.eval(), (enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
+    # Round-robin: every round times each variant once, so slow drifts of the machine (other jobs,
+    # clock changes) hit all variants alike; the median over rounds is reported.
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for model, args in models.values():
             model(*args)
-            times = []
-            for _ in range(a.repeats):
+        for _ in range(a.repeats):
+            for name, (model, args) in models.items():
                 t = time.perf_counter()
                 model(*args)
-                times.append(time.perf_counter() - t)
-        rows.append({"variant": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-                     "ms_per_100_pairs": 1000 * statistics.median(times) * 100 / a.batch})
+                times[name].append(time.perf_counter() - t)
+    rows = [{"variant": name, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+             "ms_per_100_pairs": 1000 * statistics.median(times[name]) * 100 / a.batch,
+             "ms_spread": 1000 * (max(times[name]) - min(times[name])) * 100 / a.batch}
+            for name, (model, _) in models.items()]
     base = next(r for r in rows if r["variant"] == "plain")
     for r in rows:
         r["overhead_vs_plain"] = r["ms_per_100_pairs"] / base["ms_per_100_pairs"] - 1
     roof = matmul_roof()
-    report("student_efficiency", rows, ["variant", "params_M", "ms_per_100_pairs", "overhead_vs_plain"],
+    report("student_efficiency", rows, ["variant", "params_M", "ms_per_100_pairs", "ms_spread", "overhead_vs_plain"],
            {"backbone": a.backbone, "batch": a.batch, "padded_to": a.max_length, "matmul_roof_gflops": roof})
     print(f"matmul roof: {roof:.0f} GFLOP/s (batch {a.batch}, padded to {a.max_length}, median of {a.repeats})")
 
