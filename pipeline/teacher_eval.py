@@ -11,7 +11,7 @@ from relkd.io import read_jsonl, write_json, write_jsonl, write_text
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge, majority, prompts_for
+from relkd.teacher.judge import judge, judge_perspectives, majority, prompts_for
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective, load_perspectives
 
 
@@ -33,12 +33,9 @@ def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unifie
     mid = model_id(model_path, adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     sampling = cfg.sampling.model_copy(update={"temperature": 0.0}) if cfg.eval.greedy else cfg.sampling
-    per, records = {}, []
-    for name in PERSPECTIVES:
-        prompts = prompts_for(backend.tokenizer, perspectives[name], test, labels, shots)
-        per[name] = judge(backend, cache, mid, test, prompts, name, labels, 1, sampling, cfg.sampling.seed,
-                          cfg.label_decision, cfg.batch_size)
-        records += [dict(r, stage=stage) for r in per[name]]
+    per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
+                             cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+    records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
     rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
     if adapter is None:
         # The untrained model has no unified training: its MPCoT is the three perspectives' vote.

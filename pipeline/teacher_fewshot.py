@@ -10,7 +10,7 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge, prompts_for
+from relkd.teacher.judge import judge_perspectives
 from relkd.teacher.prompts import PERSPECTIVES, draw_shots, load_perspectives
 
 
@@ -49,11 +49,9 @@ def run(params_path: str, prepared: str, prompts_dir: str, out: str, cache_dir: 
     backend = make_backend(cfg, model_path)
     mid = model_id(model_path)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    records = []
-    for name in PERSPECTIVES:
-        prompts = prompts_for(backend.tokenizer, perspectives[name], seed_set, labels, shots)
-        records += judge(backend, cache, mid, seed_set, prompts, name, labels, cfg.sampling.k, cfg.sampling,
-                         cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+    per = judge_perspectives(backend, cache, mid, seed_set, perspectives, PERSPECTIVES, labels, shots,
+                             cfg.sampling.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+    records = [r for name in PERSPECTIVES for r in per[name]]
     Path(out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(out) / "generations.jsonl", records)
     write_jsonl(Path(out) / "shots.jsonl", [s._asdict() for s in shots])

@@ -10,7 +10,7 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge, prompts_for, unified_examples
+from relkd.teacher.judge import judge_perspectives, unified_examples
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective, load_perspectives
 
 
@@ -27,11 +27,9 @@ def run(params_path, prepared, fewshot, sft_adapter, prompts_dir, out, cache_dir
     backend = make_backend(cfg, model_path, sft_adapter)
     mid = model_id(model_path, sft_adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    records = []
-    for name in PERSPECTIVES:
-        prompts = prompts_for(backend.tokenizer, perspectives[name], search, labels, shots)
-        records += judge(backend, cache, mid, search, prompts, name, labels, cfg.pairs.k, cfg.sampling,
-                         cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+    per = judge_perspectives(backend, cache, mid, search, perspectives, PERSPECTIVES, labels, shots,
+                             cfg.pairs.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+    records = [r for name in PERSPECTIVES for r in per[name]]
     conflicts = selection.conflict_set(records)
     pairs = selection.preference_pairs(records, cfg.sampling.seed, cfg.pairs.max_pairs_per_sample)
     # DPO trains the unified teacher: every preference pair is posed under the unified prompt.

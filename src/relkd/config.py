@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from relkd.section import ConfigError, Section
+from relkd.section import ConfigError, Section, format_errors, read_yaml
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -167,23 +166,12 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
 
 
-def _format(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}' (remove it or check its spelling)")
-        else:
-            lines.append(f"bad value for '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "invalid params:\n  " + "\n  ".join(lines)
-
-
 def parse_params(raw: dict[str, Any]) -> Params:
     """Validate a params mapping; raise ConfigError naming every bad key."""
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ConfigError(_format(err)) from None
+        raise ConfigError(format_errors(err, "invalid params:")) from None
 
 
 def merge(base: dict, overlay: dict) -> dict:
@@ -195,11 +183,4 @@ def merge(base: dict, overlay: dict) -> dict:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"params file {path} not found (run from the repository root or pass --params)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    return parse_params(raw)
+    return parse_params(read_yaml(path, "params file", " (run from the repository root or pass --params)"))

@@ -122,3 +122,12 @@ def unified_examples(tokenizer, unified: Perspective, pairs: pd.DataFrame, label
 
     prompts = prompts_for(tokenizer, unified, pairs, labels)
     return [{"prompt": p, "completion": answer_text(r, y)} for p, r, y in zip(prompts, rationales, answers)]
+
+
+def judge_perspectives(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, perspectives: dict,
+                       names: Sequence[str], labels: Sequence[str], shots, n: int, sampling: SamplingConfig,
+                       seed: int, decision: str, batch_size: int) -> dict[str, list[dict]]:
+    """`judge` under each named perspective prompt (with the same shots): perspective -> records."""
+    return {name: judge(backend, cache, model_id, pairs, prompts_for(backend.tokenizer, perspectives[name], pairs,
+                                                                     labels, shots),
+                        name, labels, n, sampling, seed, decision, batch_size) for name in names}

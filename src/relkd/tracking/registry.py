@@ -23,11 +23,10 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import yaml
 from mlflow.exceptions import MlflowException
 from pydantic import Field, ValidationError, model_validator
 
-from relkd.section import ConfigError, Section
+from relkd.section import ConfigError, Section, format_errors, read_yaml
 from relkd.tracking.runs import flatten, log_metrics, stage_run
 
 REGISTERED_NAME = "relevance-student"
@@ -253,24 +252,11 @@ class PromotionPolicy(Section):
     @classmethod
     def load(cls, path) -> "PromotionPolicy":
         """Read and validate a policy YAML file; ConfigError names each unknown key or bad value."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"promotion policy {path} not found (the repository keeps one in registry/policy.yaml)")
+        raw = read_yaml(path, "promotion policy", " (the repository keeps one in registry/policy.yaml)")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if raw is not None and not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of policy keys, got {type(raw).__name__}")
-        try:
-            return cls.model_validate(raw or {})
+            return cls.model_validate(raw)
         except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                key = ".".join(str(p) for p in e["loc"]) or "<root>"
-                lines.append(f"unknown key '{key}' (remove it or check its spelling)" if e["type"] == "extra_forbidden"
-                             else f"bad value for '{key}': {e['msg']} (got {e.get('input')!r})")
-            raise ConfigError(f"invalid promotion policy {path}:\n  " + "\n  ".join(lines)) from None
+            raise ConfigError(format_errors(err, f"invalid promotion policy {path}:")) from None
 
 
 # ------------------------------------------------------------------------------------------ the gate
