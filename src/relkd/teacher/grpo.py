@@ -77,20 +77,6 @@ def dynamic_sample(rates: dict[Hashable, float]) -> list[Hashable]:
     return [pid for pid, r in rates.items() if 0.0 < r < 1.0]
 
 
-def _summary(trainer, n: int) -> dict:
-    logs = [h for h in trainer.state.log_history if "reward" in h]
-    out = {"n_examples": n, "steps": trainer.state.global_step, "epochs": trainer.state.epoch}
-    for h in trainer.state.log_history:
-        if "train_loss" in h:
-            out["train_loss"] = h["train_loss"]
-            out["runtime_s"] = h.get("train_runtime")
-    for k in REWARD_KEYS:
-        vals = [h[k] for h in logs if isinstance(h.get(k), (int, float))]
-        if vals:
-            out[f"first_{k}"], out[f"last_{k}"], out[f"mean_{k}"] = vals[0], vals[-1], sum(vals) / len(vals)
-    return out
-
-
 def grpo(model_path: str, adapter: str | Path, examples: Sequence[dict], labels: Sequence[str],
          out_dir: str | Path, cfg: GRPOSection, sampling: SamplingConfig = SamplingConfig(),
          callbacks: Sequence[TrainerCallback] = ()) -> dict:
@@ -112,7 +98,7 @@ def grpo(model_path: str, adapter: str | Path, examples: Sequence[dict], labels:
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from relkd.teacher.training import _device_args, _load_base, _save_adapter
+    from relkd.teacher.training import _device_args, _load_base, _save_adapter, train_summary
 
     base, tokenizer = _load_base(model_path)
     model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
@@ -136,7 +122,7 @@ def grpo(model_path: str, adapter: str | Path, examples: Sequence[dict], labels:
             raise RuntimeError("trl did not add the frozen 'ref' adapter, so the GRPO reference would be the base "
                                "model, not the DPO teacher; check the trl/peft versions (trl 1.16, peft>=0.20)")
         trainer.train()
-    metrics = _summary(trainer, len(examples))
+    metrics = train_summary(trainer, len(examples), REWARD_KEYS)
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"GRPO loss is {metrics.get('train_loss')}; lower teacher.grpo.lr ({cfg.lr})")
     _save_adapter(trainer.model, tokenizer, out_dir)

@@ -88,17 +88,19 @@ def _save_adapter(model, tokenizer, out_dir: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _summary(trainer, n: int, keys: Sequence[str]) -> dict:
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+def train_summary(trainer, n: int, keys: Sequence[str]) -> dict:
+    """What a trl run logged, condensed: steps, epochs, train_loss, runtime, and for every key in `keys`
+    (plus "loss") its first, last and mean logged value."""
+    history = trainer.state.log_history
     out = {"n_examples": n, "steps": trainer.state.global_step, "epochs": trainer.state.epoch}
-    for h in trainer.state.log_history:
+    for h in history:
         if "train_loss" in h:
             out["train_loss"] = h["train_loss"]
             out["runtime_s"] = h.get("train_runtime")
-    if logs:
-        for k in ("loss", *keys):
-            if k in logs[0]:
-                out[f"first_{k}"], out[f"last_{k}"] = logs[0][k], logs[-1][k]
+    for k in ("loss", *keys):
+        vals = [h[k] for h in history if "train_loss" not in h and isinstance(h.get(k), (int, float))]
+        if vals:
+            out[f"first_{k}"], out[f"last_{k}"], out[f"mean_{k}"] = vals[0], vals[-1], sum(vals) / len(vals)
     return out
 
 
@@ -132,7 +134,7 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                              peft_config=lora, callbacks=list(callbacks))
         trainer.train()
-    metrics = _summary(trainer, len(examples), ("mean_token_accuracy",))
+    metrics = train_summary(trainer, len(examples), ("mean_token_accuracy",))
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"SFT loss is {metrics.get('train_loss')}; lower teacher.sft.lr ({cfg.lr})")
     _save_adapter(trainer.model, tokenizer, out_dir)
@@ -172,7 +174,7 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
             raise RuntimeError("trl did not add the frozen 'ref' adapter, so the DPO reference would be the "
                                "base model, not the SFT model; check the trl/peft versions (trl 1.16, peft>=0.20)")
         trainer.train()
-    metrics = _summary(trainer, len(pairs), ("rewards/accuracies", "rewards/margins", "rewards/chosen"))
+    metrics = train_summary(trainer, len(pairs), ("rewards/accuracies", "rewards/margins", "rewards/chosen"))
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"DPO loss is {metrics.get('train_loss')}; lower teacher.dpo.lr ({cfg.lr})")
     _save_adapter(trainer.model, tokenizer, out_dir)
