@@ -10,7 +10,7 @@ from relkd.io import write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, shard
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge, prompts_for
+from relkd.teacher.judge import hinted_prompts, judge, prompts_for
 from relkd.teacher.prompts import UNIFIED, load_perspective
 
 
@@ -27,8 +27,9 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
     sampling = cfg.sampling.model_copy(update={"temperature": 0.0})  # one rationale per pair: the greedy one
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
+    write = hinted_prompts if cfg.annotate.hint == "gold" else prompts_for
     records = judge(backend, cache, model_id(model_path, teacher_adapter), train,
-                    prompts_for(backend.tokenizer, unified, train, labels), UNIFIED, labels, 1, sampling,
+                    write(backend.tokenizer, unified, train, labels), UNIFIED, labels, 1, sampling,
                     cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size)
     write_jsonl(out, records)
     gold = [r["gold"] for r in records]

@@ -68,7 +68,9 @@ def run(params_path, prepared, models, teacher_metrics, out, plots, metrics_path
                + to_markdown(per_class, ["model", *labels]) + "\n")
     metrics = {r["model"]: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
                             "accuracy_std": r["accuracy_std"], "macro_f1_std": r["macro_f1_std"],
-                            **({"delta_accuracy": r["delta_accuracy"], "delta_macro_f1": r["delta_macro_f1"]}
+                            **({f"delta_{m}{end}": v for m in ("accuracy", "macro_f1")
+                                for end, v in (("", r[f"delta_{m}"]), ("_ci_low", r[f"delta_{m}_ci"][0]),
+                                               ("_ci_high", r[f"delta_{m}_ci"][1]))}
                                if r["delta_accuracy"] is not None else {}),
                             **({"retention_accuracy": r["retention_accuracy"]} if r["retention_accuracy"] else {})}
                for r in rows}

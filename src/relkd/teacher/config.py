@@ -105,6 +105,9 @@ class AnnotateConfig(Section):
 
     batch_size: int = Field(16, ge=1, description="prompts per generate call")
     max_pairs: int | None = Field(None, ge=1, description="cap on train pairs annotated; None = all")
+    hint: Literal["none", "gold"] = Field(
+        "none", description="none = the teacher's own rationale (paper); gold = label-hinted rationalisation "
+        "(the gold label is in the prompt, STaR-style), for a teacher too weak to reason its way to the label")
 
 
 class ShardConfig(Section):
