@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = {"own": "the teacher's own rationales (paper)", "gold": "label-hinted rationales"}
+ROUNDS = {"none": "the teacher's own rationales (paper)", "gold": "label-hinted rationales"}
 VARIANTS = {
     "plain": {"extractor": "none", "guidance": False},
     "lrkd_mlp": {"extractor": "mlp"},
