@@ -42,6 +42,7 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
                 "pairs": summary[role]["scored"], "seconds": seconds,
                 "seconds_per_1000_pairs": 1000 * seconds / max(summary[role]["scored"], 1),
                 "shards_reused": summary[role]["shards_reused"]})
+        memory = server.peak_rss_mb()
     rows = read_table(batch)
     for role, e in exported.items():
         scores = pd.read_parquet(Path(out) / role / "scores.parquet")
@@ -54,9 +55,12 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
                   f"- scored {s['scored']}, rejected {s['rejected']} (rejects: {role}/rejects.jsonl)"]
         lines += [f"- drift WARNING: {w['message']}" for w in warnings[role]] or ["- drift: none beyond thresholds"]
         lines.append("")
+    lines.append(f"Server peak memory: {memory['total_mb']:.0f} MB (tritonserver {memory['server_mb'] or 0:.0f} MB "
+                 f"+ python-backend stubs {', '.join(f'{m:.0f}' for m in memory['stubs_mb'])} MB)")
     write_text(Path(out) / "score_report.md", "\n".join(lines))
     metrics = {role: {"rows": s["rows"], "scored": s["scored"], "rejected": s["rejected"],
                       "drift_warnings": len(warnings[role])} for role, s in summary.items()}
+    metrics["server_peak_rss_mb"] = {"server": memory["server_mb"], "total": memory["total_mb"]}
     write_json(metrics_path, metrics)
     return metrics
 

@@ -51,7 +51,10 @@ def test_http_server_started_ready_and_stopped(tmp_path):
             f"http://127.0.0.1:{port}/hello.txt"
         ) as r:
             assert r.read() == b"hi"
+        peaks = procs.group_peak_rss_mb(proc.pid)
+        assert list(peaks) == [proc.pid] and peaks[proc.pid] > 1  # the one member, its peak memory in MB
     _assert_gone(proc)
+    assert procs.peak_rss_mb(proc.pid) is None  # gone: no reading
     assert "GET /hello.txt" in log.read_text()  # the server's stderr went to the log file
 
 

@@ -207,6 +207,14 @@ def test_scores_match_in_process_onnxruntime(served, protocol):
 
 
 @pytest.mark.integration
+def test_peak_memory_counts_the_server_and_one_stub_per_version(served):
+    mem = served["server"].peak_rss_mb()
+    assert mem["server_mb"] > 10
+    assert len(mem["stubs_mb"]) == 2 and min(mem["stubs_mb"]) > 10  # a python-backend stub per loaded version
+    assert mem["total_mb"] == pytest.approx(mem["server_mb"] + sum(mem["stubs_mb"]))
+
+
+@pytest.mark.integration
 def test_two_versions_at_once_differ(served):
     queries, titles = texts(16, seed=1)
     one = infer(served["server"], "grpc", queries, titles, version="1")

@@ -149,6 +149,25 @@ def group_members(pgid: int) -> list[tuple[int, int, str]] | None:
     return found
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of process `pid` in MB; None when it is gone or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def group_peak_rss_mb(pgid: int) -> dict[int, float]:
+    """pid -> peak resident memory (MB) of every live process in group `pgid` (empty without /proc).
+    Their sum bounds the group's peak from above: the members need not peak at the same moment."""
+    peaks = {pid: peak_rss_mb(pid) for pid, _, state in group_members(pgid) or [] if state != "Z"}
+    return {pid: mb for pid, mb in peaks.items() if mb is not None}
+
+
 def group_alive(pgid: int) -> bool:
     """True while any process (zombies included) is in process group `pgid`."""
     try:

@@ -113,6 +113,13 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    def peak_rss_mb(self) -> dict:
+        """Peak resident memory so far: the server process, its python-backend stubs, and their sum."""
+        peaks = procs.group_peak_rss_mb(self.pid)
+        server = peaks.pop(self.pid, None)
+        return {"server_mb": server, "stubs_mb": sorted(peaks.values(), reverse=True),
+                "total_mb": (server or 0.0) + sum(peaks.values())}
+
 
 def command(paths: dict, model_repository, http_port: int, grpc_port: int, metrics_port: int,
             model_control: str = "none", load_models=None, exit_timeout: int = 5) -> list[str]:

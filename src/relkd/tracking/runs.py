@@ -133,6 +133,16 @@ def stage_run(
         if params:
             mlflow.log_params(param_strings(params))
         yield run
+        mlflow.log_metric("peak_rss_mb", peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports ru_maxrss in kB)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> dict[str, float]:
