@@ -66,3 +66,16 @@ def test_format_table_aligns_columns(store):
     table = format_table([{"a": "x" * 50, "b": None}, {"a": "y", "b": 1.5}], ["a", "b"], max_width=10)
     assert table.splitlines()[2] == "xxxxxxx...       -"
     assert table.splitlines()[3] == "y           1.5000"
+
+
+def test_cli_lists_every_stage_runs_peak_memory_without_params(store):
+    from click.testing import CliRunner
+
+    from relkd.cli import main
+
+    res = CliRunner().invoke(main, ["runs", "compare", "--stage", "", "--metric", "peak_rss_mb", "--no-params"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split() == ["run", "variant", "seed", "stage", "peak_rss_mb"]
+    assert [line.split()[3] for line in lines[2:]] == ["teacher_sft", "student", "student", "student"]
+    assert all(float(line.split()[4]) > 10 for line in lines[2:])  # every stage run logged its peak (MB)

@@ -231,16 +231,22 @@ def runs() -> None:
 @click.option("--stage", default="student", show_default=True, help="tag relkd.stage ('' for any)")
 @click.option("--variant", default=None, help="tag relkd.variant")
 @click.option("--max-results", default=200, show_default=True)
-def runs_compare(experiment, stage, variant, max_results) -> None:
+@click.option("--metric", "metric_globs", multiple=True,
+              help="metric name or glob to show, repeatable (default: *accuracy, *macro_f1); e.g. "
+              "`--stage '' --metric peak_rss_mb --no-params` lists every stage run's peak memory")
+@click.option("--params/--no-params", "show_params", default=True, show_default=True,
+              help="show the params that differ between the runs")
+def runs_compare(experiment, stage, variant, max_results, metric_globs, show_params) -> None:
     """Students (or any stage's runs) side by side: the params that differ, and their metrics."""
     from relkd.tracking import configure
-    from relkd.tracking.compare import format_table, runs_table
+    from relkd.tracking.compare import DEFAULT_METRICS, format_table, runs_table
 
     configure(".")
-    rows, params, metrics = runs_table(experiment, stage or None, variant, max_results)
+    rows, params, metrics = runs_table(experiment, stage or None, variant, max_results,
+                                       metric_globs or DEFAULT_METRICS)
     if not rows:
         raise click.ClickException("no runs match; run `dvc repro` first or loosen the filters")
-    click.echo(format_table(rows, ["run", "variant", "seed", "stage", *params, *metrics]))
+    click.echo(format_table(rows, ["run", "variant", "seed", "stage", *(params if show_params else ()), *metrics]))
 
 
 @main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
