@@ -53,12 +53,18 @@ def main() -> None:
 
         backend.generate(prompts[:2], 1, sampling, seed=0)  # warm-up
         if engine == "transformers":
+            backend.share_prefix = False  # one prompt alone: nothing to share
             dt, ntok = timed(prompts[:a.single], 1)
             rows.append({"engine": engine, "mode": "one at a time", "prompts": a.single,
                          "rationales_per_s": a.single / dt, "tokens_per_s": ntok / dt})
-        dt, ntok = timed(prompts, a.batch)
-        rows.append({"engine": engine, "mode": f"batched x{a.batch}", "prompts": len(prompts),
-                     "rationales_per_s": len(prompts) / dt, "tokens_per_s": ntok / dt})
+        # transformers: the plain left-padded batch, then the shared-prefix KV cache (the pipeline's default)
+        for share in ([False, True] if engine == "transformers" else [None]):
+            if share is not None:
+                backend.share_prefix = share
+            dt, ntok = timed(prompts, a.batch)
+            mode = f"batched x{a.batch}" + {None: "", False: ", left-padded", True: ", shared prefix"}[share]
+            rows.append({"engine": engine, "mode": mode, "prompts": len(prompts),
+                         "rationales_per_s": len(prompts) / dt, "tokens_per_s": ntok / dt})
     single = next((r["rationales_per_s"] for r in rows if r["mode"] == "one at a time"), None)
     for r in rows:
         r["speedup_vs_single"] = r["rationales_per_s"] / single if single else None

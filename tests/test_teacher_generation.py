@@ -138,3 +138,28 @@ def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label():
             logp = torch.log_softmax(backend.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
         slow.append(sum(logp[q - 1, full[q]].item() for q in range(len(full) - m, len(full))))
     assert np.allclose(fast, np.array(slow).reshape(fast.shape), atol=1e-4)
+
+
+SHARED = ("You judge e-commerce search relevance. Read the query and the product title, think about what "
+          "the shopper wants, then answer with one label.\n")
+PREFIXED = [SHARED + p for p in PROMPTS]
+
+
+def test_shared_prefix_cache_gives_the_plain_path_greedy_output(sharp_llama):
+    from relkd.teacher.generation import shared_prefix
+
+    shared = TransformersBackend(sharp_llama, batch_size=4)
+    plain = TransformersBackend(sharp_llama, batch_size=4, share_prefix=False)
+    rows = shared._encode(PREFIXED[:4])
+    assert shared_prefix(rows) >= shared.min_shared  # the prefix path is really taken
+    assert shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2 and shared_prefix([[1, 2], [3]]) == 0
+    want = plain.generate(PREFIXED, 2, GREEDY, seed=0)
+    assert shared.generate(PREFIXED, 2, GREEDY, seed=0) == want
+    assert len({o[0] for o in want}) == len(PREFIXED)  # outputs depend on each row's own tokens
+
+
+def test_shared_prefix_sampling_gives_n_seeded_samples_per_prompt(sharp_llama):
+    shared = TransformersBackend(sharp_llama, batch_size=4)
+    a = shared.generate(PREFIXED, 3, SAMPLE, seed=1)
+    assert [len(o) for o in a] == [3] * len(PREFIXED) and any(len(set(o)) > 1 for o in a)
+    assert a == shared.generate(PREFIXED, 3, SAMPLE, seed=1) != shared.generate(PREFIXED, 3, SAMPLE, seed=2)

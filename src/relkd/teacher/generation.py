@@ -15,6 +15,7 @@ or resumed (the cache relies on this); vLLM seeds each prompt from ``seed`` and 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -131,15 +132,51 @@ def load_teacher(model_path: str, adapter_path: str | Path | None = None, dtype:
     return model, tokenizer
 
 
+def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    k = 0
+    while k < limit and all(r[k] == rows[0][k] for r in rows):
+        k += 1
+    return k
+
+
 class TransformersBackend:
-    """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation."""
+    """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation.
+
+    Shared prefix: the prompts of one batch share their perspective's instructions and shots (hundreds of
+    tokens), then differ in the pair (tens). With ``share_prefix`` the shared tokens are run once per batch
+    and their KV cache is copied to every row, laid out as ``[prefix][padding][own tokens]`` (the padding
+    masked, positions from the mask), so prefill costs one prefix plus the rows' own tokens instead of
+    every row's whole prompt: the same idea as vLLM's prefix caching. Batches sharing fewer than
+    ``min_shared`` tokens take the plain left-padded path.
+    """
 
     def __init__(self, model_path: str, adapter_path: str | Path | None = None, dtype: str = "auto",
-                 batch_size: int = 16, max_prompt_tokens: int | None = None):
+                 batch_size: int = 16, max_prompt_tokens: int | None = None, share_prefix: bool = True,
+                 min_shared: int = 16):
         self.model, self.tokenizer = load_teacher(model_path, adapter_path, dtype)
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
+        self.share_prefix = share_prefix
+        self.min_shared = min_shared
         self.device = self.model.device
+
+    def _prefix_batch(self, rows: Sequence[Sequence[int]], shared: int, copies: int):
+        """(ids, mask, cache) for generate: the shared prefix's KV cache repeated for every row x copies,
+        each row's own tokens right-aligned after the prefix, the gap masked."""
+        import torch
+
+        with torch.inference_mode():
+            cache = self.model(input_ids=torch.tensor([list(rows[0][:shared])], device=self.device),
+                               use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows) * copies)
+        own = [list(r[shared:]) for r in rows]
+        width = max(len(o) for o in own)
+        pad, prefix = self.tokenizer.pad_token_id, list(rows[0][:shared])
+        ids = torch.tensor([prefix + [pad] * (width - len(o)) + o for o in own], device=self.device)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(o)) + [1] * len(o) for o in own], device=self.device)
+        return ids.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0), cache
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return _check_lengths(self.tokenizer(list(texts))["input_ids"], texts, self.max_prompt_tokens)
@@ -168,16 +205,23 @@ class TransformersBackend:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
         )
+        per = 1 if greedy else n
         out: list[list[str]] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = list(prompts[start:start + self.batch_size])
-            ids, mask = self._left_pad(self._encode(batch))
+            rows = self._encode(batch)
+            shared = shared_prefix(rows) if self.share_prefix else 0
+            if shared >= self.min_shared:
+                ids, mask, cache = self._prefix_batch(rows, shared, per)
+                extra, config = {"past_key_values": cache}, copy.copy(gen)
+                config.num_return_sequences = 1  # the rows are already repeated `per` times
+            else:
+                (ids, mask), extra, config = self._left_pad(rows), {}, gen
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leave the caller's RNG alone
                 torch.manual_seed(_stable_seed(seed, batch))
-                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
             texts = self.tokenizer.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
-            per = 1 if greedy else n
             for i in range(len(batch)):
                 got = texts[i * per:(i + 1) * per]
                 out.append(got * n if greedy else got)
