@@ -37,19 +37,24 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MLPExtractor(nn.Module):
-    """Appendix A, eqs. 10-11: a 2-layer MLP on each token, then masked mean pooling."""
+    """Appendix A, eqs. 10-11: a 2-layer MLP on each token, then masked mean pooling.
+
+    The second layer is affine, so the mean of its outputs is the layer applied to the mean of its
+    inputs: pooling before it gives the same r with that layer run once per pair instead of per token."""
 
     def __init__(self, d_model: int, d_out: int, hidden: int = 128):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_out))
 
     def forward(self, H: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        return masked_mean(self.mlp(H), M)
+        first, act, second = self.mlp
+        return second(masked_mean(act(first(H)), M))
 
 
 class PolyExtractor(nn.Module):
     """Appendix A, eqs. 12-13: K learned context codes attend over the valid tokens; r is the mean of
-    the K attended vectors, projected to d_out when the widths differ."""
+    the K attended vectors, projected to d_out when the widths differ. (The mean of the K attended
+    vectors is computed as one attention-weighted sum with the K weights averaged: the same vector.)"""
 
     def __init__(self, d_model: int, d_out: int, codes: int = 32):
         super().__init__()
@@ -63,8 +68,8 @@ class PolyExtractor(nn.Module):
         scores = H @ self.codes.T * self.scale  # (B, L, K)
         scores = scores.masked_fill(~valid, float("-inf"))
         A = torch.softmax(scores, dim=1)  # over tokens, per code
-        heads = A.transpose(1, 2) @ H  # (B, K, d)
-        return self.proj(heads.mean(dim=1))
+        # mean_k (A_k^T H) = (mean_k A_k)^T H: one weighted sum of the tokens instead of K of them
+        return self.proj((A.mean(dim=2).unsqueeze(1) @ H).squeeze(1))
 
 
 class GATExtractor(nn.Module):

@@ -72,6 +72,10 @@ class Student(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> StudentOutput:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         H = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return self.read_out(H, attention_mask)
+
+    def read_out(self, H: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
+        """Everything after the backbone: the extractor (or the guidance projection) and the head."""
         h_cls = H[:, 0]
         if self.extractor is not None:
             r = self.extractor(H, attention_mask)
