@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--query-col", default="search_term")
     ap.add_argument("--title-col", default="product_title")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--params", default="params.yaml", help="for triton.max_batch_size (the served batch)")
+    ap.add_argument("--name", default="serving_throughput", help="results file name (bench/results/NAME.json)")
     a = ap.parse_args()
 
     import numpy as np
@@ -72,6 +74,9 @@ def main() -> None:
     from relkd.serving.export import export_onnx, quantize_int8, score_pairs, tokenize
     from relkd.student.model import InferenceWrapper, load_student
 
+    from relkd.config import load_params
+
+    served_batch = load_params(a.params).triton.max_batch_size  # the largest request the server takes
     pairs = load_pairs(a)
     model, tok = load_student(a.student)
     wrapper = InferenceWrapper(model).eval()
@@ -99,11 +104,13 @@ def main() -> None:
                                              ("torch eager, length buckets", wrapper, True),
                                              ("onnxruntime fp32, padded to 64", fp32, False),
                                              ("onnxruntime fp32, length buckets", fp32, True),
-                                             (int8_name, int8, True)]:
+                                             (int8_name, int8, True),
+                                             (f"onnxruntime fp32, length buckets, batch {served_batch}", fp32, True)]:
             out = {}
+            batch = served_batch if name.endswith(f"batch {served_batch}") else 100
 
             def run():
-                out["logits"] = score_pairs(model_or_path, tok, pairs, max_len, batch_size=100, buckets=buckets)[0]
+                out["logits"] = score_pairs(model_or_path, tok, pairs, max_len, batch_size=batch, buckets=buckets)[0]
             dt = timed(run, a.repeats)
             if ref is None:
                 ref = out["logits"].argmax(1)
@@ -111,6 +118,7 @@ def main() -> None:
                          "gflops_real_tokens": real_tokens * fpt / dt / 1e9,
                          "agreement_vs_torch_fp32": float((out["logits"].argmax(1) == ref).mean())})
     base = rows[0]["pairs_per_s"]
+    memory = None
     if a.repo and Path(a.repo, a.model_name).is_dir():
         from relkd.serving.client import score_frame
         from relkd.serving.server import triton
@@ -120,20 +128,25 @@ def main() -> None:
         frame = pd.DataFrame({"query": [q for q, _ in pairs], "title": [t for _, t in pairs]})
         with triton(a.repo) as server:
             for protocol, port in (("http", server.http_port), ("grpc", server.grpc_port)):
-                for bs in (1, 32, 100):
+                for bs in (1, 32, served_batch):
                     n = len(frame) if bs > 1 else min(len(frame), 100)
                     sub = frame.iloc[:n]
                     dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", protocol, a.model_name, version,
                                                    batch_size=bs, concurrency=2, progress=False), 1)
                     rows.append({"path": f"Triton {protocol}, batch {bs} (v{version})", "pairs_per_s": n / dt,
                                  "gflops_real_tokens": None, "agreement_vs_torch_fp32": None})
+            memory = server.peak_rss_mb()
     roof = matmul_roof()
+    same_batch = next(r["pairs_per_s"] for r in rows if r["path"].endswith(f"buckets, batch {served_batch}"))
     for r in rows:
+        if r["path"].startswith("Triton") and f"batch {served_batch} " in r["path"]:
+            r["vs_in_process_same_batch"] = r["pairs_per_s"] / same_batch
         r["vs_torch_padded"] = r["pairs_per_s"] / base
         r["roof_share"] = r["gflops_real_tokens"] / roof if r["gflops_real_tokens"] else None
-    report("serving_throughput", rows, ["path", "pairs_per_s", "vs_torch_padded", "gflops_real_tokens",
-                                        "roof_share", "agreement_vs_torch_fp32"],
-           {"student": a.student, "pairs": len(pairs), "mean_real_tokens": real_tokens / len(pairs),
+    report(a.name, rows, ["path", "pairs_per_s", "vs_torch_padded", "gflops_real_tokens",
+                          "roof_share", "agreement_vs_torch_fp32", "vs_in_process_same_batch"],
+           {"student": a.student, "pairs": len(pairs), "data": a.csv or "catalogue",
+            "server_peak_rss_mb": memory, "mean_real_tokens": real_tokens / len(pairs),
             "gflop_per_real_token": fpt / 1e9, "matmul_roof_gflops": roof})
     print(f"matmul roof {roof:.0f} GFLOP/s; {len(pairs)} pairs, mean {real_tokens / len(pairs):.1f} real tokens")
 
