@@ -21,7 +21,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--single", type=int, default=8, help="prompts timed one at a time")
+    ap.add_argument("--name", default="teacher_generation", help="results file name (bench/results/NAME.json)")
     a = ap.parse_args()
+
+    import torch
 
     from relkd.data.catalogue import LABELS, generate_catalogue
     from relkd.config import CatalogueConfig
@@ -68,10 +71,11 @@ def main() -> None:
     single = next((r["rationales_per_s"] for r in rows if r["mode"] == "one at a time"), None)
     for r in rows:
         r["speedup_vs_single"] = r["rationales_per_s"] / single if single else None
-    roof = matmul_roof()
-    report("teacher_generation", rows, ["engine", "mode", "prompts", "rationales_per_s", "tokens_per_s",
+    roof = matmul_roof(device="cuda" if torch.cuda.is_available() else "cpu")
+    report(a.name, rows, ["engine", "mode", "prompts", "rationales_per_s", "tokens_per_s",
                                         "speedup_vs_single"],
-           {"model": a.model, "max_new_tokens": a.max_new_tokens, "matmul_roof_gflops": roof})
+           {"model": a.model, "max_new_tokens": a.max_new_tokens, "matmul_roof_gflops": roof,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
     print(f"matmul roof: {roof:.0f} GFLOP/s")
 
 
