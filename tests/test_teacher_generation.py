@@ -17,6 +17,9 @@ PROMPTS = [
     "Query: iphone 15 case\nTitle: Spigen clear case for iPhone 14",
 ]
 LABELS = ["exact", "substitute", "complement", "irrelevant"]
+SHARED = ("You judge e-commerce search relevance. Read the query and the product title, think about what "
+          "the shopper wants, then answer with one label.\n")
+PREFIXED = [SHARED + p for p in PROMPTS]
 SAMPLE = SamplingConfig(max_new_tokens=8)
 GREEDY = SAMPLE.model_copy(update={"temperature": 0.0})
 
@@ -121,15 +124,18 @@ def test_backend_choice_on_a_cpu_host(sharp_llama):
         engine.generate(["word " * 40], 1, GREEDY, seed=0)
 
 
-def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label():
-    """The KV-cache reuse path must give what a full forward over prefix + label gives."""
+@pytest.mark.parametrize("head", ["", SHARED], ids=["no-shared-prefix", "shared-prefix"])
+def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label(head, sharp_llama):
+    """The KV-cache reuse paths (one prefix pass for all labels; with a shared head, one pass of the head
+    for all rows) must give what a full forward over prefix + label gives."""
     import torch
 
-    from relkd.models import resolve
-    from relkd.teacher.generation import TransformersBackend, _label_spans
+    from relkd.teacher.generation import TransformersBackend, _label_spans, shared_prefix
 
-    backend = TransformersBackend(resolve("tiny:llama"), batch_size=4)
-    prefixes = ["Query: red shoes\nLabel:", "Q: a much longer prefix with more words in it\nLabel:", "x\nLabel:"]
+    backend = TransformersBackend(sharp_llama, batch_size=4)
+    prefixes = [head + p for p in ["Query: red shoes\nLabel:", "Q: a much longer prefix with more words in it\nLabel:",
+                                   "x\nLabel:"]]
+    assert (shared_prefix(backend._encode(prefixes)) >= backend.min_shared) == bool(head)
     labels = ["strongly relevant", "brand mismatch", "accessory mismatch", "exact"]
     fast = backend.score_labels(prefixes, labels)
     slow = []
@@ -138,11 +144,6 @@ def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label():
             logp = torch.log_softmax(backend.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
         slow.append(sum(logp[q - 1, full[q]].item() for q in range(len(full) - m, len(full))))
     assert np.allclose(fast, np.array(slow).reshape(fast.shape), atol=1e-4)
-
-
-SHARED = ("You judge e-commerce search relevance. Read the query and the product title, think about what "
-          "the shopper wants, then answer with one label.\n")
-PREFIXED = [SHARED + p for p in PROMPTS]
 
 
 def test_shared_prefix_cache_gives_the_plain_path_greedy_output(sharp_llama):

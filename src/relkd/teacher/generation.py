@@ -227,6 +227,28 @@ class TransformersBackend:
                 out.append(got * n if greedy else got)
         return out
 
+    def _prefill(self, rows: Sequence[Sequence[int]]):
+        """One forward over every row, for scoring: (mask, KV cache, last position's logits). Rows sharing a
+        prefix of ``min_shared`` tokens or more run it once (layout ``[prefix][padding][own tokens]``);
+        otherwise they are left-padded."""
+        import torch
+
+        shared = shared_prefix(rows) if self.share_prefix else 0
+        if shared < self.min_shared:
+            ids, mask = self._left_pad(rows)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                             use_cache=True, logits_to_keep=1)
+            return mask, out.past_key_values, out.logits[:, -1]
+        cache = self.model(input_ids=torch.tensor([list(rows[0][:shared])], device=self.device),
+                           use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        own_ids, own_mask = self._left_pad([list(r[shared:]) for r in rows])
+        mask = torch.cat([torch.ones(len(rows), shared, dtype=own_mask.dtype, device=self.device), own_mask], dim=1)
+        out = self.model(input_ids=own_ids, attention_mask=mask,
+                         position_ids=(mask.cumsum(-1) - 1)[:, shared:].clamp(min=0), past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        return mask, out.past_key_values, out.logits[:, -1]
+
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         """One forward pass over each prefix (its KV cache then reused by every label), instead of one
         pass per (prefix, label): the prefix is a whole few-shot prompt plus a rationale, the labels a
@@ -247,12 +269,9 @@ class TransformersBackend:
                 while any(f[:k] != fs[0][:k] for f in fs):
                     k -= 1
                 shared.append(fs[0][:k])
-            ids, mask = self._left_pad(shared)
             with torch.inference_mode():
-                out = self.model(input_ids=ids, attention_mask=mask,
-                                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
-                first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, vocab): the tail's 1st token
-                cache = out.past_key_values
+                mask, cache, last = self._prefill(shared)
+                first = torch.log_softmax(last.float(), dim=-1)  # (B, vocab): the tail's 1st token
                 cache.batch_repeat_interleave(n_lab)
                 tails = [f[len(sh):] for sh, fs in zip(shared, full) for f in fs]
                 width = max(len(t) for t in tails)
