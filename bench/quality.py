@@ -123,7 +123,7 @@ def student_rows(compare: dict, variants: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, help="CSV (optionally .gz) with query, title and graded label columns")
+    ap.add_argument("--data", default=None, help="CSV (optionally .gz) with query, title and graded label columns")
     ap.add_argument("--columns", default='{"query": "search_term", "title": "product_title", '
                     '"label": "relevance", "pair_id": "id"}', help="JSON: canonical name -> column")
     ap.add_argument("--thresholds", default='[[0.0, "irrelevant"], [1.67, "partial"], [2.33, "substitute"], '
@@ -138,7 +138,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="clone + sample + logs here (kept; re-run to resume)")
     ap.add_argument("--profile", default=None, help="a profiles/NAME.yaml overlay first (tiny: a quick smoke run)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--from-json", default=None, help="only re-render quality.md from a quality.json")
     a = ap.parse_args()
+    if not (a.data or a.from_json):
+        ap.error("--data is required (or --from-json to re-render)")
+    if a.from_json:
+        payload = json.loads(Path(a.from_json).read_text(encoding="utf-8"))
+        return write(a.out, payload)
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="relkd-quality-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -168,14 +174,21 @@ def main() -> None:
             result["prepare"] = read(clone, "metrics/prepare.json")
             result["teacher"] = read(clone, "metrics/teacher_eval.json")
         shutil.copytree(clone / "reports" / "student", work / f"reports-{hint}", dirs_exist_ok=True)
+        shutil.copytree(clone / "models" / "student", work / f"students-{hint}", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "tokenizer*", "vocab.txt"))
         print(f"round {hint}: {wall / 60:.1f} min", flush=True)
 
-    lines = [f"# Quality on {Path(a.data).name}", "", json.dumps(machine()), "",
-             f"Commit {commit[:10]}; {sizes['sample_queries']} of {sizes['file_queries']} queries "
-             f"({sizes['sample_rows']} rows) sampled with seed {a.seed}; split by query into "
-             f"{result['prepare']['rows']}; labels per split {result['prepare']['labels']}. The students train on "
-             f"{a.annotate} class-balanced train pairs the teacher annotated; seeds {a.seeds}. Wall time per round "
-             f"(min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in result["wall_s"].items()) + ".", "",
+    write(a.out, {"benchmark": "quality", "machine": machine(), **result})
+
+
+def render(result: dict) -> str:
+    sizes, st, prep = result["sizes"], result["settings"], result["prepare"]
+    lines = [f"# Quality on {Path(result['data']).name}", "", json.dumps(result["machine"]), "",
+             f"Commit {result['commit'][:10]}; {sizes['sample_queries']} of {sizes['file_queries']} queries "
+             f"({sizes['sample_rows']} rows) sampled with seed {st['seed']}; split by query into "
+             f"{prep['rows']}; labels per split {prep['labels']}. The students train on "
+             f"{st['annotate']} class-balanced train pairs the teacher annotated; seeds {st['seeds']}. Wall time per "
+             f"round (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in result["wall_s"].items()) + ".", "",
              f"## Teacher ({result['teacher']['n_test_pairs']} test pairs)", ""]
     teacher = [{"model": k, "ACC": pct(v["accuracy"]), "F1": pct(v["macro_f1"]),
                 "unparseable %": pct(v["unparseable_rate"])} for k, v in sorted(result["teacher"]["table"].items())]
@@ -185,16 +198,21 @@ def main() -> None:
         lines += [f"## Students with {ROUNDS[hint]} (`teacher.annotate.hint: {hint}`)", "",
                   f"Annotation: {ann['n_pairs']} pairs, teacher accuracy on them {pct(ann['teacher_accuracy_on_train'])}, "
                   f"unparseable {pct(ann['unparseable_rate'])}%, {ann['mean_rationale_words']:.1f} words per rationale.",
-                  "", markdown(student_rows(r["compare"], list(VARIANTS)),
+                  "", markdown(student_rows(r["compare"], list(result["variants"])),
                                ["model", "ACC", "F1", "ΔACC [95% CI]", "ΔF1 [95% CI]"]), ""]
-    lines += ["Mean ± std over seeds; Δ vs plain with the 95% paired bootstrap interval over test rows pooled over "
-              "seeds. `lrkd_gat_lam1` is lrkd_gat with the guidance weight λ = 1 instead of 0.1."]
-    out = Path(a.out)
+    lines += ["Mean ± std over seeds; Δ vs plain: the mean over seeds of the per-seed difference, with its 95% paired "
+              "bootstrap interval (test rows resampled, the same rows for every seed). `lrkd_gat_lam1` is lrkd_gat "
+              "with the guidance weight λ = 1 instead of 0.1."]
+    return "\n".join(lines) + "\n"
+
+
+def write(out_dir: str, payload: dict) -> None:
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps({"benchmark": "quality", "machine": machine(), **result},
-                                                 indent=2) + "\n", encoding="utf-8")
-    (out / "quality.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    (out / "quality.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    text = render(payload)
+    (out / "quality.md").write_text(text, encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,24 @@ def test_mean_std_and_agreement():
     assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert mean_std([0.7]) == (0.7, 0.0)
     assert agreement(["a", "b", None], ["a", "c", None]) == pytest.approx(2 / 3)
+
+
+def test_bootstrap_over_seeds_is_about_the_mean_of_per_seed_differences():
+    y, a, b = _two_systems()
+    flip = {"x": "y", "y": "x"}
+    a2 = [flip[p] if i % 7 == 0 else p for i, p in enumerate(a)]  # a second seed of each system
+    b2 = [flip[p] if i % 5 == 0 else p for i, p in enumerate(b)]
+
+    def f1(pred):
+        return f1_score(y, pred, labels=list(LABELS), average="macro", zero_division=0)
+
+    ci = bootstrap_diff_ci(y, [a, a2], [b, b2], "macro_f1", LABELS, n_boot=300, seed=1)
+    want = ((f1(b) - f1(a)) + (f1(b2) - f1(a2))) / 2  # the Δ of means over seeds, not pooled rows' F1
+    assert ci["diff"] == pytest.approx(want) and ci["seeds"] == 2
+    assert ci["low"] < want < ci["high"]
+    single = bootstrap_diff_ci(y, [a], [b], "macro_f1", LABELS, n_boot=300, seed=1)
+    assert single["diff"] == pytest.approx(f1(b) - f1(a))
+    assert (single["low"], single["high"]) == pytest.approx(
+        tuple(bootstrap_diff_ci(y, a, b, "macro_f1", LABELS, n_boot=300, seed=1)[k] for k in ("low", "high")))
+    with pytest.raises(ValueError, match="2 seeds of pred_a but 1 of pred_b"):
+        bootstrap_diff_ci(y, [a, a2], [b], "accuracy", LABELS)

@@ -17,6 +17,10 @@ def bootstrap_diff_ci(y_true: Sequence, pred_a: Sequence, pred_b: Sequence, metr
     """Paired bootstrap of metric(b) - metric(a): both systems are scored on the same resampled
     examples, so the interval reflects the difference, not each system's own noise.
 
+    `pred_a` and `pred_b` are one prediction per example, or one such list per training seed (the same
+    examples in the same order): then the statistic is the mean over seeds of the per-seed difference
+    (the Δ a table of means over seeds shows), and every resample draws the same examples for all seeds.
+
     `labels` is the label set (required: macro-F1 averages over all classes, and a prediction outside
     it counts as wrong). Returns ``diff`` (on the full data), ``mean`` (over resamples), the
     percentile interval ``low``/``high`` at level 1 - alpha, and the settings used.
@@ -27,22 +31,32 @@ def bootstrap_diff_ci(y_true: Sequence, pred_a: Sequence, pred_b: Sequence, metr
         raise ValueError("labels is required: pass the dataset's ordered label set")
     if n_boot < 1 or not 0 < alpha < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got n_boot={n_boot}, alpha={alpha}")
-    n = check_lengths(y_true=y_true, pred_a=pred_a, pred_b=pred_b)
+    per_seed = len(pred_a) > 0 and not isinstance(pred_a[0], (str, bytes)) and isinstance(pred_a[0], Sequence)
+    runs_a, runs_b = (pred_a, pred_b) if per_seed else ([pred_a], [pred_b])
+    if len(runs_a) != len(runs_b):
+        raise ValueError(f"{len(runs_a)} seeds of pred_a but {len(runs_b)} of pred_b")
+    n = 0
+    for pa, pb in zip(runs_a, runs_b):
+        n = check_lengths(y_true=y_true, pred_a=pa, pred_b=pb)
     c = len(labels)
     t = encode(y_true, labels, what="y_true", allow_unparseable=False)
-    a = encode(pred_a, labels, what="pred_a", allow_unparseable=True)
-    b = encode(pred_b, labels, what="pred_b", allow_unparseable=True)
+    a = [encode(pa, labels, what="pred_a", allow_unparseable=True) for pa in runs_a]
+    b = [encode(pb, labels, what="pred_b", allow_unparseable=True) for pb in runs_b]
+
+    def one(idx, sa, sb) -> float:
+        if metric == "accuracy":
+            return float((sb[idx] == t[idx]).mean() - (sa[idx] == t[idx]).mean())
+        return macro_f1_from_codes(t[idx], sb[idx], c) - macro_f1_from_codes(t[idx], sa[idx], c)
 
     def score(idx) -> float:
-        if metric == "accuracy":
-            return float((b[idx] == t[idx]).mean() - (a[idx] == t[idx]).mean())
-        return macro_f1_from_codes(t[idx], b[idx], c) - macro_f1_from_codes(t[idx], a[idx], c)
+        return float(np.mean([one(idx, sa, sb) for sa, sb in zip(a, b)]))
 
     rng = np.random.default_rng(seed)
     diffs = np.array([score(rng.integers(0, n, n)) for _ in range(n_boot)])
     low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     return {"metric": metric, "diff": score(np.arange(n)), "mean": float(diffs.mean()),
-            "low": float(low), "high": float(high), "n": n, "n_boot": n_boot, "alpha": alpha, "seed": seed}
+            "low": float(low), "high": float(high), "n": n, "n_boot": n_boot, "alpha": alpha, "seed": seed,
+            "seeds": len(a)}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
