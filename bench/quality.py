@@ -7,7 +7,7 @@ Then it re-runs the annotation and the students with label-hinted rationales (`t
 gold`) and reports that table too: the check of whether LRKD's guidance helps once the rationales carry
 the label's reasons, which a chance-level teacher's own rationales do not.
 
-    python bench/quality.py --data ../shared/data/homedepot/homedepot_dev.csv.gz
+    python bench/quality.py --data PATH/TO/homedepot_dev.csv.gz   # the benchmark data file, never committed
 
 The defaults are the Home Depot file's columns and the class mapping its README suggests, and sizes chosen
 to finish in about 1.5 hours on 2 cores. Re-running with the same --workdir resumes (DVC skips the stages
