@@ -162,15 +162,22 @@ class TransformersBackend:
         self.min_shared = min_shared
         self.device = self.model.device
 
+    def _prefix_cache(self, prefix: Sequence[int], copies: int):
+        """The KV cache of `prefix` run once, repeated for `copies` rows."""
+        import torch
+
+        with torch.inference_mode():
+            cache = self.model(input_ids=torch.tensor([list(prefix)], device=self.device),
+                               use_cache=True).past_key_values
+        cache.batch_repeat_interleave(copies)
+        return cache
+
     def _prefix_batch(self, rows: Sequence[Sequence[int]], shared: int, copies: int):
         """(ids, mask, cache) for generate: the shared prefix's KV cache repeated for every row x copies,
         each row's own tokens right-aligned after the prefix, the gap masked."""
         import torch
 
-        with torch.inference_mode():
-            cache = self.model(input_ids=torch.tensor([list(rows[0][:shared])], device=self.device),
-                               use_cache=True).past_key_values
-        cache.batch_repeat_interleave(len(rows) * copies)
+        cache = self._prefix_cache(rows[0][:shared], len(rows) * copies)
         own = [list(r[shared:]) for r in rows]
         width = max(len(o) for o in own)
         pad, prefix = self.tokenizer.pad_token_id, list(rows[0][:shared])
@@ -239,9 +246,7 @@ class TransformersBackend:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                              use_cache=True, logits_to_keep=1)
             return mask, out.past_key_values, out.logits[:, -1]
-        cache = self.model(input_ids=torch.tensor([list(rows[0][:shared])], device=self.device),
-                           use_cache=True).past_key_values
-        cache.batch_repeat_interleave(len(rows))
+        cache = self._prefix_cache(rows[0][:shared], len(rows))
         own_ids, own_mask = self._left_pad([list(r[shared:]) for r in rows])
         mask = torch.cat([torch.ones(len(rows), shared, dtype=own_mask.dtype, device=self.device), own_mask], dim=1)
         out = self.model(input_ids=own_ids, attention_mask=mask,
