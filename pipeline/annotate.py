@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.common import read_labels, read_split, setup, stage_args
-from relkd.data.splits import balanced_sample
 from relkd.eval.metrics import classification_report
 from relkd.io import write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, shard
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import hinted_prompts, judge, prompts_for
+from relkd.teacher.judge import hinted_rationales, judge, prompts_for
 from relkd.teacher.prompts import UNIFIED, load_perspective
 
 
@@ -18,7 +17,11 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     params = setup(params_path)
     cfg = params.teacher
     labels = read_labels(prepared)
-    train = balanced_sample(read_split(prepared, "train"), cfg.annotate.max_pairs, cfg.fewshot.seed)
+    # The students' training rows in their natural class distribution: a cap takes a seeded random sample,
+    # not a class-balanced one (the students are tested on the natural distribution).
+    train = read_split(prepared, "train")
+    if cfg.annotate.max_pairs is not None and cfg.annotate.max_pairs < len(train):
+        train = train.sample(n=cfg.annotate.max_pairs, random_state=cfg.fewshot.seed).reset_index(drop=True)
     # N workers each take their shard (same cache folder, one file per worker); the merge is the folder.
     mine = set(shard(list(train["pair_id"]), cfg.shards.num_shards, cfg.shards.shard_index))
     train = train[train["pair_id"].isin(mine)].reset_index(drop=True)
@@ -27,10 +30,15 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
     sampling = cfg.sampling.model_copy(update={"temperature": 0.0})  # one rationale per pair: the greedy one
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    write = hinted_prompts if cfg.annotate.hint == "gold" else prompts_for
-    records = judge(backend, cache, model_id(model_path, teacher_adapter), train,
-                    write(backend.tokenizer, unified, train, labels), UNIFIED, labels, 1, sampling,
-                    cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size)
+    mid = model_id(model_path, teacher_adapter)
+    records = judge(backend, cache, mid, train, prompts_for(backend.tokenizer, unified, train, labels), UNIFIED,
+                    labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size)
+    if cfg.annotate.hint == "gold":
+        # The rationale is a label-hinted one (which never names a class); the teacher's own answer, label and
+        # distribution stay in the record, so the metrics below still measure the teacher.
+        hinted = hinted_rationales(backend, cache, mid, train, unified, labels, sampling, cfg.sampling.seed,
+                                   cfg.annotate.batch_size)
+        records = [dict(r, rationale=text, hint_dropped=why) for r, (text, why) in zip(records, hinted)]
     write_jsonl(out, records)
     gold = [r["gold"] for r in records]
     rep = classification_report(gold, [r["label"] for r in records], labels)

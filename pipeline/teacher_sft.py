@@ -1,30 +1,54 @@
 """Stage `teacher_sft`: consistency filter, union of the three perspective sets, unified prompt, LoRA SFT."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 from transformers import AutoTokenizer
 
 from pipeline.common import read_labels, read_split, setup, stage_args
+from relkd.data.splits import balanced_sample
+from relkd.eval.metrics import classification_report
 from relkd.io import read_jsonl, write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import hinted_prompts, judge, unified_examples
+from relkd.teacher.judge import hinted_rationales, judge, prompts_for, unified_examples
 from relkd.teacher.prompts import UNIFIED, load_perspective
 from relkd.tracking import log_metrics, stage_run
 
 
-def hinted(cfg, model_path, cache_dir, pairs: pd.DataFrame, labels, unified) -> list[dict]:
-    """Label-hinted rationales for `pairs` from the untrained teacher (label = gold by construction)."""
-    backend = make_backend(cfg, model_path)
-    prompts = hinted_prompts(backend.tokenizer, unified, pairs, labels)
+def sft_set(records, train: pd.DataFrame, hinted: dict, cfg) -> list[dict]:
+    """The SFT examples: every consistent (pair, rationale) of the few-shot generations, then one label-hinted
+    rationale for each training pair left without one (``hinted``: pair_id -> (rationale, why dropped)),
+    capped at ``cfg.sft.max_examples`` (consistent ones first, the hinted ones drawn by the SFT seed)."""
+    examples = [{"pair_id": e.pair_id, "rationale": e.rationale, "label": e.label, "source": "consistent"}
+                for e in selection.sft_examples(selection.consistency_filter(records))]
+    extra = [{"pair_id": pid, "rationale": hinted[pid][0], "label": train.loc[pid, "label"], "source": "label_hinted"}
+             for pid in train["pair_id"] if pid in hinted and hinted[pid][0]]
+    cap = cfg.sft.max_examples
+    if cap is not None and len(examples) + len(extra) > cap:
+        extra = pd.DataFrame(extra).sample(n=max(0, cap - len(examples)), random_state=cfg.sft.seed).to_dict("records") \
+            if extra else []
+        examples = examples[:cap]
+    return examples + extra
+
+
+def format_check(cfg, model_path, adapter, valid: pd.DataFrame, labels, unified, cache_dir) -> dict:
+    """The trained teacher answers `cfg.sft.check_pairs` validation pairs under the unified prompt (greedy):
+    how many answers parse, and how many are right."""
+    backend = make_backend(cfg, model_path, adapter)
+    pairs = balanced_sample(valid, cfg.sft.check_pairs, cfg.fewshot.seed)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    records = judge(backend, cache, model_id(model_path), pairs, prompts, "label_hinted", labels, 1,
-                    cfg.sampling, cfg.sampling.seed, "parse", cfg.batch_size)
-    return [dict(r, label=r["gold"]) for r in records if r["rationale"]]
+    greedy = cfg.sampling.model_copy(update={"temperature": 0.0})
+    records = judge(backend, cache, model_id(model_path, adapter), pairs,
+                    prompts_for(backend.tokenizer, unified, pairs, labels), UNIFIED, labels, 1, greedy,
+                    cfg.sampling.seed, "parse", cfg.batch_size)
+    rep = classification_report([r["gold"] for r in records], [r["parsed_label"] for r in records], labels)
+    return {"n": len(records), "unparseable_rate": rep["unparseable_rate"], "accuracy": rep["accuracy"],
+            "macro_f1": rep["macro_f1"], "example": records[0]["text"] if records else ""}
 
 
 def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, metrics_path) -> dict:
@@ -34,24 +58,25 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
     train = read_split(prepared, "train").set_index("pair_id", drop=False)
     records = read_jsonl(Path(fewshot) / "generations.jsonl")
     kept = selection.consistency_filter(records)
-    balance = selection.class_balance(kept, labels)
-    examples = [{"pair_id": e.pair_id, "rationale": e.rationale, "label": e.label, "source": "consistent"}
-                for e in selection.sft_examples(kept)]
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
     model_path = resolve(cfg.model)
-    n_hinted = 0
+    hinted, dropped = {}, {}
     if cfg.sft.label_hinted_fallback:
-        short = [lab for lab in labels if balance.get(lab, 0) < cfg.sft.min_kept_per_class]
-        seed_ids = {r["pair_id"] for r in records}
-        pool = train[train["pair_id"].isin(seed_ids) & train["label"].isin(short)]
+        have = {e.pair_id for e in selection.sft_examples(kept)}
+        pool = train[~train["pair_id"].isin(have)].reset_index(drop=True)
         if len(pool):
-            extra = hinted(cfg, model_path, cache_dir, pool.reset_index(drop=True), labels, unified)
-            examples += [{"pair_id": r["pair_id"], "rationale": r["rationale"], "label": r["label"],
-                          "source": "label_hinted"} for r in extra]
-            n_hinted = len(extra)
+            backend = make_backend(cfg, model_path)
+            cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
+            got = hinted_rationales(backend, cache, model_id(model_path), pool, unified, labels, cfg.sampling,
+                                    cfg.sampling.seed, cfg.batch_size)
+            hinted = dict(zip(pool["pair_id"], got))
+            dropped = Counter(why for _, why in got if why)
+            del backend
+    examples = sft_set(records, train, hinted, cfg)
     if not examples:
-        raise SystemExit("teacher_sft: no SFT examples (nothing consistent and the fallback is off); "
-                         "enable teacher.sft.label_hinted_fallback or raise teacher.sampling.k")
+        raise SystemExit("teacher_sft: no SFT examples (nothing consistent, and no usable label-hinted rationale: "
+                         f"dropped {dict(dropped)}); enable teacher.sft.label_hinted_fallback or raise "
+                         "teacher.sampling.k")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pairs = train.loc[[e["pair_id"] for e in examples]].reset_index(drop=True)
     sft_data = unified_examples(tokenizer, unified, pairs, labels, [e["rationale"] for e in examples],
@@ -63,17 +88,27 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
     with stage_run("teacher_sft", {"teacher": cfg.model_dump(include={"model", "sft", "label_decision"})},
                    inputs=[fewshot, prompts_dir], experiment=params.tracking.experiment):
         train_metrics = sft(model_path, sft_data, out, cfg.sft, callbacks=[MetricsCallback(log_metrics)])
+        check = format_check(cfg, model_path, out, read_split(prepared, "valid"), labels, unified, cache_dir)
         metrics = {
             "n_generations": len(records), "n_consistent": len(kept),
-            "consistent_by_class": balance, "n_examples": len(examples), "n_label_hinted": n_hinted,
+            "consistent_by_class": selection.class_balance(kept, labels), "n_examples": len(examples),
+            "n_label_hinted": sum(e["source"] == "label_hinted" for e in examples),
+            "hinted_dropped": dict(dropped),
             "examples_by_class": {lab: sum(e["label"] == lab for e in examples) for lab in labels},
-            "train": train_metrics,
+            "train": train_metrics, "valid_format": check,
         }
-        log_metrics({k: v for k, v in metrics.items() if k != "consistent_by_class"})
+        log_metrics({k: v for k, v in metrics.items() if k not in ("consistent_by_class", "hinted_dropped")})
         import mlflow
 
         mlflow.log_artifacts(out, artifact_path="adapter")
     write_json(metrics_path, metrics)
+    if check["unparseable_rate"] > cfg.sft.max_unparseable:
+        raise SystemExit(
+            f"teacher_sft: after SFT, {100 * check['unparseable_rate']:.0f}% of the unified answers on {check['n']} "
+            f"validation pairs have no parseable label (limit teacher.sft.max_unparseable = "
+            f"{cfg.sft.max_unparseable}): the answer format was not learned (loss {train_metrics.get('first_loss')} -> "
+            f"{train_metrics.get('last_loss')} over {train_metrics.get('steps')} steps). Raise teacher.sft.epochs or "
+            f"teacher.sft.lr, or give it more examples. One answer: {check['example'][:160]!r}")
     return metrics
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from relkd.teacher.parsing import Parsed, parse
+from relkd.teacher.parsing import Parsed, answer_end, cut_answer, parse
 from relkd.teacher.prompts import answer_text
 
 CAT = ("strongly relevant", "brand mismatch", "category mismatch", "model mismatch", "attribute mismatch",
@@ -56,12 +56,28 @@ def test_ambiguous_label():
     assert parse("Label: brand mismatch, not model mismatch", CAT).error.startswith("ambiguous label")
 
 
-def test_last_label_line_wins_and_earlier_ones_stay_in_the_rationale():
-    text = "Reasoning: same brand.\nLabel: brand mismatch\nWait, the model differs.\nLabel: model mismatch"
-    assert parse(text, CAT) == Parsed("same brand. Label: brand mismatch Wait, the model differs.",
-                                      "model mismatch", None)
-    # ... also when the last one is unparseable: no falling back to an earlier line.
-    assert parse("Label: exact\nLabel: maybe", ESCI).error == "unknown label 'maybe'"
+def test_first_label_line_ends_the_answer():
+    # A small model that keeps writing after its answer starts another pair: what follows is ignored.
+    text = "Reasoning: same brand.\nLabel: brand mismatch\nQuery: x\nLabel: model mismatch"
+    assert parse(text, CAT) == Parsed("same brand.", "brand mismatch", None)
+    assert parse("Label: maybe\nLabel: exact", ESCI).error == "unknown label 'maybe'"
+
+
+@pytest.mark.parametrize("text, end", [
+    ("Reasoning: r\nLabel: exact\nmore", len("Reasoning: r\nLabel: exact\n")),
+    ("Reasoning: r\nLabel: exact", None),                 # the label may still be growing
+    ("Reasoning: r\nLabel:", None),                       # cut right after the key: not an answer yet
+    ("Reasoning: r\n**Label:**\nexact\nQuery", len("Reasoning: r\n**Label:**\nexact\n")),
+    ("Reasoning: r\n**Label:**\n\n", None),
+    ("Reasoning: no label yet\n", None),
+])
+def test_answer_end_is_the_end_of_the_first_complete_label_line(text, end):
+    assert answer_end(text) == end
+
+
+def test_cut_answer_drops_what_follows_the_label_line():
+    assert cut_answer("Reasoning: r\nLabel: exact\nQuery: q\nLabel: irrelevant") == "Reasoning: r\nLabel: exact"
+    assert cut_answer("Reasoning: r and more") == "Reasoning: r and more"
 
 
 def test_empty_rationale_keeps_the_label():

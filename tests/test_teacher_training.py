@@ -7,7 +7,7 @@ import torch
 from relkd.models import resolve
 from relkd.teacher.config import DPOSection, SamplingConfig, SFTSection
 from relkd.teacher.generation import TransformersBackend, load_teacher
-from relkd.teacher.training import MetricsCallback, dpo, sft
+from relkd.teacher.training import MetricsCallback, dpo, sft, warmup_steps
 
 LABELS = ["exact", "substitute", "irrelevant"]
 EXAMPLES = [
@@ -91,3 +91,48 @@ def test_empty_training_sets_are_explained(tmp_path):
         sft("unused", [], tmp_path / "a", SFTSection())
     with pytest.raises(ValueError, match="n_pairs_set"):
         dpo("unused", tmp_path, [], tmp_path / "b", DPOSection())
+
+
+def test_warmup_is_whole_steps_rounded_down():
+    assert warmup_steps(4, 4, 1, 1, 0.1) == 0  # one step: no warmup (it used to be a step at lr 0)
+    assert warmup_steps(100, 4, 1, 2, 0.1) == 5
+    assert warmup_steps(100, 4, 5, 1, 0.5) == 2
+
+
+def _adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_a_one_step_dpo_run_changes_the_adapter(trained, tmp_path):
+    # The default warmup (0.1) on a 1-step run: the step must still happen at a learning rate above 0.
+    dpo(trained["llama"], trained["root"] / "sft", PAIRS, tmp_path / "dpo1", DPOSection(batch_size=4, lr=5e-3))
+    before, after = _adapter_tensors(trained["root"] / "sft"), _adapter_tensors(tmp_path / "dpo1")
+    assert before.keys() == after.keys()
+    moved = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert moved > 1e-4
+
+
+def test_sft_teaches_a_tiny_model_the_answer_format(tmp_path):
+    """The format check of teacher_sft on a model built from a config: before SFT no answer has a Label line,
+    after it (greedy, cut at the first label line) the answers parse."""
+    from relkd.teacher.parsing import parse
+    from relkd.teacher.prompts import answer_text
+
+    llama = resolve("tiny:llama")
+    examples = [{"prompt": f"Query: item {i}\nTitle: product {i}\nThink, then answer.\n",
+                 "completion": answer_text("It fits.", LABELS[i % 3])} for i in range(12)]
+    greedy = SamplingConfig(temperature=0, max_new_tokens=24)
+    prompts = [e["prompt"] for e in examples[:6]]
+
+    def parsed(adapter):
+        out = TransformersBackend(llama, adapter, batch_size=6).generate(prompts, 1, greedy, 0)
+        return [parse(o[0], LABELS).label for o in out]
+
+    assert all(label is None for label in parsed(None))
+    # A model this small (hidden 32) needs every linear layer adapted and many epochs to learn the format.
+    sft(llama, examples, tmp_path / "fmt", SFTSection(batch_size=4, epochs=60, lr=5e-3, r=32, alpha=64,
+                                                      target_modules="all-linear"))
+    labels = parsed(tmp_path / "fmt")
+    assert sum(label is not None for label in labels) >= 5, labels

@@ -26,10 +26,15 @@ from relkd.teacher.config import SamplingConfig
 T = TypeVar("T")
 
 
+# How an answer ends (parsing.answer_end: at its first complete label line); part of every key, so outputs
+# cached under an earlier rule are never read back as if they had been cut by this one.
+STOP_RULE = "first-label-line-v1"
+
+
 def generation_key(model_id: str, prompt: str, n: int, sampling: SamplingConfig, seed: int) -> str:
     """sha256 of what decides the outputs (sampling.k is not among them: `n` is the sample count)."""
     payload = {
-        "model": model_id, "prompt": prompt, "n": n, "seed": seed,
+        "model": model_id, "prompt": prompt, "n": n, "seed": seed, "stop": STOP_RULE,
         "sampling": {k: getattr(sampling, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

@@ -19,7 +19,8 @@ class SamplingConfig(Section):
     top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass; paper: 0.99")
     top_k: int = Field(50, ge=0, description="0 = no top-k cut; paper: 50")
     max_new_tokens: int = Field(
-        48, ge=1, description="rationale + label budget; paper: long free-form CoT (hundreds of tokens)"
+        96, ge=1, description="cap on new tokens; an answer ends at its first complete label line, so this only "
+        "bounds answers that never write one; paper: long free-form CoT (hundreds of tokens)"
     )
     k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
     seed: int = Field(13, description="sampling seed (with the prompt and sample index it fixes every output)")
@@ -57,12 +58,20 @@ class SFTSection(Section):
     seed: int = Field(13, description="training seed (LoRA init, data order)")
     label_hinted_fallback: bool = Field(
         True,
-        description="when the consistency filter keeps fewer than min_kept_per_class examples of a class, add "
-        "label-hinted rationales ('explain why the label is X', STaR-style rationalisation) for it and report "
-        "how many in the metrics; needed at the embedded scale where the few-shot teacher is at chance; "
-        "paper: not used (False)",
+        description="give every training pair the consistency filter left without a rationale a label-hinted "
+        "one ('the answer is X; give the reasoning', STaR-style rationalisation; a rationale naming a class is "
+        "dropped), so SFT learns the answer format from the whole training split and not from the few seed "
+        "pairs the untrained teacher got right; the metrics say how many; paper: not used (False)",
     )
-    min_kept_per_class: int = Field(4, ge=0, description="fallback trigger per class (see label_hinted_fallback)")
+    max_examples: int | None = Field(
+        None, ge=1, description="cap on SFT examples (consistent ones first, then hinted ones, seeded); None = "
+        "every training pair")
+    check_pairs: int = Field(
+        32, ge=1, description="validation pairs the trained teacher answers under the unified prompt after SFT "
+        "(greedy), to prove it learned the answer format")
+    max_unparseable: float = Field(
+        0.5, ge=0, le=1, description="teacher_sft fails when more than this share of those answers has no "
+        "parseable label (the format was not learned: more epochs, a higher lr or more examples)")
 
 
 class PairsConfig(Section):

@@ -3,7 +3,9 @@
 Both backends give the same two calls:
 
 * ``generate(prompts, n, sampling, seed) -> list[list[str]]``: ``n`` completions per prompt (only the new
-  text); greedy when ``sampling.temperature == 0`` (then the ``n`` copies are equal).
+  text, cut at the end of the answer's first label line: ``parsing.cut_answer``); greedy when
+  ``sampling.temperature == 0`` (then the ``n`` copies are equal). A row stops generating once its label
+  line is complete, so ``max_new_tokens`` is only a cap for answers that never write one.
 * ``score_labels(prefixes, labels) -> np.ndarray``: the summed log-probability of ``" " + label`` after each
   prefix, shape ``(len(prefixes), len(labels))``. A prefix must not end with a space: ``"Label:"`` then
   ``" exact"``, because ``"Label: "`` tokenises its trailing space on its own and no longer lines up with
@@ -25,6 +27,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from relkd.teacher.config import SamplingConfig, TeacherConfig
+from relkd.teacher.parsing import answer_end, cut_answer
 
 
 class Backend(Protocol):
@@ -141,6 +144,20 @@ def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
     return k
 
 
+def _answer_done(tokenizer, start: int):
+    """A transformers stopping criterion: a row is done once its new text (after position `start`) holds a
+    complete label line."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class AnswerDone(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+            return torch.tensor([answer_end(t) is not None for t in texts], device=input_ids.device)
+
+    return AnswerDone()
+
+
 class TransformersBackend:
     """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation.
 
@@ -227,8 +244,10 @@ class TransformersBackend:
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leave the caller's RNG alone
                 torch.manual_seed(_stable_seed(seed, batch))
-                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config, **extra)
-            texts = self.tokenizer.batch_decode(seqs[:, ids.shape[1]:], skip_special_tokens=True)
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                           stopping_criteria=[_answer_done(self.tokenizer, ids.shape[1])], **extra)
+            texts = [cut_answer(t) for t in self.tokenizer.batch_decode(seqs[:, ids.shape[1]:],
+                                                                        skip_special_tokens=True)]
             for i in range(len(batch)):
                 got = texts[i * per:(i + 1) * per]
                 out.append(got * n if greedy else got)
@@ -324,7 +343,7 @@ class VLLMBackend:
             for p in prompts
         ]
         outs = self.llm.generate(list(prompts), params, lora_request=self.lora, use_tqdm=False)
-        return [[c.text for c in o.outputs] * (n if greedy else 1) for o in outs]
+        return [[cut_answer(c.text) for c in o.outputs] * (n if greedy else 1) for o in outs]
 
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         from vllm import SamplingParams

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from relkd.teacher.cache import GenerationCache, cached_generate
 from relkd.teacher.config import SamplingConfig
 from relkd.teacher.generation import label_distribution
-from relkd.teacher.parsing import LABEL_KEY, REASONING_KEY, parse
+from relkd.teacher.parsing import LABEL_KEY, REASONING_KEY, normalise, parse
 from relkd.teacher.prompts import Perspective, render, render_messages
 
 
@@ -82,37 +83,87 @@ def judge(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, p
 
 
 def majority(records: list[dict], labels: Sequence[str]) -> list[dict]:
-    """One vote per perspective (its first sample) per pair; ties go to the highest summed probability.
+    """One vote per perspective (its first sample) per pair: the few-shot MPCoT row, the three perspectives of
+    the untrained model combined without training.
 
-    The few-shot MPCoT row: the three perspectives of the untrained model combined without training."""
+    Decided like every other row of the teacher table: ``parsed_label`` is the vote of the parsed labels
+    (ties to the highest summed probability), None when no perspective parsed (then the pair is
+    unparseable and counts as wrong, never rescued by the label scores); ``scored_label`` is the vote of
+    the scored labels; ``label`` is the one ``records``' own ``label`` fields were decided by.
+    """
     by_pair: dict[str, list[dict]] = {}
     for r in records:
         if r["sample"] == 0:
             by_pair.setdefault(r["pair_id"], []).append(r)
     out = []
     for pair_id, rs in by_pair.items():
-        votes = {lab: 0 for lab in labels}
-        mass = np.zeros(len(labels))
-        for r in rs:
-            if r["label"] is not None:
-                votes[r["label"]] += 1
-            mass += np.asarray(r["probs"])
-        best = max(labels, key=lambda lab: (votes[lab], mass[labels.index(lab)]))
-        out.append({"pair_id": pair_id, "perspective": "mpcot_vote", "sample": 0, "label": best,
-                    "gold": rs[0]["gold"], "rationale": "", "parsed_label": best, "error": None,
-                    "probs": (mass / max(len(rs), 1)).round(6).tolist(), "scored_label": best})
+        mass = np.sum([np.asarray(r["probs"]) for r in rs], axis=0)
+
+        def vote(field: str) -> str | None:
+            votes = {lab: 0 for lab in labels}
+            for r in rs:
+                if r[field] is not None:
+                    votes[r[field]] += 1
+            if not any(votes.values()):
+                return None
+            return max(labels, key=lambda lab: (votes[lab], mass[labels.index(lab)]))
+
+        parsed, scored, decided = vote("parsed_label"), vote("scored_label"), vote("label")
+        out.append({"pair_id": pair_id, "perspective": "mpcot_vote", "sample": 0, "label": decided,
+                    "gold": rs[0]["gold"], "rationale": "", "parsed_label": parsed,
+                    "error": None if parsed is not None else "no perspective parsed",
+                    "probs": (mass / max(len(rs), 1)).round(6).tolist(), "scored_label": scored})
     return out
+
+
+# The hinted answer is started for the model ("Reasoning: The query"), so what it writes is about the pair;
+# a model as small as the embedded one otherwise answers "The correct label is: X." and nothing else.
+HINT_START = f"{REASONING_KEY} The query"
+_ECHO = ("the answer", "the label", "correct label", "label is")
+_MIN_HINT_WORDS = 5
 
 
 def hinted_prompts(tokenizer, perspective: Perspective, pairs: pd.DataFrame, labels: Sequence[str]) -> list[str]:
-    """Label-hinted prompts ("the label is X; explain why"): STaR-style rationalisation, the fallback that
-    fills classes the consistency filter left (nearly) empty when the untrained teacher is at chance."""
+    """Label-hinted prompts ("the answer is X; give the reasoning that leads to it"), the answer started with
+    ``HINT_START``: STaR-style rationalisation, for a teacher too weak to reason its way to the label."""
     out = []
     for q, t, y in zip(pairs["query"], pairs["title"], pairs["label"]):
         messages = render_messages(perspective, q, t, labels)
-        messages[-1]["content"] += f"\nThe correct label is: {y}. Explain why in one or two sentences."
-        out.append(render(tokenizer, messages))
+        messages[-1]["content"] += f"\nThe answer is {y}. Give the reasoning that leads to it."
+        out.append(render(tokenizer, messages) + HINT_START)
     return out
+
+
+def clean_hinted(completion: str, labels: Sequence[str]) -> tuple[str, str | None]:
+    """The rationale of a hinted answer (``HINT_START`` + completion), or ``("", reason)`` when it must not be
+    used: a rationale gives reasons from the pair and never names a class (a hinted rationale that says
+    the label would make its embedding an embedding of the label name). Sentences that name a class or
+    say "the answer/label is" are dropped; what is left must have at least 5 words."""
+    head = HINT_START[len(REASONING_KEY):].strip()
+    first = (head + completion).split("\n", 1)[0]
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(first.split()))
+    classes = [normalise(lab) for lab in labels]
+    kept = []
+    for sentence in sentences:
+        norm = normalise(sentence)
+        if any(re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm) for c in classes) or any(e in norm for e in _ECHO):
+            continue
+        kept.append(sentence)
+    text = " ".join(kept).strip()
+    if len(text.split()) < _MIN_HINT_WORDS:
+        return "", "names the label" if sentences and not kept else "too short"
+    return text, None
+
+
+def hinted_rationales(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame,
+                      perspective: Perspective, labels: Sequence[str], sampling: SamplingConfig, seed: int,
+                      batch_size: int) -> list[tuple[str, str | None]]:
+    """One greedy label-hinted rationale per pair, as ``clean_hinted`` returns it: (rationale, None) or
+    ("", why it was dropped)."""
+    prompts = hinted_prompts(backend.tokenizer, perspective, pairs, labels)
+    greedy = sampling.model_copy(update={"temperature": 0.0})
+    texts = cached_generate(backend, cache, prompts, 1, greedy, seed, model_id, batch_size)
+    return [clean_hinted(row[0], labels) for row in texts]
 
 
 def unified_examples(tokenizer, unified: Perspective, pairs: pd.DataFrame, labels: Sequence[str],

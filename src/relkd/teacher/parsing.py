@@ -7,9 +7,9 @@ The grammar the prompts ask for (``prompts.answer_text`` writes exactly this)::
     key        := "Label" | "Final label" | "Answer" | "Final answer"      (any case)
     markdown   := any run of "*", "_", "#", ">", "-", "`" and spaces       (e.g. "**Label:**", "- Label:")
 
-* The label line is the LAST line of the text that starts with a key; earlier key lines stay part of the
-  rationale (a model that corrects itself keeps its first attempt in its reasoning), and lines after the
-  label line are ``trailing`` and ignored.
+* The label line is the FIRST line of the text that starts with a key: the answer ends there (generation
+  stops at the end of that line, see :func:`answer_end`), and lines after it are ``trailing`` and ignored
+  (a small model that keeps writing after its answer often starts another pair and another label).
 * When the label line has nothing after the colon, ``label_text`` is the next non-empty line
   ("**Label:**" on one line, the class on the next).
 * ``rationale`` is everything before the label line, with a leading "Reasoning:" (or "Rationale:") key
@@ -96,6 +96,35 @@ def _rationale(lines: list[str]) -> str:
     return _REASONING.sub("", text, count=1).strip()
 
 
+def answer_end(text: str) -> int | None:
+    """The length of the answer in `text`: up to the end of its first complete label line (the newline
+    included), or None while no label line is complete. A label line is complete once a newline follows
+    text after its colon, or, for a bare "**Label:**", once a newline follows the next non-empty line.
+    Generation stops there, and every backend cuts its outputs there, so a budget of new tokens is a cap,
+    not the way an answer ends."""
+    pos = 0
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        pos += len(line)
+        m = _LABEL_LINE.match(line.rstrip("\r\n"))
+        if not m:
+            continue
+        if normalise(m.group("rest")):
+            return pos if line.endswith(("\n", "\r")) else None
+        for nxt in lines[i + 1:]:
+            pos += len(nxt)
+            if nxt.strip():
+                return pos if nxt.endswith(("\n", "\r")) else None
+        return None
+    return None
+
+
+def cut_answer(text: str) -> str:
+    """`text` up to the end of its first complete label line (see :func:`answer_end`), without the newline."""
+    end = answer_end(text)
+    return text if end is None else text[:end].rstrip("\r\n")
+
+
 def parse(text: str, labels: Sequence[str]) -> Parsed:
     """Parse a generated answer against the dataset's label set (see the module grammar)."""
     _class_table(labels)  # a bad label set is the caller's error, whatever the text says
@@ -103,7 +132,7 @@ def parse(text: str, labels: Sequence[str]) -> Parsed:
     hits = [i for i, line in enumerate(lines) if _LABEL_LINE.match(line)]
     if not hits:
         return Parsed(_rationale(lines), None, "no label line")
-    at = hits[-1]
+    at = hits[0]
     rest = _LABEL_LINE.match(lines[at]).group("rest").strip()
     if not normalise(rest):
         rest = next((line.strip() for line in lines[at + 1:] if line.strip()), "")

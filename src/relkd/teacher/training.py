@@ -88,6 +88,15 @@ def _save_adapter(model, tokenizer, out_dir: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def warmup_steps(n_examples: int, batch_size: int, grad_accum: int, epochs: float, ratio: float) -> int:
+    """Warmup as a whole number of optimiser steps, rounded down: transformers reads a float `warmup_steps`
+    below 1 as a share of the steps but rounds it up, so a 0.1 warmup on a 1-step run made its only step
+    one at learning rate 0 (DPO then changed nothing). Rounded down, a run shorter than 1 / ratio steps
+    has no warmup."""
+    steps = math.ceil(math.ceil(n_examples / batch_size) / grad_accum * epochs)
+    return int(ratio * steps)
+
+
 def train_summary(trainer, n: int, keys: Sequence[str]) -> dict:
     """What a trl run logged, condensed: steps, epochs, train_loss, runtime, and for every key in `keys`
     (plus "loss") its first, last and mean logged value."""
@@ -127,8 +136,9 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
         args = SFTConfig(
             output_dir=scratch, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
             per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
-            completion_only_loss=True, seed=cfg.seed, **_device_args(cfg.logging_steps),
+            lr_scheduler_type=cfg.lr_scheduler, max_length=cfg.max_length, completion_only_loss=True,
+            warmup_steps=warmup_steps(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio),
+            seed=cfg.seed, **_device_args(cfg.logging_steps),
         )
         set_seed(cfg.seed)  # the LoRA init happens in the trainer's constructor, before it seeds itself
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -164,8 +174,9 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
         args = DPOConfig(
             output_dir=scratch, num_train_epochs=cfg.epochs, learning_rate=cfg.lr, beta=cfg.beta,
             per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, max_length=cfg.max_length,
-            seed=cfg.seed, **_device_args(cfg.logging_steps),
+            lr_scheduler_type=cfg.lr_scheduler, max_length=cfg.max_length, seed=cfg.seed,
+            warmup_steps=warmup_steps(len(pairs), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio),
+            **_device_args(cfg.logging_steps),
         )
         set_seed(cfg.seed)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data,
