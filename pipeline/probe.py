@@ -15,7 +15,7 @@ def run(params_path, prepared, rationales, embeddings, models, out, metrics_path
     params = setup(params_path)
     cfg = params.probe
     labels = read_labels(prepared)
-    train, notes, _, _ = training_frame(prepared, rationales, embeddings)
+    train, notes, _, _ = training_frame(prepared, rationales, embeddings, "annotated")
     from relkd.student.model import load_student
     from relkd.student.trainer import predict
 

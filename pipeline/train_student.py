@@ -13,16 +13,21 @@ from relkd.io import read_jsonl, write_json, write_parquet
 from relkd.tracking import log_metrics, stage_run
 
 
-def training_frame(prepared: str, rationales: str, embeddings: str):
-    """Train rows that the teacher annotated, with their rationales and e_cot vectors aligned."""
+def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all"):
+    """The training split with each pair's rationale and e_cot aligned. ``rows="all"``: every training pair,
+    in its natural class distribution; a pair the teacher did not annotate has rationale None and a NaN
+    e_cot (no guidance target). ``rows="annotated"``: only the annotated pairs."""
     train = read_split(prepared, "train")
     notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
     meta = json.loads((Path(embeddings) / "meta.json").read_text(encoding="utf-8"))
     vectors = np.load(Path(embeddings) / "rationales.npy")
     row_of = {pid: i for i, pid in enumerate(meta["pair_ids"])}
-    train = train[train["pair_id"].isin(notes) & train["pair_id"].isin(row_of)].reset_index(drop=True)
-    emb = vectors[[row_of[p] for p in train["pair_id"]]]
-    return train, [notes[p] for p in train["pair_id"]], emb, meta
+    if rows == "annotated":
+        train = train[train["pair_id"].isin(notes) & train["pair_id"].isin(row_of)].reset_index(drop=True)
+    missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
+    emb = np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]]) if len(train) \
+        else np.zeros((0, vectors.shape[1]), np.float32)
+    return train, [notes.get(p) for p in train["pair_id"]], emb, meta
 
 
 def run(params_path, variant_name, prepared, rationales, embeddings, out, metrics_path) -> dict:
@@ -33,7 +38,7 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
                          f"{sorted(cfg.variants)}")
     variant = cfg.variants[variant_name]
     labels = read_labels(prepared)
-    train, notes, emb, meta = training_frame(prepared, rationales, embeddings)
+    train, notes, emb, meta = training_frame(prepared, rationales, embeddings, cfg.train_rows)
     valid, test = read_split(prepared, "valid"), read_split(prepared, "test")
 
     from relkd.student.model import save_student
@@ -66,7 +71,8 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
             results[str(seed)] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                                   "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()},
                                   "confusion": report["confusion"], "epochs": history,
-                                  "mlflow_run_id": run_.info.run_id, "n_train": len(train)}
+                                  "mlflow_run_id": run_.info.run_id, "n_train": len(train),
+                                  "n_train_with_rationale": int(np.isfinite(emb).all(axis=1).sum())}
     write_json(Path(out) / "results.json", results)
     metrics = {"accuracy": float(np.mean([r["accuracy"] for r in results.values()])),
                "macro_f1": float(np.mean([r["macro_f1"] for r in results.values()])),

@@ -22,6 +22,7 @@ from relkd.student.config import VariantConfig
 from relkd.student.extractors import make_extractor
 
 STUDENT_FILE = "relkd_student.json"
+POOLINGS = ("cls", "mean")
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 
@@ -45,8 +46,11 @@ class Student(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, labels: tuple[str, ...], variant: VariantConfig, d_out: int,
-                 hidden: int = 128, codes: int = 32, max_length: int = 128):
+                 hidden: int = 128, codes: int = 32, max_length: int = 128, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         if len(labels) < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {labels!r}")
         self.backbone = backbone
@@ -75,8 +79,14 @@ class Student(nn.Module):
         return self.read_out(H, attention_mask)
 
     def read_out(self, H: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
-        """Everything after the backbone: the extractor (or the guidance projection) and the head."""
-        h_cls = H[:, 0]
+        """Everything after the backbone: the extractor (or the guidance projection) and the head. ``h_cls`` is
+        the [CLS] state (paper) or, with ``pooling="mean"``, the masked mean of the token states, the
+        pooling a sentence-transformers backbone such as all-MiniLM-L6-v2 was trained with."""
+        if self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(H.dtype)
+            h_cls = (H * m).sum(1) / m.sum(1).clamp(min=1.0)
+        else:
+            h_cls = H[:, 0]
         if self.extractor is not None:
             r = self.extractor(H, attention_mask)
             logits = self.head(torch.cat([h_cls, r], dim=-1))
@@ -101,6 +111,7 @@ class Student(nn.Module):
             "d_out": self.d_out,
             "hidden": self.hidden_size,
             "codes": self.codes,
+            "pooling": self.pooling,
             "backbone_config": self.backbone.config.to_dict(),
         }
 
@@ -140,7 +151,7 @@ def _load_backbone(path_or_config, from_config: bool = False):
 
 
 def build_student(backbone: str, labels: tuple[str, ...], variant: VariantConfig, d_out: int | None = None,
-                  hidden: int = 128, codes: int = 32, max_length: int = 128):
+                  hidden: int = 128, codes: int = 32, max_length: int = 128, pooling: str = "cls"):
     """A fresh student on pretrained backbone weights, with its tokenizer.
 
     ``backbone`` is a folder or a name for :func:`relkd.models.resolve`; ``d_out`` is the rationale
@@ -154,7 +165,7 @@ def build_student(backbone: str, labels: tuple[str, ...], variant: VariantConfig
     model = _load_backbone(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     d_out = int(model.config.hidden_size) if d_out is None else int(d_out)
-    return Student(model, labels, variant, d_out, hidden, codes, max_length), tokenizer
+    return Student(model, labels, variant, d_out, hidden, codes, max_length, pooling), tokenizer
 
 
 def save_student(model: Student, tokenizer, folder: str | Path) -> Path:
@@ -187,7 +198,7 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu"):
                          f"{FORMAT_VERSION}: retrain the student or use the matching relkd version")
     backbone = _load_backbone(AutoConfig.from_pretrained(folder), from_config=True)
     model = Student(backbone, tuple(meta["labels"]), VariantConfig(**meta["variant"]), meta["d_out"],
-                    meta["hidden"], meta["codes"], meta["max_length"])
+                    meta["hidden"], meta["codes"], meta["max_length"], meta.get("pooling", "cls"))
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer

@@ -17,16 +17,21 @@ BIO = ("O", "B", "I")
 
 
 # ------------------------------------------------------------------------------------------- LRKD
-def guidance_loss(r: torch.Tensor, e_cot: torch.Tensor) -> torch.Tensor:
-    """The paper's ||r - e_cot||^2 (eq. 8): the squared L2 distance summed over the width, averaged
-    over the batch. With unit-norm targets (BGE-M3's dense vectors, or guidance_normalize) it lies in
-    [0, 4] for any width, so lambda = 0.1 weighs it as the paper does. (An earlier version divided by
-    the width, as F.mse_loss does: that shrank the term 384-fold and made lrkd_gat train like
-    no_guidance on the embedded run.)"""
+def guidance_loss(r: torch.Tensor, e_cot: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's ||r - e_cot||^2 (eq. 8): the squared L2 distance summed over the width, averaged over the
+    batch (over the rows whose ``weight`` is 1 when given: pairs without a teacher rationale have no target).
+    The trainer puts both sides on the unit sphere first (``guidance_normalize``), so the loss is
+    2 - 2 cos(r, e_cot) in [0, 4] for any width and lambda = 0.1 weighs it against a CE of ~log(C) as the
+    paper's unit-norm BGE-M3 targets intend. (Dividing by the width, as F.mse_loss does, shrank it 384-fold;
+    leaving r unnormalised made it act on raw states of norm ~8, up to 68 at initialisation.)"""
     if r.shape != e_cot.shape:
         raise ValueError(f"r has shape {tuple(r.shape)} but e_cot has {tuple(e_cot.shape)}: the extractor's "
                          "d_out must equal the rationale encoder's width")
-    return (r - e_cot.to(r.dtype)).pow(2).sum(dim=-1).mean()
+    per_row = (r - e_cot.to(r.dtype)).pow(2).sum(dim=-1)
+    if weight is None:
+        return per_row.mean()
+    weight = weight.to(per_row.dtype)
+    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def lrkd_loss(logits: torch.Tensor, y: torch.Tensor, r: torch.Tensor, e_cot: torch.Tensor,

@@ -53,10 +53,10 @@ class TrainingModule(nn.Module):
         zero = ce.new_zeros(())
         guide = zero
         if "e_cot" in batch and (self.student.extractor is not None or self.student.guide_proj is not None):
-            e_cot = batch["e_cot"]
-            if self.guidance_normalize:
-                e_cot = F.normalize(e_cot, dim=-1)
-            guide = guidance_loss(out.r, e_cot)
+            r, e_cot = out.r, batch["e_cot"]
+            if self.guidance_normalize:  # both sides on the unit sphere: the loss is 2 - 2 cos(r, e_cot)
+                r, e_cot = F.normalize(r, dim=-1), F.normalize(e_cot, dim=-1)
+            guide = guidance_loss(r, e_cot, batch.get("has_cot"))
         aux, aux_w = zero, 0.0
         if self.variant.aux == "ced_kd":
             embeddings = self.student.backbone.get_input_embeddings().weight
@@ -98,12 +98,16 @@ def encode_rows(df, labels, tokenizer, max_length: int, variant: VariantConfig |
         row["labels"] = ys[i]
         if rationale_embeddings is not None:
             row["e_cot"] = rationale_embeddings[i]
+            # A pair the teacher did not annotate has a NaN row: no guidance target for it.
+            row["has_cot"] = bool(np.isfinite(rationale_embeddings[i]).all())
+            if not row["has_cot"]:
+                row["e_cot"] = np.zeros_like(rationale_embeddings[i])
         rows.append(row)
     aux = variant.aux if variant is not None else "none"
     if aux == "none":
         return rows
     queries, titles = [str(q) for q in df["query"]], [str(t) for t in df["title"]]
-    texts = [str(r) for r in rationales]
+    texts = ["" if r is None else str(r) for r in rationales]
     if aux == "ced_kd":
         dec = tokenizer(texts, truncation=True, max_length=rationale_max_length)
         for row, ids in zip(rows, dec["input_ids"]):
@@ -135,6 +139,8 @@ def make_collate(pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]
             vals = [r[key] for r in rows]
             if key == "labels":
                 batch[key] = torch.tensor(vals, dtype=torch.long)
+            elif key == "has_cot":
+                batch[key] = torch.tensor(vals, dtype=torch.float32)
             elif key == "e_cot":
                 batch[key] = torch.from_numpy(np.stack(vals).astype(np.float32))
             elif key == "bio":
@@ -185,6 +191,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int
     }
 
 
+def module_lam(module) -> float:
+    return float(getattr(module, "module", module).lam)
+
+
 # ----------------------------------------------------------------------------------------- train
 def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, variant: VariantConfig,
                   cfg: StudentConfig, seed: int, out_dir=None, log=None):
@@ -203,7 +213,8 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(seed)
     d_out = None if rationale_embeddings is None else int(np.asarray(rationale_embeddings).shape[1])
-    student, tokenizer = build_student(cfg.backbone, labels, variant, d_out, cfg.hidden, cfg.codes, cfg.max_length)
+    student, tokenizer = build_student(cfg.backbone, labels, variant, d_out, cfg.hidden, cfg.codes, cfg.max_length,
+                                       cfg.pooling)
     module = TrainingModule(student, variant, cfg.lam_for(variant), cfg.guidance_normalize)
 
     emb = None if rationale_embeddings is None else np.asarray(rationale_embeddings, dtype=np.float32)
@@ -232,7 +243,7 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
 
-    history = []
+    history, best, best_state = [], None, None
     for epoch in range(1, cfg.epochs + 1):
         module.train()
         sums = torch.zeros(len(LOSS_PARTS), device=accelerator.device)
@@ -251,16 +262,28 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
             bar.set_postfix(loss=f"{parts['loss'].item():.4f}")
         means = accelerator.reduce(sums / max(1, steps), reduction="mean").cpu().tolist()
         metrics = {f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, means)}
+        # How much of the objective the guidance is: lambda * guidance / CE (comparable sizes by design).
+        metrics["train_guidance_to_ce"] = module_lam(module) * metrics["train_guidance"] / max(metrics["train_ce"], 1e-12)
         if valid_loader is not None:
             metrics.update({f"valid_{k}": v for k, v in
                             _evaluate(accelerator, module, valid_loader, len(labels)).items()})
+            # The epoch best on validation macro-F1 is the one kept (ties: the earlier epoch).
+            if best is None or metrics["valid_macro_f1"] > best[1]:
+                best = (epoch, metrics["valid_macro_f1"])
+                best_state = {k: v.detach().cpu().clone()
+                              for k, v in accelerator.unwrap_model(module).student.state_dict().items()}
         record = {"epoch": epoch, **metrics, "distributed_type": str(accelerator.distributed_type),
                   "num_processes": accelerator.num_processes}
         history.append(record)
         if log is not None and accelerator.is_main_process:
             log(metrics, step=epoch)
 
-    student = accelerator.unwrap_model(module).student.eval()
+    student = accelerator.unwrap_model(module).student
+    if best_state is not None:
+        student.load_state_dict(best_state)
+        for record in history:
+            record["best_epoch"] = best[0]
+    student.eval()
     if out_dir is not None and accelerator.is_main_process:
         save_student(student, tokenizer, out_dir)
     accelerator.wait_for_everyone()
