@@ -146,6 +146,7 @@ class TrackingConfig(Section):
 
 # ----------------------------------------------------------------------------------------- root
 # Component sections live beside what they configure (like trl's DPOConfig).
+from relkd.eval.peers_config import PeersConfig  # noqa: E402
 from relkd.serving.config import (AbConfig, ExportConfig, RegistryConfig, ScoreConfig,  # noqa: E402
                                   TritonConfig)
 from relkd.student.config import StudentConfig  # noqa: E402
@@ -158,6 +159,7 @@ class Params(Section):
     embed: EmbedConfig = EmbedConfig()
     student: StudentConfig = StudentConfig()
     probe: ProbeConfig = ProbeConfig()
+    peers: PeersConfig = PeersConfig()
     registry: RegistryConfig = RegistryConfig()
     export: ExportConfig = ExportConfig()
     triton: TritonConfig = TritonConfig()

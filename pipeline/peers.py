@@ -1,0 +1,88 @@
+"""Stage `peers`: the rows every student table carries, trained on the students' training rows (the train split)
+per seed: the majority class, lexical models (logistic regression, gradient boosting) and sentence-transformers'
+CrossEncoder with its own trainer and recipe. Results are written in the students' format (compare reads both)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.common import read_labels, read_split, setup, stage_args
+from relkd.eval.metrics import classification_report
+from relkd.eval.peers import PEERS, fit_lexical, fit_majority, train_cross_encoder
+from relkd.io import write_json, write_parquet
+from relkd.tracking import log_metrics, stage_run
+
+
+def fit_peer(name: str, train, valid, labels, seed: int, params):
+    """One peer fitted on `train`; returns (predictor, run params, training history)."""
+    cfg, student = params.peers, params.student
+    if name == "majority":
+        return fit_majority(train["label"].tolist(), labels), {}, []
+    if name in ("lexical_lr", "lexical_hgb"):
+        kind = name.split("_")[1]
+        knobs = cfg.lexical.model_dump() if kind == "lr" else {}
+        return fit_lexical(train, labels, seed, kind=kind, **knobs), knobs, []
+    if name == "cross_encoder":
+        from relkd.models import resolve
+
+        ce = cfg.cross_encoder
+        knobs = {**ce.model_dump(), "backbone": student.backbone, "max_length": student.max_length}
+        model = train_cross_encoder(train, valid, labels, resolve(student.backbone), seed, ce.epochs, ce.batch_size,
+                                    ce.lr, ce.warmup_ratio, student.max_length, weight_decay=ce.weight_decay,
+                                    eval_batch_size=student.eval_batch_size)
+        return model, knobs, model.history
+    raise ValueError(f"unknown peer {name!r}; peers are {PEERS}")
+
+
+def run(params_path, prepared, out, metrics_path) -> dict:
+    params = setup(params_path)
+    labels = read_labels(prepared)
+    # The students' training rows: the whole train split (validation only for the CrossEncoder's eval loss).
+    train, valid, test = (read_split(prepared, s) for s in ("train", "valid", "test"))
+    metrics = {}
+    for name in PEERS:
+        results = {}
+        for seed in params.student.seeds:
+            folder = Path(out) / name / f"seed{seed}"
+            with stage_run("peers", {"peer": name, "seed": seed, "n_train": len(train)}, inputs=[prepared],
+                           experiment=params.tracking.experiment, run_name=f"{name}-seed{seed}",
+                           tags={"relkd.peer": name, "relkd.seed": str(seed)}) as run_:
+                model, knobs, history = fit_peer(name, train, valid, labels, seed, params)
+                import mlflow
+
+                if knobs:
+                    mlflow.log_params({f"{name}.{k}": v for k, v in knobs.items()})
+                probs = model.predict_proba(test)
+                pred = [labels[i] for i in probs.argmax(1)]
+                report = classification_report(list(test["label"]), pred, labels)
+                write_parquet(folder / "test_predictions.parquet", pd.DataFrame({
+                    "pair_id": test["pair_id"], "label": test["label"], "pred": pred,
+                    "probs": [p.round(6).tolist() for p in probs]}))
+                log_metrics({"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
+                             **{f"test_f1.{k}": v["f1"] for k, v in report["per_class"].items()}})
+                mlflow.log_artifacts(str(folder), artifact_path="peer")
+                results[str(seed)] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                                      "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()},
+                                      "confusion": report["confusion"], "epochs": history,
+                                      "mlflow_run_id": run_.info.run_id, "n_train": len(train)}
+        write_json(Path(out) / name / "results.json", results)
+        metrics[name] = {"accuracy": float(np.mean([r["accuracy"] for r in results.values()])),
+                         "macro_f1": float(np.mean([r["macro_f1"] for r in results.values()])),
+                         "n_train": len(train),
+                         "seeds": {s: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for s, r in results.items()}}
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    ap = stage_args(__doc__, ("prepared", "prepared data folder"),
+                    ("out", "peers folder (one sub-folder per peer, one per seed below it)"),
+                    ("metrics", "metrics JSON"))
+    a = ap.parse_args(argv)
+    run(a.params, a.prepared, a.out, a.metrics)
+
+
+if __name__ == "__main__":
+    main()
