@@ -1,5 +1,6 @@
 """Stage `compare`: the student table (Table 1 shape): ACC / macro-F1 over seeds, Δ vs plain with 95%
-bootstrap CIs, per-class F1, retention of the teacher, confusion plots."""
+bootstrap CIs, per-class F1, retention of the teacher, confusion plots; with the peers' rows (majority, lexical,
+CrossEncoder: `peer:<name>`) trained on the same rows, scored the same way."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common import read_labels, setup, stage_args
+from relkd.eval.peers import PEERS
 from relkd.eval.plots import confusion_plot, dvc_confusion_rows, save_figure
 from relkd.eval.stats import bootstrap_diff_ci
 from relkd.eval.tables import STUDENT_COLUMNS, student_table, to_markdown
@@ -30,7 +32,28 @@ def teacher_score(teacher_metrics: str) -> dict | None:
     return table.get("MPCoT (SFT+DPO)")
 
 
-def run(params_path, prepared, models, teacher_metrics, out, plots, metrics_path) -> dict:
+PEER_PREFIX = "peer:"  # peer rows are marked in the table and kept out of the students' metrics
+
+
+def train_rows(folder: str, name: str, seeds) -> list[int]:
+    """The distinct training-set sizes a variant's (or peer's) seeds saw."""
+    found = json.loads((Path(folder) / name / "results.json").read_text(encoding="utf-8"))
+    return sorted({found[str(s)].get("n_train") for s in seeds})
+
+
+def majority_line(test: pd.DataFrame, students: list[int], peers: list[int]) -> str:
+    """The test split's majority rate, and a warning when the peers did not train on the students' rows."""
+    counts = test["label"].value_counts()
+    line = (f"Majority rate of the test split: {100 * counts.iloc[0] / len(test):.2f}% (`{counts.index[0]}`, "
+            f"{counts.iloc[0]} of {len(test)} pairs); `{PEER_PREFIX}majority` predicts the train split's commonest "
+            "class.")
+    if students != peers:
+        line += (f" Note: the students trained on {students} rows, the peers on {peers}: not the same rows, so "
+                 "the peer rows are no like-for-like reference.")
+    return line
+
+
+def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metrics_path) -> dict:
     params = setup(params_path)
     cfg = params.student
     labels = read_labels(prepared)
@@ -38,6 +61,10 @@ def run(params_path, prepared, models, teacher_metrics, out, plots, metrics_path
     results, preds = {}, {}
     for name in cfg.variants:
         results[name], preds[name] = load_variant(models, name, seeds)
+    for name in PEERS:
+        if not (Path(peers) / name / "results.json").is_file():
+            raise SystemExit(f"compare: no peer {name!r} in {peers}; run the `peers` stage (dvc repro peers)")
+        results[PEER_PREFIX + name], preds[PEER_PREFIX + name] = load_variant(peers, name, seeds)
     base = preds["plain"]
     # Per seed, paired row by row with plain's same seed; the interval is for the mean over seeds of the
     # per-seed difference (the Δ the table shows), every resample drawing the same rows for all seeds.
@@ -57,17 +84,25 @@ def run(params_path, prepared, models, teacher_metrics, out, plots, metrics_path
     Path(plots).mkdir(parents=True, exist_ok=True)
     for name, reports in results.items():
         cm = np.sum([r["confusion"] for r in reports], axis=0).tolist()
-        write_json(Path(plots) / f"{name}.json", dvc_confusion_rows(cm, labels))
+        peer = name.startswith(PEER_PREFIX)
+        if not peer:  # DVC's confusion plots are the students'; peers get the picture only
+            write_json(Path(plots) / f"{name}.json", dvc_confusion_rows(cm, labels))
         save_figure(confusion_plot(cm, labels, title=f"{name} (test, {len(seeds)} seed(s))"),
-                    Path(out) / f"confusion_{name}.png")
+                    Path(out) / f"confusion_{name.replace(PEER_PREFIX, 'peer_')}.png")
     per_class = [{"model": r["model"], **{lab: f"{100 * r['per_class_f1'][lab]:.1f}" for lab in labels}}
                  for r in rows if "per_class_f1" in r]
     t = "" if not teacher else (f"Teacher MPCoT (SFT+DPO): ACC {100 * teacher['accuracy']:.2f}, F1 "
                                 f"{100 * teacher['macro_f1']:.2f} (teacher_eval's test subset).")
+    note = majority_line(base[base["seed"] == seeds[0]], train_rows(models, "plain", seeds),
+                         train_rows(peers, PEERS[0], seeds))
     write_text(Path(out) / "compare.md",
                f"# Students on the test split ({len(base) // len(seeds)} pairs, seeds {seeds})\n\n"
-               + to_markdown(rows, list(STUDENT_COLUMNS)) + f"\n\n{t}\n\nΔ: difference from `plain`, "
-               "95% paired bootstrap interval over test rows (the same rows resampled for every seed).\n\n## Per-class F1\n\n"
+               + to_markdown(rows, list(STUDENT_COLUMNS)) + f"\n{note}\n\n{t}\n\n"
+               "Δ: difference from `plain`, 95% paired bootstrap interval over test rows (the same rows resampled "
+               f"for every seed). `{PEER_PREFIX}` rows are peers trained on the same rows with the same seeds: the "
+               "train split's majority class, lexical features (overlap, TF-IDF, BM25, numbers, lengths) with "
+               "logistic regression (`lexical_lr`) or gradient boosting (`lexical_hgb`), and sentence-transformers' "
+               "CrossEncoder with its own trainer and recipe.\n\n## Per-class F1\n\n"
                + to_markdown(per_class, ["model", *labels]) + "\n")
     metrics = {r["model"]: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
                             "accuracy_std": r["accuracy_std"], "macro_f1_std": r["macro_f1_std"],
@@ -77,16 +112,21 @@ def run(params_path, prepared, models, teacher_metrics, out, plots, metrics_path
                                if r["delta_accuracy"] is not None else {}),
                             **({"retention_accuracy": r["retention_accuracy"]} if r["retention_accuracy"] else {})}
                for r in rows}
+    # metrics/compare.json keeps the students only (one key per variant); the peers' rows, in the same format,
+    # go beside the report.
+    write_json(Path(out) / "peers.json", {k: v for k, v in metrics.items() if k.startswith(PEER_PREFIX)})
+    metrics = {k: v for k, v in metrics.items() if not k.startswith(PEER_PREFIX)}
     write_json(metrics_path, metrics)
     return metrics
 
 
 def main(argv=None) -> None:
     ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                    ("peers", "models/peers folder (the peers stage)"),
                     ("teacher-metrics", "teacher_eval metrics JSON"), ("out", "report folder"),
                     ("plots", "DVC plot data folder"), ("metrics", "metrics JSON"))
     a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.models, a.teacher_metrics, a.out, a.plots, a.metrics)
+    run(a.params, a.prepared, a.models, a.peers, a.teacher_metrics, a.out, a.plots, a.metrics)
 
 
 if __name__ == "__main__":
