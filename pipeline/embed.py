@@ -1,4 +1,5 @@
-"""Stage `embed`: the frozen sentence encoder embeds every teacher rationale once (e_cot)."""
+"""Stage `embed`: the frozen sentence encoder embeds every teacher rationale once (e_cot), and a linear probe
+says whether e_cot carries the gold label of its pair (before any student trains on it)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,13 @@ import numpy as np
 
 from pipeline.common import setup, stage_args
 from relkd.embed import encode_rationales, encoder_info
+from relkd.eval.probing import label_probe
 from relkd.io import atomic_path, read_jsonl, write_json
 
 
-def run(params_path: str, rationales: str, out: str) -> dict:
-    cfg = setup(params_path).embed
+def run(params_path: str, rationales: str, out: str, metrics_path: str) -> dict:
+    params = setup(params_path)
+    cfg = params.embed
     records = read_jsonl(rationales)
     vectors = encode_rationales([r["rationale"] for r in records], cfg.model, cfg.max_length, cfg.batch_size,
                                 cfg.normalize)
@@ -23,13 +26,18 @@ def run(params_path: str, rationales: str, out: str) -> dict:
     meta = {**encoder_info(cfg.model, cfg.max_length), "normalize": cfg.normalize, "n": len(records),
             "pair_ids": [r["pair_id"] for r in records]}
     write_json(Path(out) / "meta.json", meta)
-    return meta
+    probe = params.peers.e_cot_probe
+    metrics = {"n": len(records), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+               "e_cot_probe": label_probe(vectors, [r["gold"] for r in records], probe.folds, probe.seed)}
+    write_json(metrics_path, metrics)
+    return metrics
 
 
 def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"))
+    ap = stage_args(__doc__, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"),
+                    ("metrics", "metrics JSON (the e_cot label probe)"))
     a = ap.parse_args(argv)
-    run(a.params, a.rationales, a.out)
+    run(a.params, a.rationales, a.out, a.metrics)
 
 
 if __name__ == "__main__":

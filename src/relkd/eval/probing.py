@@ -144,3 +144,47 @@ def probe_summary(results: Sequence[dict], alpha: float = 0.05) -> dict:
     return {"n_keywords": len(results), "n_probed": len(done), "n_skipped": len(results) - len(done),
             "mean_f1_r": mean_r, "mean_f1_cls": mean_cls, "relative_improvement": rel,
             "n_significant": sum(1 for r in done if r["p"] < alpha and r["t"] > 0), "alpha": alpha}
+
+
+def label_probe(embeddings, gold: Sequence, folds: int = 5, seed: int = 0, max_iter: int = 1000) -> dict:
+    """Can e_cot carry the label? A linear probe (standardised features, logistic regression) from each
+    annotated pair's rationale embedding to its gold label, scored on held-out pairs: stratified k-fold
+    cross-validated predictions, beside the majority rate (what always answering the commonest class gets).
+
+    Classes with a single pair cannot be held out and predicted at once; they are left out (named in
+    ``left_out``). The folds shrink to the smallest remaining class; with fewer than two classes of two
+    pairs or more the result is ``status="skipped"`` with the reason and no scores.
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from relkd.eval.metrics import classification_report
+
+    x = np.asarray(embeddings, dtype=float)
+    y = np.asarray([str(g) for g in gold], dtype=object)
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"embeddings must be an (n, d) array with one row per gold label; got {x.shape} "
+                         f"for {len(y)} labels")
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    counts = Counter(y.tolist())
+    left_out = sorted(c for c, n in counts.items() if n < 2)
+    keep = np.asarray([counts[v] >= 2 for v in y], dtype=bool)
+    x, y = x[keep], y[keep]
+    classes = sorted(set(y.tolist()))
+    result = {"status": "ok", "reason": None, "n": int(len(y)), "n_classes": len(classes),
+              "left_out": left_out, "folds": None, "seed": seed, "accuracy": None, "macro_f1": None,
+              "majority_label": None, "majority_rate": None, "majority_macro_f1": None}
+    if len(classes) < 2:
+        result["status"] = "skipped"
+        result["reason"] = (f"too few rows: {len(y)} pairs in {len(classes)} class(es) with >= 2 pairs each "
+                            f"(counts {dict(counts)}); a probe needs two such classes (annotate more pairs)")
+        return result
+    majority_label = max(classes, key=lambda c: (int((y == c).sum()), -classes.index(c)))
+    k = min(folds, min(int((y == c).sum()) for c in classes))
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    pred = cross_val_predict(clf, x, y, cv=StratifiedKFold(n_splits=k, shuffle=True, random_state=seed))
+    rep = classification_report(y.tolist(), pred.tolist(), classes)
+    base = classification_report(y.tolist(), [majority_label] * len(y), classes)
+    result.update(folds=k, accuracy=rep["accuracy"], macro_f1=rep["macro_f1"], majority_label=majority_label,
+                  majority_rate=base["accuracy"], majority_macro_f1=base["macro_f1"])
+    return result
