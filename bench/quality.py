@@ -2,7 +2,10 @@
 
 Takes a sample of the file's queries (all rows of each), runs the committed pipeline in a fresh clone of
 this repository with `data.source: table` pointed at the sample, and reports the teacher's few-shot /
-SFT / SFT+DPO rows and the students (mean ± std over seeds, paired bootstrap CI of each Δ vs plain).
+SFT / SFT+DPO rows and the students (mean ± std over seeds, paired bootstrap CI of each Δ vs plain) with their
+peers from the pipeline's `compare` (majority class, lexical logistic regression and gradient boosting,
+sentence-transformers' CrossEncoder; trained on the same rows and seeds), and beside each table the embed stage's
+probe of whether the rationale embeddings (e_cot) carry the gold label.
 Then it re-runs the annotation and the students with label-hinted rationales (`teacher.annotate.hint:
 gold`) and reports that table too: the check of whether LRKD's guidance helps once the rationales carry
 the label's reasons, which a chance-level teacher's own rationales do not.
@@ -108,6 +111,8 @@ def pct(x: float) -> str:
 
 
 def student_rows(compare: dict, variants: list[str]) -> list[dict]:
+    """Rows of the table from compare's metrics (metrics/compare.json for students, reports/student/peers.json
+    for the peer rows: the same format)."""
     rows = []
     for name in variants:
         m = compare[name]
@@ -166,9 +171,15 @@ def main() -> None:
               "variants": VARIANTS, "rounds": {}, "wall_s": {}}
     for hint in a.rounds:
         set_params(clone, over, VARIANTS, hint, a.profile)
+        result["settings"]["train_rows"] = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))[
+            "student"].get("train_rows", "annotated")
         wall = repro(clone, work / f"repro-{hint}.log", "compare", "teacher_eval")
         result["wall_s"][hint] = round(wall, 1)
         result["rounds"][hint] = {"compare": read(clone, "metrics/compare.json"),
+                                  "peers": read(clone, "reports/student/peers.json"),
+                                  "peers_n_train": {k: v["n_train"]
+                                                    for k, v in read(clone, "metrics/peers.json").items()},
+                                  "embed": read(clone, "metrics/embed.json"),
                                   "annotate": read(clone, "metrics/annotate.json")}
         if "prepare" not in result:
             result["prepare"] = read(clone, "metrics/prepare.json")
@@ -176,9 +187,33 @@ def main() -> None:
         shutil.copytree(clone / "reports" / "student", work / f"reports-{hint}", dirs_exist_ok=True)
         shutil.copytree(clone / "models" / "student", work / f"students-{hint}", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "tokenizer*", "vocab.txt"))
+        shutil.copytree(clone / "models" / "peers", work / f"peers-{hint}", dirs_exist_ok=True)
         print(f"round {hint}: {wall / 60:.1f} min", flush=True)
 
     write(a.out, {"benchmark": "quality", "machine": machine(), **result})
+
+
+def probe_line(embed: dict | None) -> list[str]:
+    """The e_cot label probe of the round (results written before the probe existed have none)."""
+    probe = (embed or {}).get("e_cot_probe")
+    if not probe:
+        return []
+    if probe["status"] != "ok":
+        return [f"e_cot probe (linear, rationale embedding -> gold label): skipped, {probe['reason']}.", ""]
+    left = f"; left out (one pair each): {probe['left_out']}" if probe["left_out"] else ""
+    return [f"e_cot probe (linear, rationale embedding -> gold label, {probe['folds']}-fold held-out predictions on "
+            f"{probe['n']} annotated train pairs): ACC {pct(probe['accuracy'])}, F1 {pct(probe['macro_f1'])}; "
+            f"majority rate {pct(probe['majority_rate'])} (F1 {pct(probe['majority_macro_f1'])}){left}.", ""]
+
+
+def trained_on(settings: dict) -> str:
+    """Which train pairs the students saw (results from before `student.train_rows` existed: the annotated ones)."""
+    if "train_rows" not in settings:
+        return f"The students train on {settings['annotate']} class-balanced train pairs the teacher annotated."
+    if settings["train_rows"] == "annotated":
+        return f"The students train on the {settings['annotate']} train pairs the teacher annotated."
+    return (f"The students and the peers train on every train pair; the teacher annotated {settings['annotate']} of "
+            "them, the students' guidance target where present.")
 
 
 def render(result: dict) -> str:
@@ -186,8 +221,7 @@ def render(result: dict) -> str:
     lines = [f"# Quality on {Path(result['data']).name}", "", json.dumps(result["machine"]), "",
              f"Commit {result['commit'][:10]}; {sizes['sample_queries']} of {sizes['file_queries']} queries "
              f"({sizes['sample_rows']} rows) sampled with seed {st['seed']}; split by query into "
-             f"{prep['rows']}; labels per split {prep['labels']}. The students train on "
-             f"{st['annotate']} class-balanced train pairs the teacher annotated; seeds {st['seeds']}. Wall time per "
+             f"{prep['rows']}; labels per split {prep['labels']}. " + trained_on(st) + f" Seeds {st['seeds']}. Wall time per "
              f"round (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in result["wall_s"].items()) + ".", "",
              f"## Teacher ({result['teacher']['n_test_pairs']} test pairs)", ""]
     teacher = [{"model": k, "ACC": pct(v["accuracy"]), "F1": pct(v["macro_f1"]),
@@ -195,14 +229,22 @@ def render(result: dict) -> str:
     lines += [markdown(teacher, ["model", "ACC", "F1", "unparseable %"]), ""]
     for hint, r in result["rounds"].items():
         ann = r["annotate"]
+        peers = r.get("peers", {})
         lines += [f"## Students with {ROUNDS[hint]} (`teacher.annotate.hint: {hint}`)", "",
                   f"Annotation: {ann['n_pairs']} pairs, teacher accuracy on them {pct(ann['teacher_accuracy_on_train'])}, "
                   f"unparseable {pct(ann['unparseable_rate'])}%, {ann['mean_rationale_words']:.1f} words per rationale.",
-                  "", markdown(student_rows(r["compare"], list(result["variants"])),
-                               ["model", "ACC", "F1", "ΔACC [95% CI]", "ΔF1 [95% CI]"]), ""]
+                  "", *probe_line(r.get("embed")),
+                  markdown(student_rows(r["compare"], list(result["variants"])) + student_rows(peers, list(peers)),
+                           ["model", "ACC", "F1", "ΔACC [95% CI]", "ΔF1 [95% CI]"]), ""]
+        if r.get("peers_n_train"):
+            lines += [f"Peers trained on {sorted(set(r['peers_n_train'].values()))} train pairs.", ""]
     lines += ["Mean ± std over seeds; Δ vs plain: the mean over seeds of the per-seed difference, with its 95% paired "
               "bootstrap interval (test rows resampled, the same rows for every seed). `lrkd_gat_lam1` is lrkd_gat "
-              "with the guidance weight λ = 1 instead of 0.1."]
+              "with the guidance weight λ = 1 instead of 0.1. `peer:` rows (when the run has them) come from the "
+              "pipeline's `peers` stage: `majority` (the train split's commonest class), `lexical_lr` / `lexical_hgb` "
+              "(token overlap, TF-IDF cosines, BM25 over the training titles, number matches and lengths, with logistic "
+              "regression / histogram gradient boosting) and `cross_encoder` (sentence-transformers' CrossEncoder on "
+              "the students' backbone, trained by its own CrossEncoderTrainer and recipe, params.yaml `peers`)."]
     return "\n".join(lines) + "\n"
 
 
