@@ -71,7 +71,8 @@ def run(params_path, prepared, out, metrics_path) -> dict:
         metrics[name] = {"accuracy": float(np.mean([r["accuracy"] for r in results.values()])),
                          "macro_f1": float(np.mean([r["macro_f1"] for r in results.values()])),
                          "n_train": len(train),
-                         "seeds": {s: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for s, r in results.items()}}
+                         "seeds": {s: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+                                   for s, r in results.items()}}
     write_json(metrics_path, metrics)
     return metrics
 

@@ -133,7 +133,8 @@ def tiny_params(tmp_path, seeds=(1, 2)) -> str:
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
                    yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text()))
     params["student"]["seeds"] = list(seeds)
-    params["student"]["variants"] = {"plain": {"extractor": "none", "guidance": False}, "lrkd_gat": {"extractor": "gat"}}
+    params["student"]["variants"] = {"plain": {"extractor": "none", "guidance": False},
+                                     "lrkd_gat": {"extractor": "gat"}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return str(path)

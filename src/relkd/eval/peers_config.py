@@ -1,4 +1,5 @@
-"""Knobs of the peer rows every quality table carries (majority, lexical models, sentence-transformers' CrossEncoder)."""
+"""Knobs of the peer rows every quality table carries (majority, lexical models, sentence-transformers'
+CrossEncoder), and of the embed stage's e_cot label probe."""
 from __future__ import annotations
 
 from pydantic import Field
