@@ -20,20 +20,22 @@ from relkd.teacher.prompts import UNIFIED, load_perspective
 from relkd.tracking import log_metrics, stage_run
 
 
-def sft_set(records, train: pd.DataFrame, hinted: dict, cfg) -> list[dict]:
-    """The SFT examples: every consistent (pair, rationale) of the few-shot generations, then one label-hinted
-    rationale for each training pair left without one (``hinted``: pair_id -> (rationale, why dropped)),
-    capped at ``cfg.sft.max_examples`` (consistent ones first, the hinted ones drawn by the SFT seed)."""
+def sft_set(records, train: pd.DataFrame, hinted: dict) -> list[dict]:
+    """The SFT examples: every consistent (pair, rationale) of the few-shot generations, then the usable
+    label-hinted rationale of each pair in ``hinted`` (pair_id -> (rationale, why dropped))."""
     examples = [{"pair_id": e.pair_id, "rationale": e.rationale, "label": e.label, "source": "consistent"}
                 for e in selection.sft_examples(selection.consistency_filter(records))]
-    extra = [{"pair_id": pid, "rationale": hinted[pid][0], "label": train.loc[pid, "label"], "source": "label_hinted"}
-             for pid in train["pair_id"] if pid in hinted and hinted[pid][0]]
-    cap = cfg.sft.max_examples
-    if cap is not None and len(examples) + len(extra) > cap:
-        extra = pd.DataFrame(extra).sample(n=max(0, cap - len(examples)), random_state=cfg.sft.seed).to_dict("records") \
-            if extra else []
-        examples = examples[:cap]
-    return examples + extra
+    return examples + [{"pair_id": pid, "rationale": text, "label": train.loc[pid, "label"],
+                        "source": "label_hinted"} for pid, (text, _) in hinted.items() if text]
+
+
+def hint_pool(train: pd.DataFrame, have: set, n_consistent: int, cap: int | None, seed: int) -> pd.DataFrame:
+    """The training pairs that get a label-hinted rationale: those without a consistent one, a seeded random
+    sample of them when ``cap`` (teacher.sft.max_examples) leaves room for fewer."""
+    pool = train[~train["pair_id"].isin(have)]
+    if cap is not None:
+        pool = pool.sample(n=min(len(pool), max(0, cap - n_consistent)), random_state=seed)
+    return pool.reset_index(drop=True)
 
 
 def format_check(cfg, model_path, adapter, valid: pd.DataFrame, labels, unified, cache_dir) -> dict:
@@ -62,8 +64,9 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
     model_path = resolve(cfg.model)
     hinted, dropped = {}, {}
     if cfg.sft.label_hinted_fallback:
-        have = {e.pair_id for e in selection.sft_examples(kept)}
-        pool = train[~train["pair_id"].isin(have)].reset_index(drop=True)
+        consistent = selection.sft_examples(kept)
+        pool = hint_pool(train, {e.pair_id for e in consistent}, len(consistent), cfg.sft.max_examples,
+                         cfg.sft.seed)
         if len(pool):
             backend = make_backend(cfg, model_path)
             cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
@@ -72,7 +75,7 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
             hinted = dict(zip(pool["pair_id"], got))
             dropped = Counter(why for _, why in got if why)
             del backend
-    examples = sft_set(records, train, hinted, cfg)
+    examples = sft_set(records, train, hinted)
     if not examples:
         raise SystemExit("teacher_sft: no SFT examples (nothing consistent, and no usable label-hinted rationale: "
                          f"dropped {dict(dropped)}); enable teacher.sft.label_hinted_fallback or raise "

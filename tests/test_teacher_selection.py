@@ -139,3 +139,41 @@ def test_inconsistent_gold_is_an_error():
     recs = [sel.Generation("p", U, 0, "r", "a", "a"), sel.Generation("p", S, 0, "r", "a", "b")]
     with pytest.raises(ValueError, match="two gold labels"):
         sel.conflict_set(recs)
+
+
+def test_the_few_shot_vote_counts_a_pair_no_perspective_parsed_as_unparseable():
+    """Decided like the trained rows: no parsed label, no answer (the label scores do not rescue it)."""
+    from relkd.teacher.judge import majority
+
+    labels = ["exact", "substitute", "irrelevant"]
+
+    def rec(pid, persp, parsed, scored, gold="exact"):
+        probs = [0.8, 0.1, 0.1] if scored == "exact" else [0.1, 0.8, 0.1]
+        return {"pair_id": pid, "perspective": persp, "sample": 0, "parsed_label": parsed, "scored_label": scored,
+                "label": parsed, "probs": probs, "gold": gold}
+
+    records = [rec("a", p, None, "exact") for p in ("u", "s", "b")]
+    records += [rec("b", "u", "substitute", "exact"), rec("b", "s", None, "exact"), rec("b", "b", None, "exact")]
+    votes = {v["pair_id"]: v for v in majority(records, labels)}
+    assert votes["a"]["label"] is None and votes["a"]["parsed_label"] is None
+    assert votes["a"]["scored_label"] == "exact"  # the other rate is still reported
+    assert votes["b"]["label"] == "substitute" and votes["b"]["scored_label"] == "exact"
+
+
+@pytest.mark.parametrize("completion, ok", [
+    (' asks for a Sony camera, but the title is a Canon EOS R10 camera body.', True),
+    (' asks for a Sony camera. The correct label is: brand mismatch.', True),   # the echo is cut, the reason stays
+    (' asks for a Sony camera, and the title sells a Canon one. It is a brand mismatch.', True),
+    (' says "The answer is strongly relevant."', False),
+    (' is', False),
+])
+def test_a_hinted_rationale_never_names_a_class(completion, ok):
+    from relkd.teacher.judge import clean_hinted
+    from relkd.teacher.parsing import normalise
+
+    labels = ["strongly relevant", "brand mismatch", "model mismatch"]
+    text, why = clean_hinted(completion, labels)
+    assert bool(text) == ok and (why is None) == ok
+    assert not any(lab in normalise(text) for lab in labels)
+    if ok:
+        assert text.startswith("The query asks for a Sony camera")
