@@ -158,10 +158,12 @@ def score(batch, out, url, repo, protocol, model_name, version, batch_size, conc
     """Score a batch file (parquet/CSV/JSONL of query, title, optional id) through Triton; resumable."""
     from contextlib import nullcontext
 
-    from relkd.serving.client import ScoringRejected, score_file
+    from relkd.serving.client import ScoringRejected, check_input, score_file
     from relkd.serving.server import ServerUnreachable, triton
 
     try:
+        if not url:
+            check_input(batch)  # a file that cannot be scored fails before a server is started for it
         with (nullcontext() if url else triton(repo)) as server:
             target = url or f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
             s = score_file(batch, out, target, protocol, model_name, version, batch_size, concurrency,
