@@ -164,8 +164,8 @@ def main() -> None:
     warm = next((s for s in samples if s["t_s"] >= 0.1 * a.duration), samples[0])
     row = {"clients": a.clients, "batch": a.batch, "seconds": round(wall, 1), "requests": requests,
            "failed": len(failures), "rows_scored": sum(r["rows"] for r in results),
-           "req_per_s": round(len(lat) / wall, 1), "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-           "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+           "req_per_s": round(len(lat) / wall, 1),
+           **{f"p{q}_ms": round(float(np.percentile(lat, q)), 1) if len(lat) else None for q in (50, 99)},
            "max_ms": round(float(lat.max()), 1) if len(lat) else None,
            "mem_start_mb": samples[0]["total_mb"], "mem_warm_mb": warm["total_mb"],
            "mem_end_mb": samples[-1]["total_mb"], "mem_max_mb": max(s["total_mb"] for s in samples),

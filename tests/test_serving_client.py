@@ -245,12 +245,13 @@ def test_a_broken_line_is_rejected_alone(served, tmp_path):
     (tmp_path / "in.jsonl").write_text("\n".join(lines[:10]) + "\n\n" + "\n".join(lines[10:]) + "\n")  # a blank line
     (tmp_path / "in.csv").write_text(frame(21, seed=7).to_csv(index=False).replace("p0006,", "p0006,extra,", 1)
                                      + 'p0021,"usb cable,never closed\n')
-    for name, row, reason in (("in.jsonl", 18, "line 20 is not a JSON object (Invalid control character at column 349)"),
+    for name, row, reason in (("in.jsonl", 18, "line 20 is not a JSON object (Invalid control character at column"),
                               ("in.csv", 6, "line 8 has 4 field(s), the header (line 1) has 3 (id,query,title)")):
         summary = score_file(tmp_path / name, tmp_path / f"out-{name}", url, version=1, shard_size=8, progress=False)
         rejects = [json.loads(line) for line in summary["rejects"].read_text().splitlines()]
         scores = pd.read_parquet(summary["scores"])
-        assert rejects[0]["row"] == row and rejects[0]["id"] is None and rejects[0]["reason"].startswith(reason), rejects
+        assert rejects[0]["row"] == row and rejects[0]["id"] is None, rejects
+        assert rejects[0]["reason"].startswith(reason), rejects
         want = 21 if name == "in.jsonl" else 22
         assert summary["rows"] == want and summary["scored"] + summary["rejected"] == want
         assert sorted(list(scores["row"]) + [r["row"] for r in rejects]) == list(range(want))
@@ -384,7 +385,8 @@ def test_server_killed_mid_run_is_a_clear_error_and_a_rerun_resumes(served, tmp_
     scores = pd.read_parquet(out / "scores.parquet")
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     rows = list(scores["row"]) + [r["row"] for r in rejects]
-    assert len(rows) == len(set(rows)) == 1200 and [r["row"] for r in rejects] == [3, 5, 8]  # row 11 is under the CLI's max_chars
+    assert len(rows) == len(set(rows)) == 1200
+    assert [r["row"] for r in rejects] == [3, 5, 8]  # row 11 is under the CLI's max_chars
     whole = score_file(tmp_path / "in.parquet", tmp_path / "whole", served["server"].grpc_url, version=1,
                        shard_size=200, progress=False)
     _same_decisions(scores, pd.read_parquet(whole["scores"]))

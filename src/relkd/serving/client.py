@@ -335,7 +335,7 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
             records.append(None)
             continue
         end = reader.line_num
-        if not record or record == [""] * len(record):  # blank line
+        if not record:  # a blank line (a line of empty fields, ",,", is a row: rejected as empty)
             continue
         if header is None:
             header, header_line = record, start
@@ -381,8 +381,8 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                errors[len(records)] = (f"line {n} is not a JSON object ({e.msg.removesuffix(' at')} at column {e.colno}); write one "
-                                        f"JSON object per line")
+                what = f"{e.msg.removesuffix(' at')} at column {e.colno}"
+                errors[len(records)] = f"line {n} is not a JSON object ({what}); write one JSON object per line"
                 record = {}
             if not isinstance(record, dict):
                 errors[len(records)] = (f"line {n} is a JSON {type(record).__name__}, not an object; write one "
@@ -407,7 +407,8 @@ def read_rows(path) -> tuple[pd.DataFrame, dict[int, str]]:
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"cannot read {path}: expected .parquet, .csv or .jsonl, got {path.suffix.lower() or 'no suffix'!r}")
+        raise ValueError(f"cannot read {path}: expected .parquet, .csv or .jsonl, got "
+                         f"{path.suffix.lower() or 'no suffix'!r}")
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} not found")
     if fmt == "CSV":
@@ -494,7 +495,8 @@ def score_file(input_path, out_dir, url: str, protocol: str = "grpc", model_name
                     except ServerUnreachable as e:
                         kept = sum(p.exists() for p in paths)
                         raise ServerUnreachable(
-                            f"{e}\nStopped at shard {k} of {len(paths)} (rows {starts[k]}-{starts[k] + len(part) - 1}); "
+                            f"{e}\nStopped at shard {k} of {len(paths)} "
+                            f"(rows {starts[k]}-{starts[k] + len(part) - 1}); "
                             f"the {kept} finished shard(s) are kept in {shard_dir}: run the same command again "
                             f"once the server answers (a restarted server may have another --url) and it "
                             f"resumes there") from e
