@@ -106,8 +106,10 @@ class TritonServer:
         """None while the server runs; once it has died, what it said (exit code and log tail)."""
         if self.proc is None or self.proc.poll() is None:
             return None
+        # A temporary log is removed once the server is stopped: name only a log that stays.
+        kept = "" if getattr(self.proc, "_relkd_temp_log", False) else f" ({self.log_path})"
         return (f"tritonserver (pid {self.pid}) exited with code {self.proc.returncode}\n"
-                f"--- log tail ({self.log_path}) ---\n{procs.log_tail(self.proc)}")
+                f"--- log tail{kept} ---\n{procs.log_tail(self.proc)}")
 
     @property
     def http_url(self) -> str:
