@@ -117,3 +117,70 @@ def test_orphaned_grandchild_ignoring_sigterm_is_killed_and_reaped(tmp_path):
     for pid in members:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _wait_gone(pgid, timeout=20):
+    """Until no process of group `pgid` runs. Zombies are left: a dead member waits for its parent to
+    reap it, and orphans of a killed parent are re-parented to the nearest subreaper (this test
+    process, once it has started a group), which reaps them here."""
+    deadline = time.monotonic() + timeout
+    while True:
+        members = procs.group_members(pgid)
+        if not [m for m in members if m[2] != "Z"]:
+            break
+        assert time.monotonic() < deadline, f"group {pgid} still running: {members}"
+        time.sleep(0.1)
+    for pid, ppid, _ in members:
+        if ppid == os.getpid():
+            os.waitpid(pid, 0)
+
+
+PARENT = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    from relkd import procs
+    marker = pathlib.Path(sys.argv[1])
+    # A leader with a grandchild that ignores SIGTERM, as tritonserver and its backend stubs are.
+    script = f"{sys.executable} -c '{sys.argv[2]}' {marker}.child & wait"
+    proc = procs.start_group(["sh", "-c", script], log_path=marker.with_suffix(".log"), watchdog_grace=1)
+    while not pathlib.Path(f"{marker}.child").exists():
+        time.sleep(0.05)
+    marker.write_text(str(proc.pid))
+    time.sleep(600)
+    """
+)
+
+
+def test_group_dies_with_a_killed_parent(tmp_path):
+    """SIGKILL of the process that started a group (no cleanup of ours runs): the watchdog stops the
+    whole group, the grandchild ignoring SIGTERM included."""
+    import subprocess
+
+    marker = tmp_path / "pgid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(marker), IGNORE_TERM], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert parent.poll() is None and time.monotonic() < deadline, "parent never started its group"
+            time.sleep(0.05)
+        pgid = int(marker.read_text())
+        assert len(procs.group_members(pgid)) == 2  # sh and python; the watchdog is outside the group
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        _wait_gone(pgid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_a_dead_leader_takes_its_group_along(tmp_path):
+    """The leader dies alone (kill -9 of a server): its orphaned children are stopped too."""
+    marker = tmp_path / "armed"
+    proc = procs.start_group(["sh", "-c", f"{sys.executable} -c '{IGNORE_TERM}' {marker} & wait"],
+                             log_path=tmp_path / "p.log", watchdog_grace=1)
+    _wait_for(marker, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _wait_gone(proc.pid)
+    procs.stop_group(proc)  # still fine on a group that is already gone
+    assert proc.watchdog.returncode is not None

@@ -317,3 +317,37 @@ def test_start_stop_leaves_no_process_and_bad_model_fails_with_log(served, tmp_p
     assert not procs.group_alive(pid)
     with pytest.raises(FileNotFoundError, match="setup_server_env.sh"):
         server_paths(tmp_path / "no-venv")
+
+
+def _serve(repo) -> tuple[subprocess.Popen, int]:
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "relkd.cli", "serve", "--repo", str(repo)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    m = re.search(r"\(pid (\d+)\)", line)
+    assert m, f"relkd serve did not come up: {line!r} {proc.stderr.read()[-2000:]}"
+    return proc, int(m.group(1))
+
+
+def _running(pgid: int) -> list:
+    return [m for m in procs.group_members(pgid) or [] if m[2] != "Z"]
+
+
+@pytest.mark.integration
+def test_relkd_serve_stops_on_sigterm_and_exits_when_its_server_dies(served):
+    """SIGTERM (a service manager's stop) is a clean stop like Ctrl-C; a tritonserver killed under
+    `relkd serve` makes it exit 1 saying so, instead of serving nothing."""
+    import signal
+
+    proc, pid = _serve(served["repo"])
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopping" in out and not _running(pid)
+
+    proc, pid = _serve(served["repo"])
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert f"tritonserver (pid {pid}) exited with code -9" in err and "restart it with `relkd serve`" in err, err
+    assert not _running(pid)

@@ -130,16 +130,23 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url) -> None:
         for m in info["models"]:
             click.echo(f"  {m['name']} v{m['version']}: {m['state']} {m['reason']}".rstrip())
         return
+    import signal
     import time
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop: the same clean shutdown as Ctrl-C
     with triton(repo, http_port, grpc_port, metrics_port) as server:
-        click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (pid {server.pid}); "
-                   "Ctrl-C stops it")
-        try:
-            while True:
+        try:  # from the ready line on, a stop signal is a clean stop (the test sends one right after it)
+            click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (pid {server.pid}); "
+                       "Ctrl-C stops it")
+            while (died := server.exited()) is None:
                 time.sleep(1)
         except KeyboardInterrupt:
             click.echo("stopping")
+            return
+    raise click.ClickException(f"{died}\nrestart it with `relkd serve`")  # the group is stopped by now
 
 
 @main.command()
@@ -158,14 +165,20 @@ def score(batch, out, url, repo, protocol, model_name, version, batch_size, conc
     """Score a batch file (parquet/CSV/JSONL of query, title, optional id) through Triton; resumable."""
     from contextlib import nullcontext
 
-    from relkd.serving.client import ScoringRejected, score_file
+    from relkd.serving.client import ScoringRejected, check_input, score_file
     from relkd.serving.server import ServerUnreachable, triton
 
     try:
+        if not url:
+            check_input(batch)  # a file that cannot be scored fails before a server is started for it
         with (nullcontext() if url else triton(repo)) as server:
             target = url or f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
-            s = score_file(batch, out, target, protocol, model_name, version, batch_size, concurrency,
-                           shard_size=shard_size)
+            try:
+                s = score_file(batch, out, target, protocol, model_name, version, batch_size, concurrency,
+                               shard_size=shard_size)
+            except ServerUnreachable as err:
+                died = server.exited() if server is not None else None  # our own server: say why it is gone
+                raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None
     except (ServerUnreachable, ScoringRejected, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"{s['rows']} rows: {s['scored']} scored -> {s['scores']}, {s['rejected']} rejected -> {s['rejects']}")

@@ -11,6 +11,14 @@ the group alive. ``start_group`` therefore marks this process as a *child subrea
 ``prctl(PR_SET_CHILD_SUBREAPER)``), so such orphans are re-parented to us and ``stop_group`` reaps
 the ones that belong to the group it stops. The flag is process-wide and harmless otherwise: the
 only visible effect is that orphaned descendants become our children instead of PID 1's.
+
+Parent death: a group outlives a parent that is killed (SIGKILL, a scheduler's kill, an interrupted
+`dvc repro`), since nothing of ours runs to stop it. ``start_group`` therefore starts a small
+*watchdog* beside each group (``python -m relkd.procs``, its own session, so a kill of the parent's
+process group spares it): it polls the parent's pid and the group's leader and stops the whole group
+(SIGTERM, then SIGKILL) as soon as the parent is gone or the leader has exited, which also catches
+the grandchildren (Triton's python-backend stubs). A parent-death signal (PR_SET_PDEATHSIG) would
+reach only the direct child, and fires when the *thread* that started it exits.
 """
 from __future__ import annotations
 
@@ -51,12 +59,14 @@ def _become_subreaper() -> None:
         pass
 
 
-def start_group(cmd: list[str], env=None, log_path=None, cwd=None) -> subprocess.Popen:
+def start_group(cmd: list[str], env=None, log_path=None, cwd=None, watchdog: bool = True,
+                watchdog_grace: float = 5.0) -> subprocess.Popen:
     """Start `cmd` as the leader of a new process group; stdout and stderr go to a log file.
 
     `env` is the complete environment, as for `subprocess.Popen` (None inherits ours). Without
     `log_path` the log goes to a temporary file, removed again by `stop_group`. The log's path is
-    kept as `proc.log_path`.
+    kept as `proc.log_path`. With `watchdog` (the default) the group dies with this process (see
+    the module doc); `watchdog_grace` is how long it waits after SIGTERM before SIGKILL.
     """
     _become_subreaper()
     cmd = [str(c) for c in cmd]
@@ -78,7 +88,40 @@ def start_group(cmd: list[str], env=None, log_path=None, cwd=None) -> subprocess
         )
     proc.log_path = log_path
     proc._relkd_temp_log = temp_log
+    proc.watchdog = _start_watchdog(proc.pid, watchdog_grace) if watchdog else None
     return proc
+
+
+def _start_watchdog(pgid: int, grace: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relkd.procs", str(os.getpid()), str(pgid), str(grace)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True)
+
+
+def _leader_running(pgid: int) -> bool:
+    try:
+        with open(f"/proc/{pgid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[0] not in ("Z", "X")
+
+
+def watch(parent: int, pgid: int, grace: float = 5.0, poll: float = 0.25) -> None:
+    """The watchdog's loop: stop group `pgid` once process `parent` is gone or the group's leader
+    has exited (the rest of a dead server's group is of no use); return when the group is empty."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the parent, which then stops the group
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    while group_alive(pgid):
+        if os.getppid() != parent or not _leader_running(pgid):
+            _signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _signal_group(pgid, signal.SIGKILL)
+            return
+        time.sleep(poll)
 
 
 def log_tail(proc, lines: int = 30, max_bytes: int = 16_384) -> str:
@@ -224,6 +267,10 @@ def stop_group(proc, timeout: float = 10) -> None:
                 raise RuntimeError(f"process group {pgid} survived SIGKILL (pids {left}): {_describe(proc)}")
         proc.wait()
     finally:
+        watchdog = getattr(proc, "watchdog", None)
+        if watchdog is not None and watchdog.poll() is None:
+            watchdog.terminate()
+            watchdog.wait()
         if getattr(proc, "_relkd_temp_log", False):
             Path(proc.log_path).unlink(missing_ok=True)
 
@@ -238,3 +285,7 @@ def running(cmd: list[str], ready_url: str, timeout: float = 60, env=None, log_p
         yield proc
     finally:
         stop_group(proc)
+
+
+if __name__ == "__main__":  # the watchdog process of start_group
+    watch(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))

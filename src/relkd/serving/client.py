@@ -1,12 +1,14 @@
 """Batch scoring through Triton: validates rows, sends batches with retries, writes resumable shards.
 
-Rows that cannot be scored (missing, empty, non-UTF-8 or over-long text) go to the rejects with a
-reason, so every input row ends up either scored or rejected. The server's numbers for a row do not
-depend on which other rows share its batch, and shards cover fixed row ranges, so a resumed run
-writes the same bytes as an uninterrupted one.
+Rows that cannot be scored (a line that does not parse; missing, empty, non-UTF-8 or over-long text)
+go to the rejects with a reason, so every input row ends up either scored or rejected. Shards cover
+fixed row ranges, so a resumed run makes the same rows, labels and tiers as an uninterrupted one; the
+probabilities may differ in their last float32 digits, since the server pads each batch to its longest
+pair and which requests it batches together is up to the timing.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import threading
@@ -90,8 +92,8 @@ def validate(df: pd.DataFrame, max_chars: int) -> tuple[np.ndarray, list[str]]:
 def _check_columns(df: pd.DataFrame, source: str) -> None:
     missing = [c for c in ("query", "title") if c not in df.columns]
     if missing:
-        raise ValueError(f"{source} has no column {missing} (columns: {list(df.columns)}); scoring needs "
-                         f"'query' and 'title' (and optionally 'id')")
+        raise ValueError(f"{source} has no column {missing} (columns: {_shown(list(df.columns))}); scoring needs "
+                         f"'query' and 'title' (and optionally 'id'): rename the columns that hold them")
 
 
 def _ids(df: pd.DataFrame, rows: np.ndarray) -> list[str | None]:
@@ -174,9 +176,14 @@ def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list
 
 
 def _score(df: pd.DataFrame, rows: np.ndarray, clients: _Clients, model_name: str, version: str, batch_size: int,
-           concurrency: int, retries: int, backoff: float, max_chars: int, timeout: float, bar) -> pd.DataFrame:
-    """All rows of `df` with either their scores or a reject reason (column reject_reason)."""
+           concurrency: int, retries: int, backoff: float, max_chars: int, timeout: float, bar,
+           read_errors: dict | None = None) -> pd.DataFrame:
+    """All rows of `df` with either their scores or a reject reason (column reject_reason);
+    `read_errors` (input row -> reason) rejects the rows that could not be parsed."""
     ok, reasons = validate(df, max_chars)
+    if read_errors:
+        reasons = [read_errors.get(int(r)) or reason for r, reason in zip(rows, reasons)]
+        ok = np.array([not r for r in reasons], dtype=bool)
     ids = _ids(df, rows)
     queries, titles = df["query"].tolist(), df["title"].tolist()
     # Requests of similar lengths: the server pads each batch to its own longest pair, so sorting the rows
@@ -271,28 +278,166 @@ def score_frame(df: pd.DataFrame, url: str, protocol: str = "grpc", model_name: 
     return _split(frame)
 
 
-def read_table(path) -> pd.DataFrame:
-    """A parquet, CSV or JSONL file as an object-typed frame; undecodable bytes in CSV/JSONL become
-    lone surrogates (rejected per row later) instead of failing the whole file."""
+# What each input format must look like, for the errors that name a file that is not like that.
+EXPECTED = {
+    "CSV": "a UTF-8 CSV file whose first line is the header naming the columns query and title (optionally "
+           "id), then one row per line, with fields that contain commas or quotes in double quotes",
+    "JSONL": 'a UTF-8 text file with one JSON object per line, with the keys "query" and "title" (optionally "id")',
+    "Parquet": "a Parquet file with the string columns query and title (optionally id)",
+}
+_FORMATS = {".parquet": "Parquet", ".csv": "CSV", ".jsonl": "JSONL", ".ndjson": "JSONL"}
+
+
+class UnreadableInput(ValueError):
+    """An input file that is not a table of the format its suffix names."""
+
+    def __init__(self, path, fmt: str, why: str, fix: str):
+        super().__init__(f"cannot read {path} as {fmt}: {why}. Expected {EXPECTED[fmt]}; {fix}")
+
+
+def _shown(values, limit: int = 8) -> str:
+    shown = [repr(v)[:40] for v in list(values)[:limit]]
+    return "[" + ", ".join(shown) + (f", ... ({len(values)} in all)" if len(values) > limit else "") + "]"
+
+
+def _not_text(value: str) -> str | None:
+    """What makes `value` binary data rather than a header: its first undecodable byte (a lone
+    surrogate) or control character; None for text."""
+    for i, c in enumerate(value):
+        if 0xDC80 <= ord(c) <= 0xDCFF:
+            return f"byte 0x{ord(c) - 0xDC00:02x} at position {i} is not UTF-8"
+        if ord(c) < 32 and c not in "\t\r\n":
+            return f"control character 0x{ord(c):02x} at position {i}"
+    return None
+
+
+def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
+    """One row per CSV record after the header; a record with the wrong number of fields (or one the
+    csv module cannot parse) stays a row of its own, empty, with its line numbers in the reason."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        lines = f.readlines()
+    if not "".join(lines).strip():
+        raise UnreadableInput(path, "CSV", "the file is empty", "write the header line and the rows")
+    reader = csv.reader(iter(lines))
+    header, header_line, records, errors, end = None, 0, [], {}, 0
+    while True:
+        start = end + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            end = reader.line_num
+            if header is None:
+                raise UnreadableInput(path, "CSV", f"its first line cannot be parsed ({e})",
+                                      "check that the file is a CSV table (and not another format renamed)") from e
+            errors[len(records)] = f"{_lines(start, end)} cannot be parsed as CSV ({e}); fix or remove the row"
+            records.append(None)
+            continue
+        end = reader.line_num
+        if not record:  # a blank line (a line of empty fields, ",,", is a row: rejected as empty)
+            continue
+        if header is None:
+            header, header_line = record, start
+            binary = _not_text(",".join(header))
+            if "query" not in header and "title" not in header and binary:
+                raise UnreadableInput(path, "CSV", f"its first line is not a header of column names but binary "
+                                      f"data ({binary})",
+                                      "check that the file is a CSV table (and not another format renamed)")
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise UnreadableInput(path, "CSV", f"the header (line {start}) names the column(s) {twice} more than "
+                                      f"once", "give every column its own name")
+            continue
+        why = None
+        if end == len(lines) and "".join(lines[start - 1:end]).count('"') % 2:  # closed quotes come in pairs
+            why = "opens a quoted field that is never closed (it runs to the end of the file); close the quote"
+        elif len(record) != len(header):
+            why = (f"has {len(record)} field(s), the header (line {header_line}) has {len(header)} "
+                   f"({','.join(header)}); quote fields that contain a comma and give every row {len(header)} fields")
+        if why:
+            errors[len(records)] = f"{_lines(start, end)} {why}"
+            records.append(None)
+            continue
+        records.append(record)
+    if header is None:
+        raise UnreadableInput(path, "CSV", "the file has no header line", "write the header line and the rows")
+    frame = pd.DataFrame([r if r is not None else [None] * len(header) for r in records], columns=header,
+                         dtype=object)
+    return frame, errors
+
+
+def _lines(start: int, end: int) -> str:
+    return f"line {start}" if start == end else f"lines {start}-{end}"
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
+    """One row per non-blank line; a line that is not a JSON object stays an empty row with the reason."""
+    records, errors = [], {}
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                what = f"{e.msg.removesuffix(' at')} at column {e.colno}"
+                errors[len(records)] = f"line {n} is not a JSON object ({what}); write one JSON object per line"
+                record = {}
+            if not isinstance(record, dict):
+                errors[len(records)] = (f"line {n} is a JSON {type(record).__name__}, not an object; write one "
+                                        f'object per line, e.g. {{"query": "...", "title": "..."}}')
+                record = {}
+            records.append(record)
+    if not records:
+        raise UnreadableInput(path, "JSONL", "the file is empty", "write one JSON object per line")
+    if len(errors) == len(records):
+        first = next(iter(errors.values()))
+        raise UnreadableInput(path, "JSONL", f"none of its {len(records)} non-blank line(s) is a JSON object "
+                              f"({first.split(';')[0]})",
+                              "check that the file is JSONL (and not another format renamed)")
+    return pd.DataFrame(records, dtype=object), errors
+
+
+def read_rows(path) -> tuple[pd.DataFrame, dict[int, str]]:
+    """(frame, errors) of a parquet, CSV or JSONL file: one row per record, object-typed, and the rows
+    that could not be parsed (row -> reason naming the line; those rows are empty in the frame), so a
+    broken line is rejected alone. Undecodable bytes in CSV/JSONL become lone surrogates (rejected per
+    row later). A file that is not a table of its format at all raises UnreadableInput."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        df = pd.read_parquet(path)
-    elif suffix == ".csv":
-        df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding_errors="surrogateescape")
-    elif suffix in (".jsonl", ".ndjson"):
-        records = []
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{n} is not a JSON object ({e}); one object per line") from e
-        df = pd.DataFrame(records, dtype=object)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot read {path}: expected .parquet, .csv or .jsonl, got "
+                         f"{path.suffix.lower() or 'no suffix'!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} not found")
+    if fmt == "CSV":
+        df, errors = _read_csv(path)
+    elif fmt == "JSONL":
+        df, errors = _read_jsonl(path)
     else:
-        raise ValueError(f"cannot read {path}: expected .parquet, .csv or .jsonl, got {suffix or 'no suffix'!r}")
-    return df.astype(object) if len(df.columns) else df
+        import pyarrow as pa
+
+        try:
+            df, errors = pd.read_parquet(path), {}
+        except (pa.ArrowException, OSError, ValueError) as e:
+            why = "the file is empty" if path.stat().st_size == 0 else f"pyarrow says: {str(e).rstrip('.')}"
+            raise UnreadableInput(path, "Parquet", why, "write it with pandas.DataFrame.to_parquet (or "
+                                  "pyarrow), or give a .csv/.jsonl file its own suffix") from e
+    return (df.astype(object) if len(df.columns) else df), errors
+
+
+def read_table(path) -> pd.DataFrame:
+    """The frame of `read_rows` (rows that could not be parsed are empty, at their positions)."""
+    return read_rows(path)[0]
+
+
+def check_input(path) -> tuple[pd.DataFrame, dict[int, str]]:
+    """`read_rows` of a file to score, which must have the query and title columns; raises a
+    ValueError naming the file and the fix otherwise (before any server is started or asked)."""
+    df, errors = read_rows(path)
+    _check_columns(df, str(path))
+    return df, errors
 
 
 def _sha256(path: Path) -> str:
@@ -317,8 +462,7 @@ def score_file(input_path, out_dir, url: str, protocol: str = "grpc", model_name
     input_path, out_dir = Path(input_path), Path(out_dir)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    df = read_table(input_path)
-    _check_columns(df, str(input_path))
+    df, read_errors = check_input(input_path)
     shard_dir = out_dir / "shards"
     manifest = {"input": str(input_path.resolve()), "input_sha256": _sha256(input_path), "rows": len(df),
                 "model_name": model_name, "version": str(version), "shard_size": shard_size, "max_chars": max_chars}
@@ -345,8 +489,17 @@ def score_file(input_path, out_dir, url: str, protocol: str = "grpc", model_name
                 for k in todo:
                     part = df.iloc[starts[k]:starts[k] + shard_size]
                     rows = np.arange(starts[k], starts[k] + len(part))
-                    frame = _score(part, rows, clients, model_name, str(version), batch_size, concurrency, retries,
-                                   backoff, max_chars, timeout, bar)
+                    try:
+                        frame = _score(part, rows, clients, model_name, str(version), batch_size, concurrency,
+                                       retries, backoff, max_chars, timeout, bar, read_errors)
+                    except ServerUnreachable as e:
+                        kept = sum(p.exists() for p in paths)
+                        raise ServerUnreachable(
+                            f"{e}\nStopped at shard {k} of {len(paths)} "
+                            f"(rows {starts[k]}-{starts[k] + len(part) - 1}); "
+                            f"the {kept} finished shard(s) are kept in {shard_dir}: run the same command again "
+                            f"once the server answers (a restarted server may have another --url) and it "
+                            f"resumes there") from e
                     write_parquet(paths[k], frame)
         finally:
             clients.close()
@@ -355,7 +508,9 @@ def score_file(input_path, out_dir, url: str, protocol: str = "grpc", model_name
         pd.DataFrame(columns=SCORE_COLUMNS + ["reject_reason"])
     scores, rejects = _split(frame)
     write_parquet(out_dir / "scores.parquet", scores)
-    lines = [json.dumps({"row": int(r.row), "id": r.id, "reason": r.reason}, ensure_ascii=False)
+    # A missing id reads back from the shards as NaN, which is not JSON: null it is.
+    lines = [json.dumps({"row": int(r.row), "id": None if pd.isna(r.id) else r.id, "reason": r.reason},
+                        ensure_ascii=False)
              for r in rejects.itertuples(index=False)]
     write_text(out_dir / "rejects.jsonl", "".join(line + "\n" for line in lines))
     return {"rows": len(df), "scored": len(scores), "rejected": len(rejects), "shards": len(paths),

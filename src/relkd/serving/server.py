@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,6 +100,16 @@ class TritonServer:
     log_path: Path
     model_repository: Path
     host: str = "127.0.0.1"
+    proc: subprocess.Popen | None = field(default=None, compare=False, repr=False)
+
+    def exited(self) -> str | None:
+        """None while the server runs; once it has died, what it said (exit code and log tail)."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        # A temporary log is removed once the server is stopped: name only a log that stays.
+        kept = "" if getattr(self.proc, "_relkd_temp_log", False) else f" ({self.log_path})"
+        return (f"tritonserver (pid {self.pid}) exited with code {self.proc.returncode}\n"
+                f"--- log tail{kept} ---\n{procs.log_tail(self.proc)}")
 
     @property
     def http_url(self) -> str:
@@ -182,7 +192,7 @@ def triton(model_repository, http_port: int | None = None, grpc_port: int | None
         except RuntimeError as e:
             errors = log_errors(log)
             raise RuntimeError(f"{e}\n--- errors in the log ---\n{errors}" if errors else str(e)) from None
-        yield TritonServer(*ports, pid=proc.pid, log_path=log, model_repository=repo)
+        yield TritonServer(*ports, pid=proc.pid, log_path=log, model_repository=repo, proc=proc)
     finally:
         stop(proc, grace=exit_timeout + 10)
 
