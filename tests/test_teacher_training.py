@@ -114,6 +114,29 @@ def test_a_one_step_dpo_run_changes_the_adapter(trained, tmp_path):
     assert moved > 1e-4
 
 
+def test_dpo_metrics_say_how_far_the_adapter_moved(trained, tmp_path):
+    metrics = dpo(trained["llama"], trained["root"] / "sft", PAIRS, tmp_path / "dpo2", DPOSection(batch_size=2, lr=5e-3))
+    assert metrics["adapter_delta_norm"] > 0 and 0 < metrics["adapter_delta_rel"] < 10
+    assert metrics["adapter_tensors_changed"] > 0.5
+    assert metrics["steps"] >= 2 and metrics["first_loss"] != metrics["last_loss"]  # logged every step
+
+
+def test_a_run_that_leaves_the_weights_unchanged_fails():
+    import torch
+
+    from relkd.teacher.training import _require_change, trainable_snapshot, weight_change
+
+    layer = torch.nn.Linear(3, 2)
+    before = trainable_snapshot(layer)
+    with pytest.raises(RuntimeError, match="unchanged.*teacher.dpo.lr"):
+        _require_change(weight_change(before, layer), "DPO", 5e-5, "teacher.dpo")
+    with torch.no_grad():
+        layer.weight += 0.5
+    change = weight_change(before, layer)
+    assert change["adapter_tensors_changed"] == 0.5 and change["adapter_delta_norm"] == pytest.approx(0.5 * 6 ** 0.5)
+    _require_change(change, "DPO", 5e-5, "teacher.dpo")
+
+
 def test_sft_teaches_a_tiny_model_the_answer_format(tmp_path):
     """The format check of teacher_sft on a model built from a config: before SFT no answer has a Label line,
     after it (greedy, cut at the first label line) the answers parse."""

@@ -98,7 +98,8 @@ class DPOSection(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="paper: 0.1")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name")
     max_length: int = Field(384, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
-    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
+    logging_steps: int | None = Field(1, ge=1, description="log every N optimiser steps (a DPO run here is a few "
+                                      "steps: once per epoch showed one loss); None = once per epoch")
     seed: int = Field(13, description="training seed (data order)")
 
 

@@ -113,6 +113,32 @@ def train_summary(trainer, n: int, keys: Sequence[str]) -> dict:
     return out
 
 
+def trainable_snapshot(model) -> dict:
+    """Copies of the parameters the optimiser updates (the LoRA adapter), to measure how far training moved them."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def weight_change(before: dict, model) -> dict:
+    """How far training moved the trainable weights: the L2 norm of the change, relative to the norm
+    before, and the share of tensors that changed at all. A stage whose `adapter_delta_norm` is 0 learned
+    nothing, whatever its loss says."""
+    import torch
+
+    now = dict(model.named_parameters())
+    diff = [now[n].detach() - p for n, p in before.items()]
+    delta = float(torch.sqrt(sum((d.double() ** 2).sum() for d in diff))) if diff else 0.0
+    base = float(torch.sqrt(sum((p.double() ** 2).sum() for p in before.values()))) if before else 0.0
+    return {"adapter_delta_norm": delta, "adapter_delta_rel": delta / base if base else math.inf if delta else 0.0,
+            "adapter_tensors_changed": sum(bool(d.abs().max() > 0) for d in diff) / max(len(diff), 1)}
+
+
+def _require_change(change: dict, stage: str, lr: float, key: str) -> None:
+    if not change["adapter_delta_norm"] > 0:
+        raise RuntimeError(f"{stage} left the adapter's weights unchanged (learning rate {lr}, "
+                           f"{change['adapter_tensors_changed']:.0%} of tensors moved): it learned nothing; "
+                           f"check {key}.lr and that warmup leaves at least one step at a non-zero rate")
+
+
 def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFTSection,
         callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """LoRA SFT on ``[{"prompt": str, "completion": str}, ...]``; saves the adapter to `out_dir`; returns
@@ -150,10 +176,13 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
         set_seed(cfg.seed)  # the LoRA init happens in the trainer's constructor, before it seeds itself
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                              peft_config=lora, callbacks=list(callbacks))
+        before = trainable_snapshot(trainer.model)
         trainer.train()
-    metrics = train_summary(trainer, len(examples), ("mean_token_accuracy",))
+    metrics = {**train_summary(trainer, len(examples), ("mean_token_accuracy",)),
+               **weight_change(before, trainer.model)}
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"SFT loss is {metrics.get('train_loss')}; lower teacher.sft.lr ({cfg.lr})")
+    _require_change(metrics, "SFT", cfg.lr, "teacher.sft")
     _save_adapter(trainer.model, tokenizer, out_dir)
     return metrics
 
@@ -191,9 +220,12 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
         if "ref" not in trainer.model.peft_config:
             raise RuntimeError("trl did not add the frozen 'ref' adapter, so the DPO reference would be the "
                                "base model, not the SFT model; check the trl/peft versions (trl 1.16, peft>=0.20)")
+        before = trainable_snapshot(trainer.model)
         trainer.train()
-    metrics = train_summary(trainer, len(pairs), ("rewards/accuracies", "rewards/margins", "rewards/chosen"))
+    metrics = {**train_summary(trainer, len(pairs), ("rewards/accuracies", "rewards/margins", "rewards/chosen")),
+               **weight_change(before, trainer.model)}
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"DPO loss is {metrics.get('train_loss')}; lower teacher.dpo.lr ({cfg.lr})")
+    _require_change(metrics, "DPO", cfg.lr, "teacher.dpo")
     _save_adapter(trainer.model, tokenizer, out_dir)
     return metrics
