@@ -13,7 +13,7 @@ SEED = 13
 
 @pytest.fixture(scope="module")
 def df():
-    return generate_catalogue(CatalogueConfig(), SEED)  # the default: 300 queries x 4 pairs
+    return generate_catalogue(CatalogueConfig(), SEED)  # the default: 200 queries x 4 pairs
 
 
 def gen(seed=SEED, **kw):

@@ -57,6 +57,17 @@ def stage() -> None:
     """Run one pipeline stage (the same entry point dvc.yaml calls)."""
 
 
+def _params_or_defaults(path: str):
+    """The params file's values (validated), or the built-in defaults (= the embedded params.yaml) when there is
+    no such file: where an ops command's options take their defaults, so no value is written twice."""
+    from relkd.config import parse_params
+
+    try:
+        return load_params(path) if Path(path).exists() else parse_params({})
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
 @main.command("check-params")
 @click.option("--params", default="params.yaml", show_default=True, help="params file to validate")
 def check_params(params: str) -> None:
@@ -155,27 +166,34 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url) -> None:
 @click.option("--url", default=None, metavar="HOST:PORT", help="a running server (gRPC or HTTP port per --protocol); "
               "default: start one on --repo for this run")
 @click.option("--repo", default="triton_repo", show_default=True, help="model repository when starting a server")
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
-@click.option("--model-name", default="relevance_student", show_default=True)
+@click.option("--params", default="params.yaml", show_default=True,
+              help="where the options below take their defaults (`score`, `triton.model_name`); a missing file "
+              "means the built-in defaults")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default=None, help="default: score.protocol")
+@click.option("--model-name", default=None, help="default: triton.model_name")
 @click.option("--version", default="", help="model version (registry version); default: the server's newest")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--concurrency", default=2, show_default=True)
-@click.option("--shard-size", default=10_000, show_default=True, help="rows per resumable shard")
-def score(batch, out, url, repo, protocol, model_name, version, batch_size, concurrency, shard_size) -> None:
+@click.option("--batch-size", type=int, default=None, help="default: score.batch_size")
+@click.option("--concurrency", type=int, default=None, help="default: score.concurrency")
+@click.option("--shard-size", type=int, default=None, help="rows per resumable shard; default: score.shard_size")
+def score(batch, out, url, repo, params, protocol, model_name, version, batch_size, concurrency, shard_size) -> None:
     """Score a batch file (parquet/CSV/JSONL of query, title, optional id) through Triton; resumable."""
     from contextlib import nullcontext
 
     from relkd.serving.client import ScoringRejected, check_input, score_file
     from relkd.serving.server import ServerUnreachable, triton
 
+    p = _params_or_defaults(params)
+    protocol, model_name = protocol or p.score.protocol, model_name or p.triton.model_name
+    s = p.score
     try:
         if not url:
             check_input(batch)  # a file that cannot be scored fails before a server is started for it
         with (nullcontext() if url else triton(repo)) as server:
             target = url or f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
             try:
-                s = score_file(batch, out, target, protocol, model_name, version, batch_size, concurrency,
-                               shard_size=shard_size)
+                s = score_file(batch, out, target, protocol, model_name, version, batch_size or s.batch_size,
+                               concurrency or s.concurrency, s.retries, s.backoff, s.max_chars,
+                               shard_size=shard_size or s.shard_size)
             except ServerUnreachable as err:
                 died = server.exited() if server is not None else None  # our own server: say why it is gone
                 raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None
@@ -211,14 +229,17 @@ def teacher_score(args) -> None:
 
 
 @main.command()
-@click.option("--name", default="relevance-student", show_default=True, help="registered model")
+@click.option("--name", default=None, help="registered model; default: registry.name of --params")
+@click.option("--params", default="params.yaml", show_default=True)
 @click.option("--version", default=None, help="version to promote (default: the `challenger` alias)")
 @click.option("--policy", default="registry/policy.yaml", show_default=True)
 @click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
-def promote(name, version, policy, dry_run) -> None:
+def promote(name, params, version, policy, dry_run) -> None:
     """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
     from relkd.tracking import configure
     from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate
+
+    name = name or _params_or_defaults(params).registry.name
 
     configure(".")
     try:

@@ -17,7 +17,7 @@ from relkd.section import ConfigError, Section, format_errors, read_yaml
 class CatalogueConfig(Section):
     """The embedded, generated e-commerce catalogue (labels by construction)."""
 
-    n_queries: int = Field(300, ge=1, description="distinct shopper queries")
+    n_queries: int = Field(200, ge=1, description="distinct shopper queries")
     pairs_per_query: int = Field(4, ge=1, le=12, description="judged titles per query")
     languages: dict[str, float] = Field(
         default_factory=lambda: {"en": 0.6, "es": 0.2, "fr": 0.2},
