@@ -34,3 +34,4 @@ def read_split(prepared: str, name: str):
 def read_labels(prepared: str) -> tuple[str, ...]:
     """The ordered label set travels with the prepared dataset (one place per fact)."""
     return tuple(json.loads((Path(prepared) / "labels.json").read_text(encoding="utf-8"))["labels"])
+

@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from pipeline._results import record_test, seed_summary
 from pipeline.common import read_labels, read_split, setup, stage_args
-from relkd.eval.metrics import classification_report
-from relkd.io import read_jsonl, write_json, write_parquet
+from relkd.io import read_jsonl, write_json
 from relkd.tracking import log_metrics, stage_run
 
 
@@ -58,25 +57,11 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
                 log=lambda m, step: log_metrics(m, step=step))
             save_student(model, tokenizer, folder)
             probs = predict(model, tokenizer, test, cfg.eval_batch_size)[0]
-            pred = [labels[i] for i in probs.argmax(1)]
-            report = classification_report(list(test["label"]), pred, labels)
-            write_parquet(folder / "test_predictions.parquet", pd.DataFrame({
-                "pair_id": test["pair_id"], "label": test["label"], "pred": pred,
-                "probs": [p.round(6).tolist() for p in probs]}))
-            log_metrics({"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
-                         **{f"test_f1.{k}": v["f1"] for k, v in report["per_class"].items()}})
-            import mlflow
-
-            mlflow.log_artifacts(str(folder), artifact_path="student")
-            results[str(seed)] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                                  "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()},
-                                  "confusion": report["confusion"], "epochs": history,
-                                  "mlflow_run_id": run_.info.run_id, "n_train": len(train),
-                                  "n_train_with_rationale": int(np.isfinite(emb).all(axis=1).sum())}
+            results[str(seed)] = record_test(folder, test, probs, labels, run_, "student", epochs=history,
+                                             n_train=len(train),
+                                             n_train_with_rationale=int(np.isfinite(emb).all(axis=1).sum()))
     write_json(Path(out) / "results.json", results)
-    metrics = {"accuracy": float(np.mean([r["accuracy"] for r in results.values()])),
-               "macro_f1": float(np.mean([r["macro_f1"] for r in results.values()])),
-               "seeds": {s: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for s, r in results.items()}}
+    metrics = seed_summary(results)
     write_json(metrics_path, metrics)
     return metrics
 

@@ -24,7 +24,9 @@ def main() -> None:
 def _stage_names() -> list[str]:
     import pipeline
 
-    return sorted(m.name for m in pkgutil.iter_modules(pipeline.__path__) if m.name != "common")
+    # common.py and _*.py are helpers of the stages, not stages.
+    return sorted(m.name for m in pkgutil.iter_modules(pipeline.__path__)
+                  if m.name != "common" and not m.name.startswith("_"))
 
 
 class StageGroup(click.Group):
