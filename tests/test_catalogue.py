@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from relkd.config import CatalogueConfig, ConfigError, parse_params
+from relkd.data.config import CatalogueConfig
+from relkd.config import ConfigError, parse_params
 from relkd.data import schema
 from relkd.data.catalogue import CASES, CATEGORIES, HARD_CASES, LABELS, LANGUAGES, QUERY_WORDS, generate_catalogue
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-import relkd.config  # noqa: F401  (imported first: relkd.student.config and relkd.config import each other)
+
 from relkd.config import ConfigError
 from relkd.tracking import configure, stage_run
 from relkd.tracking.registry import (
