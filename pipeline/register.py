@@ -30,6 +30,7 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path)
     configure(".")
     from relkd.serving.export import export_onnx
     from relkd.student.model import InferenceWrapper, load_student
+    from relkd.student.trainer import kept_epoch
     from relkd.tracking import registry
 
     policy = registry.PromotionPolicy.load(policy_path)
@@ -41,9 +42,9 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path)
         model, tokenizer = load_student(folder)
         onnx = Path(onnx_dir) / f"{variant}.onnx"
         check = export_onnx(InferenceWrapper(model), tokenizer, onnx, scfg.max_length, samples)
-        last = results["epochs"][-1]
+        kept = kept_epoch(results["epochs"])  # the epoch whose weights were saved, not the last one
         metrics = {"accuracy": results["accuracy"], "macro_f1": results["macro_f1"],
-                   "valid_accuracy": last.get("valid_accuracy", 0.0), "valid_macro_f1": last.get("valid_macro_f1", 0.0),
+                   "valid_accuracy": kept.get("valid_accuracy", 0.0), "valid_macro_f1": kept.get("valid_macro_f1", 0.0),
                    "f1": {lab: results["per_class_f1"][lab] for lab in labels},
                    "onnx_max_abs_diff": check["max_abs_diff_logits"]}
         mv = registry.log_student(folder, onnx, metrics, variant, reg.name, run_id=results["mlflow_run_id"],

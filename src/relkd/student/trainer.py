@@ -196,6 +196,13 @@ def module_lam(module) -> float:
 
 
 # ----------------------------------------------------------------------------------------- train
+def kept_epoch(history: list[dict]) -> dict:
+    """The epoch record of the weights train_student returns: the best on validation (`best_epoch`), or the
+    last when there was no validation split."""
+    best = history[-1].get("best_epoch")
+    return next((h for h in history if h["epoch"] == best), history[-1])
+
+
 def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, variant: VariantConfig,
                   cfg: StudentConfig, seed: int, out_dir=None, log=None):
     """Train one student; returns (Student, tokenizer, history).
