@@ -32,6 +32,15 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
     from relkd.serving.client import read_table
 
     labels = read_labels(prepared)
+    if not (Path(scores) / "challenger" / "scores.parquet").exists():
+        # Right after a promotion the registry has a champion and no challenger: one arm, nothing to compare.
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(out) / "ab.md", "# A/B\n\nNo challenger is served (the registry has only a champion, e.g. "
+                   "right after `relkd promote`): nothing to compare until `register` names a challenger.\n")
+        metrics = {"arms": 1, "n": 0}
+        write_json(Path(out) / "ab.json", metrics)
+        write_json(metrics_path, metrics)
+        return metrics
     arms = {role: arm(Path(scores) / role) for role in ("champion", "challenger")}
     if teacher_scores:  # TaoSR1's alternative: the LLM itself, tiered (relkd teacher-score)
         arms["teacher"] = arm(Path(teacher_scores))
@@ -70,7 +79,7 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
                f"{cfg.challenger_share:.0%} challenger.\n\n```\n{sim}\n```\n\n## Cost\n\nSeconds per 1,000 pairs "
                f"(scoring wall time, this machine): {report['seconds_per_1000_pairs']}\n")
     write_json(Path(out) / "ab.json", report)
-    metrics = {"agreement": report["agreement"], "n": report["n"],
+    metrics = {"arms": 2, "agreement": report["agreement"], "n": report["n"],
                "filtered_share": report["filtered_share"],
                "seconds_per_1000_pairs": {k: v for k, v in report["seconds_per_1000_pairs"].items() if v is not None}}
     if report.get("labelled"):

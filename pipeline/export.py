@@ -12,6 +12,17 @@ from relkd.eval.plots import reliability_plot, reliability_rows, save_figure
 from relkd.io import read_jsonl, write_json
 
 
+def served_roles(registry: dict, recorded: dict, path) -> dict[str, str]:
+    """{role: version} to serve: the registry's aliases (the one truth), which must be those recorded in the
+    aliases file this stage depends on; a difference means an alias moved without `relkd promote`, so DVC
+    would not know to re-export."""
+    if registry != recorded:
+        raise SystemExit(f"export: the registry serves {registry['aliases']} but {path} records "
+                         f"{recorded.get('aliases')}: an alias moved outside `relkd promote`; move it with "
+                         "`relkd promote` (which writes the file), or write the registry's aliases into the file")
+    return {role: a["version"] for role, a in registry["aliases"].items()}
+
+
 def explain_index(variant_cfg, embeddings: str, rationales: str) -> dict | None:
     """Training rationales in the space the served latent r lives in: with the guidance loss r is
     pulled towards e_cot, so the nearest e_cot names the rationale the student's reasoning resembles.
@@ -91,7 +102,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
             "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=5).tolist()}
 
 
-def run(params_path, prepared, register_json, embeddings, rationales, repo, out, plots, metrics_path) -> dict:
+def run(params_path, prepared, aliases_path, embeddings, rationales, repo, out, plots, metrics_path) -> dict:
     params = setup(params_path)
     from relkd.serving.repository import write_config
 
@@ -100,8 +111,10 @@ def run(params_path, prepared, register_json, embeddings, rationales, repo, out,
     from relkd.tracking import configure
 
     configure(".")
-    state = json.loads(Path(register_json).read_text(encoding="utf-8"))
-    roles = {role: state["aliases"][role] for role in ("champion", "challenger") if role in state["aliases"]}
+    from relkd.tracking.registry import served
+
+    roles = served_roles(served(params.registry.name), json.loads(Path(aliases_path).read_text(encoding="utf-8")),
+                         aliases_path)
     work = Path(out) / "graphs"
     work.mkdir(parents=True, exist_ok=True)
     Path(plots).mkdir(parents=True, exist_ok=True)
@@ -125,12 +138,12 @@ def run(params_path, prepared, register_json, embeddings, rationales, repo, out,
 
 
 def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("register", "register state JSON (aliases)"),
+    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("aliases", "the served aliases file (registry/aliases.json)"),
                     ("embeddings", "embed output folder"), ("rationales", "annotate output"),
                     ("repo", "Triton model repository"), ("out", "export report folder"),
                     ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
     a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.register, a.embeddings, a.rationales, a.repo, a.out, a.plots, a.metrics)
+    run(a.params, a.prepared, a.aliases, a.embeddings, a.rationales, a.repo, a.out, a.plots, a.metrics)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def sample_pairs(prepared: str) -> list[tuple[str, str]]:
     return [(r["query"], r["title"]) for r in picks]
 
 
-def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path) -> dict:
+def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path, aliases_path) -> dict:
     params = setup(params_path)
     reg, scfg = params.registry, params.student
     seed = scfg.seeds[0]
@@ -75,6 +75,7 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path)
              "decisions": decisions}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json(out, state)
+    write_json(aliases_path, registry.served(reg.name))  # what export serves; `relkd promote` rewrites it
     write_json(metrics_path, {"n_registered": len(registered), "champion_version": int(champion),
                               "challenger_version": int(registered[best]["version"]),
                               "challenger_valid_macro_f1": registered[best]["valid_macro_f1"]})
@@ -84,9 +85,10 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path)
 def main(argv=None) -> None:
     ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
                     ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
-                    ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"))
+                    ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"),
+                    ("aliases", "the served aliases file (git-tracked; export depends on it, relkd promote writes it)"))
     a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.models, a.policy, a.onnx, a.out, a.metrics)
+    run(a.params, a.prepared, a.models, a.policy, a.onnx, a.out, a.metrics, a.aliases)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unifie
     mid = model_id(model_path, adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     sampling = cfg.sampling.model_copy(update={"temperature": 0.0}) if cfg.eval.greedy else cfg.sampling
-    per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
-                             cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
-    records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
-    rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
+    records, rows = [], []
+    if adapter is None or cfg.eval.single_after_training:
+        per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
+                                 cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+        records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
+        rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
     if adapter is None:
         # The untrained model has no unified training: its MPCoT is the three perspectives' vote.
         mp = majority(records, labels)

@@ -169,6 +169,9 @@ def test_champion_challenger_promotion(student, store):
     assert d.promote and d.version == "1" and d.champion is None
     assert d.reasons[0] == "pass: no champion yet: the first model becomes champion (macro_f1 0.6000)"
     assert aliases(NAME) == {"champion": "1"}  # the challenger alias went with the promotion
+    from relkd.tracking.registry import served
+
+    assert served(NAME) == {"name": NAME, "aliases": {"champion": {"version": "1", "variant": "lrkd_gat"}}}
     tags = _promotion_tags(v1)
     assert tags["promotion.decision"] == "promoted" and tags["promotion.previous_champion"] == "none"
     assert "promotion.time" in tags and "first model" in tags["promotion.reasons"]
@@ -267,3 +270,13 @@ def test_decide_rules():
         False, ["pass: macro_f1 0.7000 vs champion 0.6000: gain +0.1000 >= min_gain 0.0000",
                 "pass: per-class f1 >= floor 0.2000 (lowest: f1.x 0.3000)",
                 "fail: label sets differ: challenger ['x', 'y'] vs champion ['x']"])
+
+
+def test_export_follows_the_registry_and_refuses_a_stale_aliases_file():
+    from pipeline.export import served_roles
+
+    now = {"name": "m", "aliases": {"champion": {"version": "4", "variant": "lrkd_gat"}}}
+    assert served_roles(now, now, "registry/aliases.json") == {"champion": "4"}
+    stale = {"name": "m", "aliases": {"champion": {"version": "1", "variant": "plain"}}}
+    with pytest.raises(SystemExit, match="registry serves .*'4'.* but registry/aliases.json records .*'1'.*relkd promote"):
+        served_roles(now, stale, "registry/aliases.json")

@@ -235,11 +235,14 @@ def teacher_score(args) -> None:
 @click.option("--params", default="params.yaml", show_default=True)
 @click.option("--version", default=None, help="version to promote (default: the `challenger` alias)")
 @click.option("--policy", default="registry/policy.yaml", show_default=True)
+@click.option("--aliases", "aliases_path", default="registry/aliases.json", show_default=True,
+              help="the served aliases file the export stage depends on, rewritten after a promotion")
 @click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
-def promote(name, params, version, policy, dry_run) -> None:
+def promote(name, params, version, policy, aliases_path, dry_run) -> None:
     """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
     from relkd.tracking import configure
-    from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate
+    from relkd.io import write_json
+    from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate, served
 
     name = name or _params_or_defaults(params).registry.name
 
@@ -253,6 +256,9 @@ def promote(name, params, version, policy, dry_run) -> None:
     click.echo(f"{name} v{d.version} vs champion v{d.champion or '-'}: {verdict}")
     for r in d.reasons:
         click.echo(f"  {r}")
+    if d.promote and not dry_run:
+        write_json(aliases_path, served(name))
+        click.echo(f"{aliases_path} updated: `dvc repro` now serves version {d.version} as champion")
     if not d.promote:
         sys.exit(1)
 

@@ -108,6 +108,10 @@ class EvalConfig(Section):
 
     n_test_pairs: int | None = Field(48, ge=1, description="cap on test pairs scored; None = all; paper: all")
     greedy: bool = Field(True, description="greedy rationales for evaluation (else sampled with `sampling`)")
+    single_after_training: bool = Field(
+        True, description="also answer under each perspective's own prompt after SFT and DPO (the table's "
+        "SingleCoT rows of the trained stages); false keeps the few-shot perspectives (the MPCoT vote needs them) "
+        "and the unified rows only: less than half the generations on a large test set")
 
 
 class AnnotateConfig(Section):

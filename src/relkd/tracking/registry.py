@@ -196,6 +196,17 @@ def aliases(name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in sorted(model.aliases.items())}
 
 
+def served(name: str) -> dict[str, dict]:
+    """What the registry says to serve: {alias: {"version", "variant"}} for champion and challenger (those
+    set). Written by `register` and `relkd promote` to registry/aliases.json, the file the `export` stage
+    depends on, so moving an alias re-exports on the next `dvc repro`."""
+    out = {}
+    for alias, version in aliases(name).items():
+        if alias in (CHAMPION, CHALLENGER):
+            out[alias] = {"version": version, "variant": _version(name, version).tags.get(VARIANT_TAG)}
+    return {"name": name, "aliases": out}
+
+
 def version_metrics(name: str, version) -> dict[str, float]:
     """The ``metric.<key>`` tags of a version as {key: value}."""
     mv = _version(name, version)
@@ -385,6 +396,6 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "Decision", "Guard", "PromotionPolicy", "REGISTERED_NAME", "RegistryError",
-    "StudentPyfunc", "aliases", "decide", "log_student", "promote", "serving_requirements", "set_challenger",
+    "StudentPyfunc", "aliases", "decide", "log_student", "promote", "served", "serving_requirements", "set_challenger",
     "version_metrics", "versions",
 ]
