@@ -237,18 +237,30 @@ def teacher_score(args) -> None:
 @click.option("--policy", default="registry/policy.yaml", show_default=True)
 @click.option("--aliases", "aliases_path", default="registry/aliases.json", show_default=True,
               help="the served aliases file the export stage depends on, rewritten after a promotion")
+@click.option("--rows", "rows_path", default="data/prepared/test.parquet", show_default=True,
+              help="labelled rows (query, title, label; parquet/CSV/JSONL) both versions are scored on, so the gate "
+              "compares figures of the same rows; '' or a missing file: compare the versions' registered metrics")
 @click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
-def promote(name, params, version, policy, aliases_path, dry_run) -> None:
+def promote(name, params, version, policy, aliases_path, rows_path, dry_run) -> None:
     """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
     from relkd.tracking import configure
     from relkd.io import write_json
     from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate, served
 
-    name = name or _params_or_defaults(params).registry.name
+    p = _params_or_defaults(params)
+    name = name or p.registry.name
+    rows = None
+    if rows_path and Path(rows_path).exists():
+        from relkd.serving.client import read_table
 
+        rows = read_table(rows_path)
+    elif rows_path:
+        click.echo(f"note: no {rows_path}; comparing the versions' registered metrics (run `dvc repro prepare` "
+                   "for the current rows)")
     configure(".")
     try:
-        d = gate(name, PromotionPolicy.load(policy), version=version, dry_run=dry_run)
+        d = gate(name, PromotionPolicy.load(policy), version=version, dry_run=dry_run, rows=rows,
+                 n_boot=p.ab.n_boot, seed=p.ab.seed)
     except (RegistryError, FileNotFoundError, ConfigError) as err:
         raise click.ClickException(str(err)) from None
     verdict = "would promote" if dry_run and d.promote else "would refuse" if dry_run else \

@@ -251,6 +251,10 @@ class PromotionPolicy(Section):
                                   "metric.<per_class_metric>.<label>")
     per_class_floor: float | None = Field(None, ge=0, le=1, description="minimum per-class value every "
                                           "label must reach (also for the first model); None: no floor")
+    min_ci_low: float | None = Field(None, description="when the gate measures both versions on the same rows: "
+                                     "the lower end of the 95% paired bootstrap interval of the gain on `metric` "
+                                     "must reach this (e.g. 0: the challenger is not worse beyond noise); None: "
+                                     "the point gain and min_gain decide")
 
     @model_validator(mode="after")
     def _distinct_guards(self) -> "PromotionPolicy":
@@ -352,8 +356,59 @@ def decide(policy: PromotionPolicy, challenger: dict[str, float], champion: dict
     return Decision(promote=ok, reasons=reasons)
 
 
-def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = False) -> Decision:
+def measure_on_rows(name: str, version, rows: pd.DataFrame) -> tuple[dict[str, float], list[str], list[str]]:
+    """A registered version's metrics on `rows` (query, title, label): (metrics in the tag layout — accuracy,
+    macro_f1, f1.<label> — its predicted labels, the label set). The version's own ONNX model scores them,
+    as served."""
+    from relkd.eval.metrics import classification_report
+
+    missing = [c for c in ("query", "title", "label") if c not in rows.columns]
+    if missing:
+        raise RegistryError(f"the gate's rows lack column(s) {missing} (have {list(rows.columns)}); pass labelled "
+                            "query/title/label rows, e.g. data/prepared/test.parquet")
+    out = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(rows[["query", "title"]])
+    labels = [c.removeprefix("prob.") for c in out.columns if c.startswith("prob.")]
+    pred = [str(x) for x in out["label"]]
+    report = classification_report([str(x) for x in rows["label"]], pred, labels)
+    metrics = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+               **{f"f1.{k}": v["f1"] for k, v in report["per_class"].items()}}
+    return metrics, pred, labels
+
+
+def _decide_on_rows(name: str, policy: PromotionPolicy, version: str, champ: str, rows: pd.DataFrame,
+                    n_boot: int, seed: int) -> Decision:
+    from relkd.eval.stats import bootstrap_diff_ci
+
+    mine, pred_mine, labels = measure_on_rows(name, version, rows)
+    theirs, pred_theirs, labels_theirs = measure_on_rows(name, champ, rows)
+    d = decide(policy, mine, theirs)
+    reasons = [f"note: both versions scored on the same {len(rows)} current rows (not their registered tags)",
+               *d.reasons]
+    ok = d.promote
+    m = policy.metric
+    if m in ("accuracy", "macro_f1") and sorted(labels) == sorted(labels_theirs):
+        ci = bootstrap_diff_ci(list(rows["label"].astype(str)), pred_theirs, pred_mine, metric=m, labels=labels,
+                               n_boot=n_boot, seed=seed)
+        text = f"{m} gain {ci['diff']:+.4f}, 95% paired bootstrap CI [{ci['low']:+.4f}, {ci['high']:+.4f}]"
+        if policy.min_ci_low is None:
+            reasons.append(f"note: {text}")
+        else:
+            passed = ci["low"] >= policy.min_ci_low - 1e-12
+            ok = ok and passed
+            reasons.append(("pass: " if passed else "fail: ") + f"{text}; lower end "
+                           f"{'>=' if passed else '<'} min_ci_low {_fmt(policy.min_ci_low)}")
+    return Decision(ok, reasons)
+
+
+def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = False,
+            rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> Decision:
     """Run the gate for `version` (default: the ``challenger`` alias) against the ``champion``.
+
+    With `rows` (labelled query/title/label rows of the current data, e.g. the test split), both versions
+    are scored on those same rows and the gate decides on those figures, with the paired bootstrap interval
+    of the gain on the policy's metric in its reasons (and checked against ``min_ci_low``): a champion
+    registered on an earlier data version carries test metrics of another split, not comparable with the
+    challenger's. Without rows the versions' metric tags are compared (the first champion always).
 
     Promoted: alias ``champion`` moves to the version, ``challenger`` is removed if it pointed there,
     and the version gets tags promotion.decision=promoted, .reasons, .previous_champion, .time (the
@@ -370,8 +425,11 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
     champ = current.get(CHAMPION)
     if champ == version:
         raise RegistryError(f"{name} version {version} is already the champion")
-    decision = decide(policy, version_metrics(name, version),
-                      version_metrics(name, champ) if champ is not None else None)
+    if rows is not None and champ is not None:
+        decision = _decide_on_rows(name, policy, version, champ, rows, n_boot, seed)
+    else:
+        decision = decide(policy, version_metrics(name, version),
+                          version_metrics(name, champ) if champ is not None else None)
     decision = Decision(decision.promote, decision.reasons, version=version, champion=champ)
     if dry_run:
         return decision
