@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 
 from relkd.config import ConfigError
+from relkd.serving import student_pyfunc
 from relkd.tracking import configure, stage_run
 from relkd.tracking.registry import (
     Decision,
@@ -129,6 +131,10 @@ def test_log_student_registers_a_pyfunc_that_matches_the_student(student, store,
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == str([round(float(got[1, 0]), 4)])
+    # "Models from code": the version holds the scorer's source file, no pickled class.
+    local = Path(mlflow.artifacts.download_artifacts(info["model_uri"], dst_path=str(tmp_path / "dl")))
+    assert (local / "student_pyfunc.py").read_text() == Path(student_pyfunc.__file__).read_text()
+    assert not list(local.rglob("*.pkl"))
 
 
 def test_log_student_onto_a_given_run(student, store):

@@ -6,27 +6,25 @@ itself. Aliases name the roles: ``challenger`` (the version under review) and ``
 served). :func:`decide` is the pure rule; :func:`promote` applies it and records the outcome as
 ``promotion.*`` tags on the version.
 
-The pyfunc model is the ONNX graph plus the ``tokenizers`` tokenizer of the student folder; it loads
-with onnxruntime, tokenizers, pandas and numpy only (no torch, no relkd): the class is pickled by
-value, so an environment built from the model's requirements can serve it.
+The pyfunc model is the ONNX graph plus the ``tokenizers`` tokenizer of the student folder, logged as MLflow
+"models from code" (relkd/serving/student_pyfunc.py travels with the version as a file, nothing is pickled);
+it loads with onnxruntime, tokenizers, pandas and numpy only (no torch, no relkd).
 """
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cloudpickle
 import mlflow
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from pydantic import Field, ValidationError, model_validator
 
 from relkd.section import ConfigError, Section, format_errors, read_yaml
+from relkd.serving import student_pyfunc
+from relkd.serving.student_pyfunc import StudentPyfunc
 from relkd.tracking.runs import flatten, log_metrics, stage_run
 
 REGISTERED_NAME = "relevance-student"
@@ -43,60 +41,6 @@ EXAMPLE_PAIRS = (("usb c cable", "Anker USB-C to USB-C cable, 2 m, braided"),
 
 class RegistryError(ValueError):
     """A registered model, version or alias that the call needs does not exist or is in the wrong role."""
-
-
-# ------------------------------------------------------------------------------------------ pyfunc model
-class StudentPyfunc(mlflow.pyfunc.PythonModel):
-    """predict(DataFrame[query, title]) -> DataFrame[label, prob.<label>...] from the student's ONNX graph.
-
-    Artifacts: ``student`` (the folder written by save_student: relkd_student.json gives labels and
-    max_length, tokenizer.json the tokenizer) and ``onnx`` (the graph from export_onnx).
-    """
-
-    batch_size = 64
-
-    def load_context(self, context):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        folder = Path(context.artifacts["student"])
-        meta = json.loads((folder / "relkd_student.json").read_text(encoding="utf-8"))
-        self.labels = [str(x) for x in meta["labels"]]
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        pad = (tokenizer.padding or {}).get("pad_id")
-        # The saved tokenizer.json may pad to a fixed length; batches are padded here, to their longest.
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(int(meta["max_length"]), strategy="longest_first")
-        self.tokenizer = tokenizer
-        self.pad_id = int(pad if pad is not None else tokenizer.token_to_id("[PAD]") or 0)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(context.artifacts["onnx"]), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        missing = [c for c in ("query", "title") if c not in model_input.columns]
-        if missing:
-            raise ValueError(f"model input lacks column(s) {missing} (has {list(model_input.columns)}); "
-                             "pass a DataFrame with string columns query and title")
-        pairs = list(zip(model_input["query"].astype(str), model_input["title"].astype(str)))
-        logits = np.zeros((len(pairs), len(self.labels)), np.float64)
-        for start in range(0, len(pairs), self.batch_size):
-            encs = self.tokenizer.encode_batch(pairs[start:start + self.batch_size])
-            width = max(len(e.ids) for e in encs)
-            ids = np.full((len(encs), width), self.pad_id, np.int64)
-            mask = np.zeros((len(encs), width), np.int64)
-            types = np.zeros((len(encs), width), np.int64)
-            for i, e in enumerate(encs):
-                ids[i, :len(e.ids)], mask[i, :len(e.ids)], types[i, :len(e.ids)] = e.ids, 1, e.type_ids
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            logits[start:start + len(encs)] = self.session.run(["logits"], feeds)[0]
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = z / z.sum(axis=1, keepdims=True)
-        out = pd.DataFrame({"label": np.asarray([self.labels[i] for i in probs.argmax(axis=1)], dtype=object)})
-        for j, lab in enumerate(self.labels):
-            out[f"prob.{lab}"] = probs[:, j]
-        return out
 
 
 def serving_requirements() -> list[str]:
@@ -140,18 +84,12 @@ def log_student(student_dir, onnx_path, metrics: dict, variant: str, registered_
     example = pd.DataFrame({"query": [q for q, _ in EXAMPLE_PAIRS], "title": [t for _, t in EXAMPLE_PAIRS]},
                            dtype=object)
     signature = mlflow.models.infer_signature(example, python_model.predict(None, example))
-    python_model = StudentPyfunc()  # pickle a fresh instance: no session or tokenizer inside
 
     def _log() -> tuple[str, str]:
         log_metrics(metrics)
-        module = sys.modules[__name__]
-        cloudpickle.register_pickle_by_value(module)
-        try:
-            info = mlflow.pyfunc.log_model(name="student", python_model=python_model, artifacts=artifacts,
-                                           signature=signature, input_example=example,
-                                           pip_requirements=serving_requirements())
-        finally:
-            cloudpickle.unregister_pickle_by_value(module)
+        info = mlflow.pyfunc.log_model(name="student", python_model=student_pyfunc.__file__, artifacts=artifacts,
+                                       signature=signature, input_example=example,
+                                       pip_requirements=serving_requirements())
         return info.model_uri, mlflow.active_run().info.run_id
 
     active = mlflow.active_run()
@@ -454,6 +392,6 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "Decision", "Guard", "PromotionPolicy", "REGISTERED_NAME", "RegistryError",
-    "StudentPyfunc", "aliases", "decide", "log_student", "promote", "served", "serving_requirements", "set_challenger",
+    "aliases", "decide", "log_student", "promote", "served", "serving_requirements", "set_challenger",
     "version_metrics", "versions",
 ]
