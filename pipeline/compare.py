@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_labels, setup, stage_args
+from pipeline.common import read_labels, seed_dir, setup, stage_args
 from relkd.eval.peers import PEERS
 from relkd.eval.plots import confusion_plot, dvc_confusion_rows, save_figure
 from relkd.eval.stats import bootstrap_diff_ci
@@ -19,7 +19,7 @@ from relkd.io import write_json, write_text
 
 def load_variant(models: str, name: str, seeds) -> tuple[list[dict], pd.DataFrame]:
     results = json.loads((Path(models) / name / "results.json").read_text(encoding="utf-8"))
-    preds = pd.concat([pd.read_parquet(Path(models) / name / f"seed{s}" / "test_predictions.parquet").assign(seed=s)
+    preds = pd.concat([pd.read_parquet(seed_dir(Path(models) / name, s) / "test_predictions.parquet").assign(seed=s)
                        for s in seeds], ignore_index=True)
     reports = [{"accuracy": results[str(s)]["accuracy"], "macro_f1": results[str(s)]["macro_f1"],
                 "per_class": {k: {"f1": v} for k, v in results[str(s)]["per_class_f1"].items()},

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline._results import record_test, seed_summary
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_args
 from relkd.eval.peers import PEERS, fit_lexical, fit_majority, train_cross_encoder
 from relkd.io import write_json
 from relkd.tracking import stage_run
@@ -42,7 +42,7 @@ def run(params_path, prepared, out, metrics_path) -> dict:
     for name in PEERS:
         results = {}
         for seed in params.student.seeds:
-            folder = Path(out) / name / f"seed{seed}"
+            folder = seed_dir(Path(out) / name, seed)
             with stage_run("peers", {"peer": name, "seed": seed, "n_train": len(train)}, inputs=[prepared],
                            experiment=params.tracking.experiment, run_name=f"{name}-seed{seed}",
                            tags={"relkd.peer": name, "relkd.seed": str(seed)}) as run_:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, seed_dir, served_seed, setup, stage_args
 from relkd.io import write_json
 from relkd.tracking import configure
-
-
-def student_dir(models: str, variant: str, seed: int) -> Path:
-    return Path(models) / variant / f"seed{seed}"
 
 
 def sample_pairs(prepared: str) -> list[tuple[str, str]]:
@@ -25,7 +21,7 @@ def sample_pairs(prepared: str) -> list[tuple[str, str]]:
 def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path, aliases_path) -> dict:
     params = setup(params_path)
     reg, scfg = params.registry, params.student
-    seed = scfg.seeds[0]
+    seed = served_seed(params)
     labels = read_labels(prepared)
     configure(".")
     from relkd.serving.export import export_onnx
@@ -37,7 +33,7 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path,
     samples = sample_pairs(prepared)
     registered = {}
     for variant in scfg.variants:
-        folder = student_dir(models, variant, seed)
+        folder = seed_dir(Path(models) / variant, seed)
         results = json.loads((Path(models) / variant / "results.json").read_text(encoding="utf-8"))[str(seed)]
         model, tokenizer = load_student(folder)
         onnx = Path(onnx_dir) / f"{variant}.onnx"
@@ -62,12 +58,7 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path,
             raise SystemExit(f"register: the baseline {reg.baseline!r} failed the promotion gate and there is no "
                              f"champion: {d.reasons}")
     champion = registry.aliases(reg.name)[registry.CHAMPION]
-    candidates = [v for v in (reg.candidates or [v for v in registered if v != reg.baseline])
-                  if registered[v]["version"] != champion]
-    if not candidates:
-        raise SystemExit("register: no candidate variant to become challenger; set registry.candidates")
-    key = reg.select_by
-    best = max(candidates, key=lambda v: registered[v][key] if key in registered[v] else float("-inf"))
+    best = registry.pick_challenger(registered, champion, reg.baseline, reg.candidates, reg.select_by)
     registry.set_challenger(reg.name, registered[best]["version"])
     state = {"name": reg.name, "versions": registered, "aliases": registry.aliases(reg.name),
              "challenger_variant": best, "champion_variant": next(

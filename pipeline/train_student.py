@@ -1,32 +1,14 @@
 """Stage `student@<variant>`: train one student variant per seed, evaluate it on the test split."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from pipeline._results import record_test, seed_summary
-from pipeline.common import read_labels, read_split, setup, stage_args
-from relkd.io import read_jsonl, write_json
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_args, training_frame
+from relkd.io import write_json
 from relkd.tracking import log_metrics, stage_run
-
-
-def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all"):
-    """The training split with each pair's rationale and e_cot aligned. ``rows="all"``: every training pair,
-    in its natural class distribution; a pair the teacher did not annotate has rationale None and a NaN
-    e_cot (no guidance target). ``rows="annotated"``: only the annotated pairs."""
-    train = read_split(prepared, "train")
-    notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
-    meta = json.loads((Path(embeddings) / "meta.json").read_text(encoding="utf-8"))
-    vectors = np.load(Path(embeddings) / "rationales.npy")
-    row_of = {pid: i for i, pid in enumerate(meta["pair_ids"])}
-    if rows == "annotated":
-        train = train[train["pair_id"].isin(notes) & train["pair_id"].isin(row_of)].reset_index(drop=True)
-    missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
-    emb = np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]]) if len(train) \
-        else np.zeros((0, vectors.shape[1]), np.float32)
-    return train, [notes.get(p) for p in train["pair_id"]], emb, meta
 
 
 def run(params_path, variant_name, prepared, rationales, embeddings, out, metrics_path) -> dict:
@@ -45,7 +27,7 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
 
     results = {}
     for seed in cfg.seeds:
-        folder = Path(out) / f"seed{seed}"
+        folder = seed_dir(out, seed)
         run_params = {"variant": variant_name, "seed": seed, "student": cfg.model_dump(exclude={"variants", "seeds"}),
                       "variant_config": variant.model_dump(), "encoder": {k: meta[k] for k in ("name", "dim")}}
         with stage_run("student", run_params, inputs=[prepared, rationales, embeddings],

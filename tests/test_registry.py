@@ -334,3 +334,15 @@ def test_the_gate_measures_champion_and_challenger_on_the_same_current_rows(stud
     strict = PromotionPolicy(metric="accuracy", min_ci_low=0.5)  # a gain that large is out of reach
     d = promote(NAME, strict, version=v2, dry_run=True, rows=rows, n_boot=200)
     assert not d.promote and any(r.startswith("fail:") and "min_ci_low" in r for r in d.reasons)
+
+
+def test_the_challenger_is_the_best_candidate_on_validation_that_is_not_the_champion():
+    from relkd.tracking.registry import pick_challenger
+
+    reg = {"plain": {"version": "1", "valid_macro_f1": 0.9}, "lrkd_gat": {"version": "2", "valid_macro_f1": 0.6},
+           "lrkd_mlp": {"version": "3", "valid_macro_f1": 0.7}, "mkd": {"version": "4"}}
+    assert pick_challenger(reg, "1", "plain", None, "valid_macro_f1") == "lrkd_mlp"  # the baseline is no candidate
+    assert pick_challenger(reg, "3", "plain", None, "valid_macro_f1") == "lrkd_gat"  # nor the champion
+    assert pick_challenger(reg, "1", "plain", ["mkd", "lrkd_gat"], "valid_macro_f1") == "lrkd_gat"
+    with pytest.raises(RegistryError, match="registry.candidates"):
+        pick_challenger(reg, "2", "plain", ["lrkd_gat"], "valid_macro_f1")

@@ -159,6 +159,18 @@ def version_metrics(name: str, version) -> dict[str, float]:
     return out
 
 
+def pick_challenger(registered: dict[str, dict], champion: str, baseline: str, candidates: list[str] | None,
+                    select_by: str) -> str:
+    """The variant to name challenger: among `candidates` (None: every registered variant but the baseline) that
+    is not the champion's version, the one with the highest `select_by` (a validation metric: the test split
+    stays for reporting). `registered` maps variant -> {"version", <metrics>...}."""
+    pool = [v for v in (candidates or [v for v in registered if v != baseline]) if registered[v]["version"] != champion]
+    if not pool:
+        raise RegistryError("no candidate variant to become challenger (each is the champion or none is "
+                            "registered); set registry.candidates")
+    return max(pool, key=lambda v: registered[v].get(select_by, float("-inf")))
+
+
 def set_challenger(name: str, version) -> None:
     """Point alias ``challenger`` at `version` (it must exist and must not be the champion)."""
     mv = _version(name, version)
@@ -392,6 +404,6 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "Decision", "Guard", "PromotionPolicy", "REGISTERED_NAME", "RegistryError",
-    "aliases", "decide", "log_student", "promote", "served", "serving_requirements", "set_challenger",
-    "version_metrics", "versions",
+    "aliases", "decide", "log_student", "pick_challenger", "promote", "served", "serving_requirements",
+    "set_challenger", "version_metrics", "versions",
 ]
