@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 UNPARSEABLE = -1  # code of a prediction that is not in the label set (None, or text the parser rejected)
 
@@ -49,6 +49,13 @@ def macro_f1_from_codes(t: np.ndarray, p: np.ndarray, n_classes: int) -> float:
     return float(f1.mean())
 
 
+def macro_f1(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashable]) -> float:
+    """Macro-F1 over every class of `labels`; a prediction outside them (None, unparseable) counts as wrong."""
+    check_lengths(y_true=y_true, y_pred=y_pred)
+    t = encode(y_true, labels, what="y_true", allow_unparseable=False)
+    return macro_f1_from_codes(t, encode(y_pred, labels, what="y_pred", allow_unparseable=True), len(labels))
+
+
 def classification_report(y_true: Sequence, y_pred: Sequence, labels: Sequence[Hashable]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
@@ -74,7 +81,7 @@ def classification_report(y_true: Sequence, y_pred: Sequence, labels: Sequence[H
     return {
         "n": n,
         "accuracy": float(accuracy_score(t, p)),
-        "macro_f1": float(f1_score(t, p, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": macro_f1_from_codes(t, p, len(labels)),
         "n_unparseable": n_unparseable,
         "unparseable_rate": n_unparseable / n,
         "labels": labels,

@@ -179,16 +179,11 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict[str, float]:
     """Accuracy and macro-F1 over all n_labels classes (a class never seen nor predicted scores 0, as
     sklearn's f1_score(labels=range(n_labels), average="macro", zero_division=0))."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1 = []
-    for c in range(n_labels):
-        tp = int(np.sum((y_pred == c) & (y_true == c)))
-        denom = int(np.sum(y_pred == c)) + int(np.sum(y_true == c))
-        f1.append(2 * tp / denom if denom else 0.0)
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
-        "macro_f1": float(np.mean(f1)),
-    }
+    from relkd.eval.metrics import macro_f1_from_codes
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    return {"accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
+            "macro_f1": macro_f1_from_codes(y_true, y_pred, n_labels)}
 
 
 def module_lam(module) -> float:
