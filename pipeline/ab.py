@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_labels, setup, stage_args
+from pipeline.common import read_labels, setup, stage_command
 from relkd.io import write_json, write_text
 from relkd.tracking import log_metrics, stage_run
 
@@ -96,13 +97,15 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("batch", "the scored batch file"), ("scores", "score stage output folder"),
-                    ("prepared", "prepared data (label set)"), ("out", "report folder"), ("metrics", "metrics JSON"))
-    ap.add_argument("--teacher-scores", default=None, help="a `relkd teacher-score` output folder: third arm")
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.batch, a.scores, a.prepared, a.out, a.metrics, a.teacher_scores)
 
+
+main = stage_command(__doc__, _main, ("batch", "the scored batch file"), ("scores", "score stage output folder"),
+                     ("prepared", "prepared data (label set)"), ("out", "report folder"),
+                     ("metrics", "metrics JSON"),
+                     options=[click.Option(["--teacher-scores"], default=None,
+                                           help="a `relkd teacher-score` output folder: third arm")])
 
 if __name__ == "__main__":
     main()

@@ -1,23 +1,27 @@
-"""What every stage module shares: reading params.yaml and the standard stage arguments."""
+"""What every stage module shares: its command line, reading params.yaml, and the files stages hand each other."""
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import click
 
 from relkd.config import Params, load_params
 
 
-def stage_args(description: str, *paths: tuple[str, str]) -> argparse.ArgumentParser:
-    """An argument parser with --params plus one required option per (name, help) path.
-
-    Paths come from dvc.yaml's cmd, the one place that also declares them as deps and outs."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    for name, help_ in paths:
-        ap.add_argument(f"--{name}", required=True, help=help_)
-    return ap
+def stage_command(description: str, call: Callable[[SimpleNamespace], None], *paths: tuple[str, str],
+                  options: list[click.Option] = ()) -> click.Command:
+    """The stage's click command (what `python -m pipeline.<stage>` and `relkd stage <stage>` run): --params
+    plus one required option per (name, help) path, then `options`; `call` gets the parsed values as
+    attributes (dashes as underscores). Paths come from dvc.yaml's cmd, the one place that also declares them
+    as deps and outs."""
+    params = [click.Option(["--params"], default="params.yaml", show_default=True, help="params file"),
+              *(click.Option([f"--{name}"], required=True, help=help_) for name, help_ in paths), *options]
+    return click.Command(None, callback=lambda **values: call(SimpleNamespace(**values)), params=params,
+                         help=description, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def setup(params_path: str) -> Params:

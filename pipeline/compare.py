@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_labels, seed_dir, setup, stage_args
+from pipeline.common import read_labels, seed_dir, setup, stage_command
 from relkd.eval.peers import PEERS
 from relkd.eval.plots import confusion_plot, dvc_confusion_rows, save_figure
 from relkd.eval.stats import bootstrap_diff_ci
@@ -120,14 +120,14 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
-                    ("peers", "models/peers folder (the peers stage)"),
-                    ("teacher-metrics", "teacher_eval metrics JSON"), ("out", "report folder"),
-                    ("plots", "DVC plot data folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.models, a.peers, a.teacher_metrics, a.out, a.plots, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                     ("peers", "models/peers folder (the peers stage)"),
+                     ("teacher-metrics", "teacher_eval metrics JSON"), ("out", "report folder"),
+                     ("plots", "DVC plot data folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 says whether e_cot carries the gold label of its pair (before any student trains on it)."""
 from __future__ import annotations
 
-from pipeline.common import setup, stage_args, write_embeddings
+from pipeline.common import setup, stage_command, write_embeddings
 from relkd.embed import encode_rationales, encoder_info
 from relkd.eval.probing import label_probe
 from relkd.io import read_jsonl, write_json
@@ -25,12 +25,12 @@ def run(params_path: str, rationales: str, out: str, metrics_path: str) -> dict:
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"),
-                    ("metrics", "metrics JSON (the e_cot label probe)"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.rationales, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"),
+                     ("metrics", "metrics JSON (the e_cot label probe)"))
 
 if __name__ == "__main__":
     main()

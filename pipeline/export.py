@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import read_embeddings, read_labels, read_split, setup, stage_args
+from pipeline.common import read_embeddings, read_labels, read_split, setup, stage_command
 from relkd.eval.metrics import reliability_rows
 from relkd.eval.plots import reliability_plot, save_figure
 from relkd.io import read_jsonl, write_json
@@ -129,14 +129,15 @@ def run(params_path, prepared, aliases_path, embeddings, rationales, repo, out, 
     return exported
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("aliases", "the served aliases file (registry/aliases.json)"),
-                    ("embeddings", "embed output folder"), ("rationales", "annotate output"),
-                    ("repo", "Triton model repository"), ("out", "export report folder"),
-                    ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.aliases, a.embeddings, a.rationales, a.repo, a.out, a.plots, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("aliases", "the served aliases file (registry/aliases.json)"),
+                     ("embeddings", "embed output folder"), ("rationales", "annotate output"),
+                     ("repo", "Triton model repository"), ("out", "export report folder"),
+                     ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

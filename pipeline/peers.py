@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline._results import record_test, seed_summary
-from pipeline.common import read_labels, read_split, seed_dir, setup, stage_args
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command
 from relkd.eval.peers import PEERS, fit_lexical, fit_majority, train_cross_encoder
 from relkd.io import write_json
 from relkd.tracking import stage_run
@@ -59,13 +59,13 @@ def run(params_path, prepared, out, metrics_path) -> dict:
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"),
-                    ("out", "peers folder (one sub-folder per peer, one per seed below it)"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("out", "peers folder (one sub-folder per peer, one per seed below it)"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, seed_dir, served_seed, setup, stage_args, training_frame
+from pipeline.common import read_labels, seed_dir, served_seed, setup, stage_command, training_frame
 from relkd.eval.plots import probe_bar_plot, save_figure
 from relkd.eval.probing import DEFAULT_STOPWORDS, probe_keywords, probe_summary, run_probes
 from relkd.eval.tables import to_markdown
@@ -43,13 +43,13 @@ def run(params_path, prepared, rationales, embeddings, models, out, metrics_path
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("rationales", "annotate output"),
-                    ("embeddings", "embed output folder"), ("models", "models/student folder"),
-                    ("out", "report folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.rationales, a.embeddings, a.models, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("rationales", "annotate output"),
+                     ("embeddings", "embed output folder"), ("models", "models/student folder"),
+                     ("out", "report folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

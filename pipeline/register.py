@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, seed_dir, served_seed, setup, stage_args
+from pipeline.common import read_labels, read_split, seed_dir, served_seed, setup, stage_command
 from relkd.io import write_json
 from relkd.tracking import configure
 
@@ -73,14 +73,14 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path,
     return state
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
-                    ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
-                    ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"),
-                    ("aliases", "the served aliases file (git-tracked; export depends on it, relkd promote writes it)"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.models, a.policy, a.onnx, a.out, a.metrics, a.aliases)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                     ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
+                     ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"),
+                     ("aliases", "the served aliases file (git-tracked; export depends on it, relkd promote writes it)"))
 
 if __name__ == "__main__":
     main()

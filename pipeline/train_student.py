@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline._results import record_test, seed_summary
-from pipeline.common import read_labels, read_split, seed_dir, setup, stage_args, training_frame
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command, training_frame
 from relkd.io import write_json
 from relkd.tracking import log_metrics, stage_run
 
@@ -48,14 +48,14 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("variant", "variant name (params.yaml student.variants)"),
-                    ("prepared", "prepared data folder"), ("rationales", "annotate output (JSONL)"),
-                    ("embeddings", "embed output folder"), ("out", "student folder (one sub-folder per seed)"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.variant, a.prepared, a.rationales, a.embeddings, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("variant", "variant name (params.yaml student.variants)"),
+                     ("prepared", "prepared data folder"), ("rationales", "annotate output (JSONL)"),
+                     ("embeddings", "embed output folder"), ("out", "student folder (one sub-folder per seed)"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

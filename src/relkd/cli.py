@@ -12,15 +12,6 @@ import click
 from relkd.config import ConfigError, load_params
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="relkd")
-def main() -> None:
-    """relkd: multi-perspective CoT teacher distilled into a latent-reasoning student.
-
-    Stage commands run one pipeline stage by hand (dvc repro runs them in order);
-    ops commands check params, prepare models and, as they land, serve, score and promote."""
-
-
 def _stage_names() -> list[str]:
     import pipeline
 
@@ -29,34 +20,69 @@ def _stage_names() -> list[str]:
                   if m.name != "common" and not m.name.startswith("_"))
 
 
-class StageGroup(click.Group):
-    """One subcommand per module in pipeline/, so a new stage module is a new command."""
+def _stage_summary(module: str) -> str:
+    """The first paragraph of a stage module's docstring, read without importing it (listing must not load
+    torch)."""
+    import pipeline
+
+    source = (Path(pipeline.__path__[0]) / f"{module}.py").read_text(encoding="utf-8")
+    return " ".join((ast.get_docstring(ast.parse(source)) or "").strip().split("\n\n")[0].split())
+
+
+class StageCommands(click.Group):
+    """A group some of whose commands are pipeline stage modules, each a click command of its own
+    (pipeline.common.stage_command, with its real options in --help). Listing them reads their docstrings;
+    running one imports only its module."""
+
+    def stage_modules(self) -> dict[str, str]:
+        """command name -> pipeline module"""
+        return {}
 
     def list_commands(self, ctx):
-        return _stage_names()
+        return sorted(set(super().list_commands(ctx)) | set(self.stage_modules()))
 
     def get_command(self, ctx, name):
-        if name not in _stage_names():
-            return None
-        import pipeline
-
-        # Read the docstring without importing: listing stages must not load torch.
-        source = (Path(pipeline.__path__[0]) / f"{name}.py").read_text(encoding="utf-8")
-        doc = (ast.get_docstring(ast.parse(source)) or "").strip()
-
-        @click.command(name=name, context_settings={"ignore_unknown_options": True, "help_option_names": []},
-                       help=doc + f"\n\nArguments go to the stage (`relkd stage {name} --help` lists them); "
-                       "dvc.yaml holds the paths DVC passes.", add_help_option=False)
-        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-        def cmd(args):
-            importlib.import_module(f"pipeline.{name}").main(list(args))
-
+        module = self.stage_modules().get(name)
+        if module is None:
+            return super().get_command(ctx, name)
+        cmd = importlib.import_module(f"pipeline.{module}").main
+        cmd.name = name
         return cmd
 
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.stage_modules():
+                rows.append((name, _stage_summary(self.stage_modules()[name])))
+            elif not (cmd := super().get_command(ctx, name)).hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
-@main.group(cls=StageGroup)
+
+class Main(StageCommands):
+    def stage_modules(self):
+        return {"probe": "probe", "teacher-score": "teacher_score"}  # analyses run by hand, not only by dvc
+
+
+class Stages(StageCommands):
+    def stage_modules(self):
+        return {name: name for name in _stage_names()}
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="relkd")
+def main() -> None:
+    """relkd: multi-perspective CoT teacher distilled into a latent-reasoning student.
+
+    Stage commands run one pipeline stage by hand (dvc repro runs them in order);
+    ops commands check params, prepare models and, as they land, serve, score and promote."""
+
+
+@main.group(cls=Stages)
 def stage() -> None:
-    """Run one pipeline stage (the same entry point dvc.yaml calls)."""
+    """Run one pipeline stage (the same command dvc.yaml calls; `relkd stage NAME --help` lists its options)."""
 
 
 def _params_or_defaults(path: str):
@@ -221,15 +247,6 @@ def ab(params, batch, scores, prepared, out, metrics, teacher_scores) -> None:
     click.echo(f"agreement {m['agreement']:.3f} on {m['n']} rows; report: {out}/ab.md")
 
 
-@main.command("teacher-score", context_settings={"ignore_unknown_options": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def teacher_score(args) -> None:
-    """Score a batch with the LLM teacher itself, tiered by cumulative label probability (TaoSR1's
-    alternative to distillation); its output is a third arm for `relkd ab --teacher-scores DIR`.
-    Arguments as `relkd teacher-score --help` lists them."""
-    importlib.import_module("pipeline.teacher_score").main(list(args))
-
-
 @main.command()
 @click.option("--name", default=None, help="registered model; default: registry.name of --params")
 @click.option("--params", default="params.yaml", show_default=True)
@@ -301,14 +318,6 @@ def runs_compare(experiment, stage, variant, max_results, metric_globs, show_par
     if not rows:
         raise click.ClickException("no runs match; run `dvc repro` first or loosen the filters")
     click.echo(format_table(rows, ["run", "variant", "seed", "stage", *(params if show_params else ()), *metrics]))
-
-
-@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def probe(args) -> None:
-    """Linear probes of rationale keywords on r vs h_cls (paper Fig. 4); the `probe` stage. Arguments as
-    `relkd probe --help` lists them."""
-    importlib.import_module("pipeline.probe").main(list(args))
 
 
 if __name__ == "__main__":
