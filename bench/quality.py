@@ -62,6 +62,21 @@ def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Pa
             "sample_queries": len(chosen)}
 
 
+def dotted(assignments: list[str]) -> dict:
+    """`--set teacher.sft.max_examples=128` (values parsed as YAML) as a nested params overlay."""
+    out: dict = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. student.epochs=5")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def overlay(a, sample: Path) -> dict:
     return {
         "data": {"source": "table",
@@ -145,6 +160,11 @@ def main() -> None:
     ap.add_argument("--profile", default=None, help="a profiles/NAME.yaml overlay first (tiny: a quick smoke run)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--from-json", default=None, help="only re-render quality.md from a quality.json")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="student variants trained (plain always first)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params override on top of the sample's, repeatable (e.g. student.epochs=5); "
+                    "recorded in the results")
     a = ap.parse_args()
     if not (a.data or a.from_json):
         ap.error("--data is required (or --from-json to re-render)")
@@ -165,13 +185,16 @@ def main() -> None:
     sample = work / f"sample-q{a.queries}-seed{a.seed}.csv"
     sizes = sample_queries(a.data, json.loads(a.columns)["query"], a.queries, a.seed, sample)
     print(f"workdir {work}; sample {sizes}", flush=True)
-    over = overlay(a, sample)
+    from relkd.config import merge
+
+    over = merge(overlay(a, sample), dotted(a.set))
+    variants = {k: VARIANTS[k] for k in dict.fromkeys(["plain", *a.variants])}  # every delta is vs plain
 
     result = {"data": str(a.data), "commit": commit, "sizes": sizes,
-              "settings": {k: getattr(a, k) for k in ("queries", "annotate", "teacher_test", "seeds", "seed")},
-              "variants": VARIANTS, "rounds": {}, "wall_s": {}}
+              "settings": {k: getattr(a, k) for k in ("queries", "annotate", "teacher_test", "seeds", "seed", "set")},
+              "variants": variants, "rounds": {}, "wall_s": {}}
     for hint in a.rounds:
-        set_params(clone, over, VARIANTS, hint, a.profile)
+        set_params(clone, over, variants, hint, a.profile)
         result["settings"]["train_rows"] = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))[
             "student"].get("train_rows", "annotated")
         wall = repro(clone, work / f"repro-{hint}.log", "compare", "teacher_eval")
@@ -222,7 +245,8 @@ def render(result: dict) -> str:
     lines = [f"# Quality on {Path(result['data']).name}", "", json.dumps(result["machine"]), "",
              f"Commit {result['commit'][:10]}; {sizes['sample_queries']} of {sizes['file_queries']} queries "
              f"({sizes['sample_rows']} rows) sampled with seed {st['seed']}; split by query into "
-             f"{prep['rows']}; labels per split {prep['labels']}. " + trained_on(st) + f" Seeds {st['seeds']}. Wall time per "
+             f"{prep['rows']}; labels per split {prep['labels']}. " + trained_on(st) + f" Seeds {st['seeds']}."
+             + (f" Params set on top: {', '.join(st['set'])}." if st.get("set") else "") + " Wall time per "
              f"round (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in result["wall_s"].items()) + ".", "",
              f"## Teacher ({result['teacher']['n_test_pairs']} test pairs)", ""]
     teacher = [{"model": k, "ACC": pct(v["accuracy"]), "F1": pct(v["macro_f1"]),

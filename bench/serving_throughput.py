@@ -29,7 +29,7 @@ def load_pairs(a) -> list[tuple[str, str]]:
         df = pd.read_csv(a.csv, encoding_errors="replace").dropna(subset=[a.query_col, a.title_col])
         df = df.sample(n=min(a.pairs, len(df)), random_state=0)
         return list(zip(df[a.query_col].astype(str), df[a.title_col].astype(str)))
-    from relkd.config import CatalogueConfig
+    from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
 
     df = generate_catalogue(CatalogueConfig(n_queries=a.pairs, pairs_per_query=1), seed=5)

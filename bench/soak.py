@@ -51,7 +51,7 @@ def client(url: str, version: str, batch: int, duration: float, max_requests: in
     import numpy as np
     import tritonclient.grpc as module
 
-    from relkd.config import CatalogueConfig
+    from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
     from relkd.serving.client import _Clients, _infer_batch
 

@@ -26,7 +26,7 @@ def main() -> None:
 
     import torch
 
-    from relkd.config import CatalogueConfig
+    from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import LABELS, generate_catalogue
     from relkd.student.config import default_variants
     from relkd.student.model import build_student, tokenize_pairs

@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     from relkd.data.catalogue import LABELS, generate_catalogue
-    from relkd.config import CatalogueConfig
+    from relkd.data.config import CatalogueConfig
     from relkd.models import resolve
     from relkd.teacher.config import SamplingConfig, TeacherConfig
     from relkd.teacher.generation import make_backend, resolve_backend

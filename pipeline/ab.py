@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_labels, setup, stage_args
+from pipeline.common import read_labels, setup, stage_command
 from relkd.io import write_json, write_text
 from relkd.tracking import log_metrics, stage_run
 
@@ -32,6 +33,15 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
     from relkd.serving.client import read_table
 
     labels = read_labels(prepared)
+    if not (Path(scores) / "challenger" / "scores.parquet").exists():
+        # Right after a promotion the registry has a champion and no challenger: one arm, nothing to compare.
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_text(Path(out) / "ab.md", "# A/B\n\nNo challenger is served (the registry has only a champion, e.g. "
+                   "right after `relkd promote`): nothing to compare until `register` names a challenger.\n")
+        metrics = {"arms": 1, "n": 0}
+        write_json(Path(out) / "ab.json", metrics)
+        write_json(metrics_path, metrics)
+        return metrics
     arms = {role: arm(Path(scores) / role) for role in ("champion", "challenger")}
     if teacher_scores:  # TaoSR1's alternative: the LLM itself, tiered (relkd teacher-score)
         arms["teacher"] = arm(Path(teacher_scores))
@@ -70,7 +80,7 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
                f"{cfg.challenger_share:.0%} challenger.\n\n```\n{sim}\n```\n\n## Cost\n\nSeconds per 1,000 pairs "
                f"(scoring wall time, this machine): {report['seconds_per_1000_pairs']}\n")
     write_json(Path(out) / "ab.json", report)
-    metrics = {"agreement": report["agreement"], "n": report["n"],
+    metrics = {"arms": 2, "agreement": report["agreement"], "n": report["n"],
                "filtered_share": report["filtered_share"],
                "seconds_per_1000_pairs": {k: v for k, v in report["seconds_per_1000_pairs"].items() if v is not None}}
     if report.get("labelled"):
@@ -87,13 +97,15 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("batch", "the scored batch file"), ("scores", "score stage output folder"),
-                    ("prepared", "prepared data (label set)"), ("out", "report folder"), ("metrics", "metrics JSON"))
-    ap.add_argument("--teacher-scores", default=None, help="a `relkd teacher-score` output folder: third arm")
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.batch, a.scores, a.prepared, a.out, a.metrics, a.teacher_scores)
 
+
+main = stage_command(__doc__, _main, ("batch", "the scored batch file"), ("scores", "score stage output folder"),
+                     ("prepared", "prepared data (label set)"), ("out", "report folder"),
+                     ("metrics", "metrics JSON"),
+                     options=[click.Option(["--teacher-scores"], default=None,
+                                           help="a `relkd teacher-score` output folder: third arm")])
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.eval.metrics import classification_report
 from relkd.io import write_json, write_jsonl
 from relkd.models import resolve
@@ -52,13 +52,14 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("teacher", "final teacher adapter (DPO)"),
-                    ("prompts", "prompt files"), ("out", "rationales JSONL"),
-                    ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.teacher, a.prompts, a.out, a.cache, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("teacher", "final teacher adapter (DPO)"), ("prompts", "prompt files"),
+                     ("out", "rationales JSONL"), ("cache", "generation cache folder (persisted)"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -1,23 +1,27 @@
-"""What every stage module shares: reading params.yaml and the standard stage arguments."""
+"""What every stage module shares: its command line, reading params.yaml, and the files stages hand each other."""
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import click
 
 from relkd.config import Params, load_params
 
 
-def stage_args(description: str, *paths: tuple[str, str]) -> argparse.ArgumentParser:
-    """An argument parser with --params plus one required option per (name, help) path.
-
-    Paths come from dvc.yaml's cmd, the one place that also declares them as deps and outs."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    for name, help_ in paths:
-        ap.add_argument(f"--{name}", required=True, help=help_)
-    return ap
+def stage_command(description: str, call: Callable[[SimpleNamespace], None], *paths: tuple[str, str],
+                  options: list[click.Option] = ()) -> click.Command:
+    """The stage's click command (what `python -m pipeline.<stage>` and `relkd stage <stage>` run): --params
+    plus one required option per (name, help) path, then `options`; `call` gets the parsed values as
+    attributes (dashes as underscores). Paths come from dvc.yaml's cmd, the one place that also declares them
+    as deps and outs."""
+    params = [click.Option(["--params"], default="params.yaml", show_default=True, help="params file"),
+              *(click.Option([f"--{name}"], required=True, help=help_) for name, help_ in paths), *options]
+    return click.Command(None, callback=lambda **values: call(SimpleNamespace(**values)), params=params,
+                         help=description, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def setup(params_path: str) -> Params:
@@ -34,3 +38,54 @@ def read_split(prepared: str, name: str):
 def read_labels(prepared: str) -> tuple[str, ...]:
     """The ordered label set travels with the prepared dataset (one place per fact)."""
     return tuple(json.loads((Path(prepared) / "labels.json").read_text(encoding="utf-8"))["labels"])
+
+
+# ------------------------------------------------------------------ layouts shared by several stages
+def seed_dir(root, seed: int) -> Path:
+    """Where one training seed of a model lives: <root>/seed<N> (students and peers)."""
+    return Path(root) / f"seed{seed}"
+
+
+def served_seed(params: Params) -> int:
+    """The seed whose student is registered, probed and served: the first of student.seeds."""
+    return params.student.seeds[0]
+
+
+def write_embeddings(folder, vectors, meta: dict) -> None:
+    """The embed stage's output: rationales.npy (one e_cot per rationale) and meta.json (encoder, pair ids)."""
+    import numpy as np
+
+    from relkd.io import atomic_path, write_json
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(folder) / "rationales.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, vectors)
+    write_json(Path(folder) / "meta.json", meta)
+
+
+def read_embeddings(folder):
+    """(vectors, meta) as write_embeddings wrote them."""
+    import numpy as np
+
+    return np.load(Path(folder) / "rationales.npy"), json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+
+
+def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all"):
+    """The training split with each pair's rationale and e_cot aligned. ``rows="all"``: every training pair,
+    in its natural class distribution; a pair the teacher did not annotate has rationale None and a NaN
+    e_cot (no guidance target). ``rows="annotated"``: only the annotated pairs."""
+    import numpy as np
+
+    from relkd.io import read_jsonl
+
+    train = read_split(prepared, "train")
+    notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
+    vectors, meta = read_embeddings(embeddings)
+    row_of = {pid: i for i, pid in enumerate(meta["pair_ids"])}
+    if rows == "annotated":
+        train = train[train["pair_id"].isin(notes) & train["pair_id"].isin(row_of)].reset_index(drop=True)
+    missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
+    emb = np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]]) if len(train) \
+        else np.zeros((0, vectors.shape[1]), np.float32)
+    return train, [notes.get(p) for p in train["pair_id"]], emb, meta

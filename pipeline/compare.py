@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.common import read_labels, setup, stage_args
+from pipeline.common import read_labels, seed_dir, setup, stage_command
 from relkd.eval.peers import PEERS
 from relkd.eval.plots import confusion_plot, dvc_confusion_rows, save_figure
 from relkd.eval.stats import bootstrap_diff_ci
@@ -19,7 +19,7 @@ from relkd.io import write_json, write_text
 
 def load_variant(models: str, name: str, seeds) -> tuple[list[dict], pd.DataFrame]:
     results = json.loads((Path(models) / name / "results.json").read_text(encoding="utf-8"))
-    preds = pd.concat([pd.read_parquet(Path(models) / name / f"seed{s}" / "test_predictions.parquet").assign(seed=s)
+    preds = pd.concat([pd.read_parquet(seed_dir(Path(models) / name, s) / "test_predictions.parquet").assign(seed=s)
                        for s in seeds], ignore_index=True)
     reports = [{"accuracy": results[str(s)]["accuracy"], "macro_f1": results[str(s)]["macro_f1"],
                 "per_class": {k: {"f1": v} for k, v in results[str(s)]["per_class_f1"].items()},
@@ -120,14 +120,14 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
-                    ("peers", "models/peers folder (the peers stage)"),
-                    ("teacher-metrics", "teacher_eval metrics JSON"), ("out", "report folder"),
-                    ("plots", "DVC plot data folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.models, a.peers, a.teacher_metrics, a.out, a.plots, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                     ("peers", "models/peers folder (the peers stage)"),
+                     ("teacher-metrics", "teacher_eval metrics JSON"), ("out", "report folder"),
+                     ("plots", "DVC plot data folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

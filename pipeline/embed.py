@@ -2,14 +2,10 @@
 says whether e_cot carries the gold label of its pair (before any student trains on it)."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-
-from pipeline.common import setup, stage_args
+from pipeline.common import setup, stage_command, write_embeddings
 from relkd.embed import encode_rationales, encoder_info
 from relkd.eval.probing import label_probe
-from relkd.io import atomic_path, read_jsonl, write_json
+from relkd.io import read_jsonl, write_json
 
 
 def run(params_path: str, rationales: str, out: str, metrics_path: str) -> dict:
@@ -18,14 +14,10 @@ def run(params_path: str, rationales: str, out: str, metrics_path: str) -> dict:
     records = read_jsonl(rationales)
     vectors = encode_rationales([r["rationale"] for r in records], cfg.model, cfg.max_length, cfg.batch_size,
                                 cfg.normalize)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with atomic_path(Path(out) / "rationales.npy") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, vectors)
     # The encoder's identity travels with the vectors: the student's extractor width must match `dim`.
     meta = {**encoder_info(cfg.model, cfg.max_length), "normalize": cfg.normalize, "n": len(records),
             "pair_ids": [r["pair_id"] for r in records]}
-    write_json(Path(out) / "meta.json", meta)
+    write_embeddings(out, vectors, meta)
     probe = params.peers.e_cot_probe
     metrics = {"n": len(records), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
                "e_cot_probe": label_probe(vectors, [r["gold"] for r in records], probe.folds, probe.seed)}
@@ -33,12 +25,12 @@ def run(params_path: str, rationales: str, out: str, metrics_path: str) -> dict:
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"),
-                    ("metrics", "metrics JSON (the e_cot label probe)"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.rationales, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("rationales", "annotate output (JSONL)"), ("out", "embeddings folder"),
+                     ("metrics", "metrics JSON (the e_cot label probe)"))
 
 if __name__ == "__main__":
     main()

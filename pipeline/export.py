@@ -7,9 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import read_labels, read_split, setup, stage_args
-from relkd.eval.plots import reliability_plot, reliability_rows, save_figure
+from pipeline.common import read_embeddings, read_labels, read_split, setup, stage_command
+from relkd.eval.metrics import reliability_rows
+from relkd.eval.plots import reliability_plot, save_figure
 from relkd.io import read_jsonl, write_json
+
+
+def served_roles(registry: dict, recorded: dict, path) -> dict[str, str]:
+    """{role: version} to serve: the registry's aliases (the one truth), which must be those recorded in the
+    aliases file this stage depends on; a difference means an alias moved without `relkd promote`, so DVC
+    would not know to re-export."""
+    if registry != recorded:
+        raise SystemExit(f"export: the registry serves {registry['aliases']} but {path} records "
+                         f"{recorded.get('aliases')}: an alias moved outside `relkd promote`; move it with "
+                         "`relkd promote` (which writes the file), or write the registry's aliases into the file")
+    return {role: a["version"] for role, a in registry["aliases"].items()}
 
 
 def explain_index(variant_cfg, embeddings: str, rationales: str) -> dict | None:
@@ -18,10 +30,9 @@ def explain_index(variant_cfg, embeddings: str, rationales: str) -> dict | None:
     Without guidance r is not in that space, and no index ships."""
     if not variant_cfg.guidance or variant_cfg.r_from_cls:
         return None
-    meta = json.loads((Path(embeddings) / "meta.json").read_text(encoding="utf-8"))
+    vectors, meta = read_embeddings(embeddings)
     notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
-    return {"ids": meta["pair_ids"], "texts": [notes.get(p, "") for p in meta["pair_ids"]],
-            "vectors": np.load(Path(embeddings) / "rationales.npy")}
+    return {"ids": meta["pair_ids"], "texts": [notes.get(p, "") for p in meta["pair_ids"]], "vectors": vectors}
 
 
 def from_registry(name: str, version: str, scratch: Path) -> tuple[str, Path, Path]:
@@ -39,8 +50,7 @@ def from_registry(name: str, version: str, scratch: Path) -> tuple[str, Path, Pa
 
 def export_version(params, role: str, version: str, prepared, embeddings, rationales, repo, work: Path,
                    plots: Path, scratch: Path) -> dict:
-    from relkd.serving.calibration import (assign_tiers, calibrated_probs, expected_calibration_error,
-                                           fit_temperature, fit_tier_thresholds, relevance_score)
+    from relkd.serving.calibration import fit_serving
     from relkd.serving.export import agreement_rate, optimize, quantize_int8, score_pairs
     from relkd.serving.repository import write_version
     from relkd.student.model import load_student
@@ -65,18 +75,13 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     # Calibration on the validation split, from the graph that will be served.
     logits, _ = score_pairs(served, tokenizer, pairs, max_length)
     y = np.array([labels.index(lab) for lab in valid["label"]])
-    temperature = fit_temperature(logits, y)
-    probs = calibrated_probs(logits, temperature)
-    weights = [float(ecfg.relevance_weights.get(lab, 0.0)) for lab in labels]
-    score = relevance_score(probs, weights)
-    relevant = np.isin(np.array(labels)[y], ecfg.relevant_labels)
-    tiers = fit_tier_thresholds(score, relevant, ecfg.target_precisions)
-    rows = reliability_rows(probs, y, n_bins=10)
+    fit = fit_serving(logits, y, labels, ecfg.relevance_weights, ecfg.relevant_labels, ecfg.target_precisions)
+    rows = reliability_rows(fit.pop("probs"), y)  # the bins of ece_after: the plot's ECE is the reported one
     write_json(plots / f"{role}.json", rows)
-    save_figure(reliability_plot(rows, title=f"{role}: {variant} (T={temperature:.2f})"),
+    save_figure(reliability_plot(rows, title=f"{role}: {variant} (T={fit['temperature']:.2f})"),
                 work.parent / f"reliability_{role}.png")
-    serving_info = {"labels": labels, "max_length": max_length, "temperature": float(temperature),
-                    "tier_thresholds": [float(t) for t in tiers["thresholds"]], "relevance_weights": weights,
+    serving_info = {"labels": labels, "max_length": max_length, "temperature": fit["temperature"],
+                    "tier_thresholds": fit["tier_thresholds"], "relevance_weights": fit["relevance_weights"],
                     "intra_op_threads": ecfg.intra_op_threads,
                     "registry": {"name": params.registry.name, "version": int(version), "alias": role,
                                  "variant": variant}}
@@ -84,14 +89,12 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     if explain is not None:
         serving_info["explain"] = {"file": "explain.npz"}
     write_version(repo, params.triton.model_name, int(version), served, folder, serving_info, explain)
-    return {"variant": variant, "version": int(version), **info, "temperature": float(temperature),
-            "ece_before": expected_calibration_error(calibrated_probs(logits, 1.0), y),
-            "ece_after": expected_calibration_error(probs, y),
-            "tier_thresholds": serving_info["tier_thresholds"], "tier_precision_met": tiers.get("met"),
-            "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=5).tolist()}
+    return {"variant": variant, "version": int(version), **info,
+            **{k: fit[k] for k in ("temperature", "ece_before", "ece_after", "tier_thresholds", "tier_precision_met",
+                                   "valid_tier_share")}}
 
 
-def run(params_path, prepared, register_json, embeddings, rationales, repo, out, plots, metrics_path) -> dict:
+def run(params_path, prepared, aliases_path, embeddings, rationales, repo, out, plots, metrics_path) -> dict:
     params = setup(params_path)
     from relkd.serving.repository import write_config
 
@@ -100,8 +103,10 @@ def run(params_path, prepared, register_json, embeddings, rationales, repo, out,
     from relkd.tracking import configure
 
     configure(".")
-    state = json.loads(Path(register_json).read_text(encoding="utf-8"))
-    roles = {role: state["aliases"][role] for role in ("champion", "challenger") if role in state["aliases"]}
+    from relkd.tracking.registry import served
+
+    roles = served_roles(served(params.registry.name), json.loads(Path(aliases_path).read_text(encoding="utf-8")),
+                         aliases_path)
     work = Path(out) / "graphs"
     work.mkdir(parents=True, exist_ok=True)
     Path(plots).mkdir(parents=True, exist_ok=True)
@@ -124,14 +129,15 @@ def run(params_path, prepared, register_json, embeddings, rationales, repo, out,
     return exported
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("register", "register state JSON (aliases)"),
-                    ("embeddings", "embed output folder"), ("rationales", "annotate output"),
-                    ("repo", "Triton model repository"), ("out", "export report folder"),
-                    ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.register, a.embeddings, a.rationales, a.repo, a.out, a.plots, a.metrics)
+def _main(a) -> None:
+    run(a.params, a.prepared, a.aliases, a.embeddings, a.rationales, a.repo, a.out, a.plots, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("aliases", "the served aliases file (registry/aliases.json)"),
+                     ("embeddings", "embed output folder"), ("rationales", "annotate output"),
+                     ("repo", "Triton model repository"), ("out", "export report folder"),
+                     ("plots", "reliability plot data folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

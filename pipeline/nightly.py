@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline.common import setup, stage_args
+from pipeline.common import setup, stage_command
 from relkd.data.nightly import nightly_batch
 from relkd.io import atomic_path, write_parquet
 
@@ -21,12 +21,12 @@ def run(params_path: str, out: str) -> int:
     return len(df)
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("out", "batch file to write"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     run(a.params, a.out)
 
+
+main = stage_command(__doc__, _main, ("out", "batch file to write"))
 
 if __name__ == "__main__":
     main()

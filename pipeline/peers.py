@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from pipeline.common import read_labels, read_split, setup, stage_args
-from relkd.eval.metrics import classification_report
+from pipeline._results import record_test, seed_summary
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command
 from relkd.eval.peers import PEERS, fit_lexical, fit_majority, train_cross_encoder
-from relkd.io import write_json, write_parquet
-from relkd.tracking import log_metrics, stage_run
+from relkd.io import write_json
+from relkd.tracking import stage_run
 
 
 def fit_peer(name: str, train, valid, labels, seed: int, params):
@@ -45,7 +42,7 @@ def run(params_path, prepared, out, metrics_path) -> dict:
     for name in PEERS:
         results = {}
         for seed in params.student.seeds:
-            folder = Path(out) / name / f"seed{seed}"
+            folder = seed_dir(Path(out) / name, seed)
             with stage_run("peers", {"peer": name, "seed": seed, "n_train": len(train)}, inputs=[prepared],
                            experiment=params.tracking.experiment, run_name=f"{name}-seed{seed}",
                            tags={"relkd.peer": name, "relkd.seed": str(seed)}) as run_:
@@ -54,36 +51,21 @@ def run(params_path, prepared, out, metrics_path) -> dict:
 
                 if knobs:
                     mlflow.log_params({f"{name}.{k}": v for k, v in knobs.items()})
-                probs = model.predict_proba(test)
-                pred = [labels[i] for i in probs.argmax(1)]
-                report = classification_report(list(test["label"]), pred, labels)
-                write_parquet(folder / "test_predictions.parquet", pd.DataFrame({
-                    "pair_id": test["pair_id"], "label": test["label"], "pred": pred,
-                    "probs": [p.round(6).tolist() for p in probs]}))
-                log_metrics({"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
-                             **{f"test_f1.{k}": v["f1"] for k, v in report["per_class"].items()}})
-                mlflow.log_artifacts(str(folder), artifact_path="peer")
-                results[str(seed)] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                                      "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()},
-                                      "confusion": report["confusion"], "epochs": history,
-                                      "mlflow_run_id": run_.info.run_id, "n_train": len(train)}
+                results[str(seed)] = record_test(folder, test, model.predict_proba(test), labels, run_, "peer",
+                                                 epochs=history, n_train=len(train))
         write_json(Path(out) / name / "results.json", results)
-        metrics[name] = {"accuracy": float(np.mean([r["accuracy"] for r in results.values()])),
-                         "macro_f1": float(np.mean([r["macro_f1"] for r in results.values()])),
-                         "n_train": len(train),
-                         "seeds": {s: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
-                                   for s, r in results.items()}}
+        metrics[name] = {**seed_summary(results), "n_train": len(train)}
     write_json(metrics_path, metrics)
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"),
-                    ("out", "peers folder (one sub-folder per peer, one per seed below it)"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("out", "peers folder (one sub-folder per peer, one per seed below it)"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.common import setup, stage_args
+from pipeline.common import setup, stage_command
 from relkd.data.schema import DataError
 from relkd.data.sources import load_dataset
 from relkd.data.splits import split_by_query
@@ -55,16 +55,16 @@ def run(params_path: str, out: str, metrics_path: str) -> dict:
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("out", "folder for {train,valid,test}.parquet, labels.json, rejects, report"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     try:
         m = run(a.params, a.out, a.metrics)
     except DataError as err:
         sys.exit(f"prepare: {err}")
     print(json.dumps({"rows": m["rows"], "rejected": m["rows_rejected"]}))
 
+
+main = stage_command(__doc__, _main, ("out", "folder for {train,valid,test}.parquet, labels.json, rejects, report"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, setup, stage_args
-from pipeline.train_student import training_frame
+from pipeline.common import read_labels, seed_dir, served_seed, setup, stage_command, training_frame
 from relkd.eval.plots import probe_bar_plot, save_figure
 from relkd.eval.probing import DEFAULT_STOPWORDS, probe_keywords, probe_summary, run_probes
 from relkd.eval.tables import to_markdown
@@ -19,8 +18,7 @@ def run(params_path, prepared, rationales, embeddings, models, out, metrics_path
     from relkd.student.model import load_student
     from relkd.student.trainer import predict
 
-    seed = params.student.seeds[0]
-    model, tokenizer = load_student(Path(models) / cfg.variant / f"seed{seed}")
+    model, tokenizer = load_student(seed_dir(Path(models) / cfg.variant, served_seed(params)))
     _, r, h_cls = predict(model, tokenizer, train, params.student.eval_batch_size)
     # Label words are excluded: a probe for "mismatch" would just predict the label.
     stop = set(DEFAULT_STOPWORDS) | {w for lab in labels for w in lab.lower().split()}
@@ -45,13 +43,13 @@ def run(params_path, prepared, rationales, embeddings, models, out, metrics_path
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("rationales", "annotate output"),
-                    ("embeddings", "embed output folder"), ("models", "models/student folder"),
-                    ("out", "report folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.rationales, a.embeddings, a.models, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("rationales", "annotate output"),
+                     ("embeddings", "embed output folder"), ("models", "models/student folder"),
+                     ("out", "report folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

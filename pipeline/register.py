@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, seed_dir, served_seed, setup, stage_command
 from relkd.io import write_json
 from relkd.tracking import configure
-
-
-def student_dir(models: str, variant: str, seed: int) -> Path:
-    return Path(models) / variant / f"seed{seed}"
 
 
 def sample_pairs(prepared: str) -> list[tuple[str, str]]:
@@ -22,28 +18,29 @@ def sample_pairs(prepared: str) -> list[tuple[str, str]]:
     return [(r["query"], r["title"]) for r in picks]
 
 
-def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path) -> dict:
+def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path, aliases_path) -> dict:
     params = setup(params_path)
     reg, scfg = params.registry, params.student
-    seed = scfg.seeds[0]
+    seed = served_seed(params)
     labels = read_labels(prepared)
     configure(".")
     from relkd.serving.export import export_onnx
     from relkd.student.model import InferenceWrapper, load_student
+    from relkd.student.trainer import kept_epoch
     from relkd.tracking import registry
 
     policy = registry.PromotionPolicy.load(policy_path)
     samples = sample_pairs(prepared)
     registered = {}
     for variant in scfg.variants:
-        folder = student_dir(models, variant, seed)
+        folder = seed_dir(Path(models) / variant, seed)
         results = json.loads((Path(models) / variant / "results.json").read_text(encoding="utf-8"))[str(seed)]
         model, tokenizer = load_student(folder)
         onnx = Path(onnx_dir) / f"{variant}.onnx"
         check = export_onnx(InferenceWrapper(model), tokenizer, onnx, scfg.max_length, samples)
-        last = results["epochs"][-1]
+        kept = kept_epoch(results["epochs"])  # the epoch whose weights were saved, not the last one
         metrics = {"accuracy": results["accuracy"], "macro_f1": results["macro_f1"],
-                   "valid_accuracy": last.get("valid_accuracy", 0.0), "valid_macro_f1": last.get("valid_macro_f1", 0.0),
+                   "valid_accuracy": kept.get("valid_accuracy", 0.0), "valid_macro_f1": kept.get("valid_macro_f1", 0.0),
                    "f1": {lab: results["per_class_f1"][lab] for lab in labels},
                    "onnx_max_abs_diff": check["max_abs_diff_logits"]}
         mv = registry.log_student(folder, onnx, metrics, variant, reg.name, run_id=results["mlflow_run_id"],
@@ -61,12 +58,7 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path)
             raise SystemExit(f"register: the baseline {reg.baseline!r} failed the promotion gate and there is no "
                              f"champion: {d.reasons}")
     champion = registry.aliases(reg.name)[registry.CHAMPION]
-    candidates = [v for v in (reg.candidates or [v for v in registered if v != reg.baseline])
-                  if registered[v]["version"] != champion]
-    if not candidates:
-        raise SystemExit("register: no candidate variant to become challenger; set registry.candidates")
-    key = reg.select_by
-    best = max(candidates, key=lambda v: registered[v][key] if key in registered[v] else float("-inf"))
+    best = registry.pick_challenger(registered, champion, reg.baseline, reg.candidates, reg.select_by)
     registry.set_challenger(reg.name, registered[best]["version"])
     state = {"name": reg.name, "versions": registered, "aliases": registry.aliases(reg.name),
              "challenger_variant": best, "champion_variant": next(
@@ -74,19 +66,21 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path)
              "decisions": decisions}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json(out, state)
+    write_json(aliases_path, registry.served(reg.name))  # what export serves; `relkd promote` rewrites it
     write_json(metrics_path, {"n_registered": len(registered), "champion_version": int(champion),
                               "challenger_version": int(registered[best]["version"]),
                               "challenger_valid_macro_f1": registered[best]["valid_macro_f1"]})
     return state
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("models", "models/student folder"),
-                    ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
-                    ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
-    run(a.params, a.prepared, a.models, a.policy, a.onnx, a.out, a.metrics)
+def _main(a) -> None:
+    run(a.params, a.prepared, a.models, a.policy, a.onnx, a.out, a.metrics, a.aliases)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("models", "models/student folder"),
+                     ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
+                     ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"),
+                     ("aliases", "the served aliases file (git-tracked; export depends on it, relkd promote writes it)"))
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.common import read_split, setup, stage_args
+from pipeline.common import read_split, setup, stage_command
 from relkd.io import write_json, write_text
 
 
@@ -65,13 +65,14 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("batch", "batch file (parquet/CSV/JSONL)"), ("repo", "Triton model repository"),
-                    ("export", "export report JSON (versions)"), ("prepared", "prepared data (drift reference)"),
-                    ("out", "scores folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.batch, a.repo, a.export, a.prepared, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("batch", "batch file (parquet/CSV/JSONL)"),
+                     ("repo", "Triton model repository"), ("export", "export report JSON (versions)"),
+                     ("prepared", "prepared data (drift reference)"), ("out", "scores folder"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline.common import setup, stage_args
+from pipeline.common import setup, stage_command
 from relkd.io import read_jsonl, write_json
 from relkd.models import resolve
 from relkd.tracking import log_metrics, stage_run
@@ -40,12 +40,12 @@ def run(params_path, pairs_dir, sft_adapter, out, metrics_path) -> dict:
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("pairs", "teacher_pairs output folder"), ("sft", "SFT adapter folder"),
-                    ("out", "DPO adapter folder"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.pairs, a.sft, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("pairs", "teacher_pairs output folder"), ("sft", "SFT adapter folder"),
+                     ("out", "DPO adapter folder"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

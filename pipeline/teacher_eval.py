@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.data.splits import balanced_sample
 from relkd.eval.metrics import classification_report
 from relkd.eval.tables import MPCOT, SINGLE, TEACHER_COLUMNS, teacher_table, to_markdown
@@ -33,10 +33,12 @@ def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unifie
     mid = model_id(model_path, adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     sampling = cfg.sampling.model_copy(update={"temperature": 0.0}) if cfg.eval.greedy else cfg.sampling
-    per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
-                             cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
-    records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
-    rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
+    records, rows = [], []
+    if adapter is None or cfg.eval.single_after_training:
+        per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
+                                 cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+        records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
+        rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
     if adapter is None:
         # The untrained model has no unified training: its MPCoT is the three perspectives' vote.
         mp = majority(records, labels)
@@ -84,15 +86,15 @@ def run(params_path, prepared, fewshot, sft, dpo, final, prompts_dir, out, cache
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("fewshot", "teacher_fewshot output (shots)"),
-                    ("sft", "SFT adapter"), ("dpo", "DPO adapter"),
-                    ("final", "final teacher adapter (GRPO when enabled, else the DPO one)"), ("prompts", "prompt files"),
-                    ("out", "report folder"), ("cache", "generation cache folder (persisted)"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.fewshot, a.sft, a.dpo, a.final, a.prompts, a.out, a.cache, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("fewshot", "teacher_fewshot output (shots)"), ("sft", "SFT adapter"), ("dpo", "DPO adapter"),
+                     ("final", "final teacher adapter (GRPO when enabled, else the DPO one)"),
+                     ("prompts", "prompt files"), ("out", "report folder"),
+                     ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

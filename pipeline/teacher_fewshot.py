@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.data.splits import balanced_sample
+from relkd.eval.metrics import macro_f1
 from relkd.io import write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher import selection
@@ -24,7 +25,7 @@ def perspective_metrics(records: list[dict], labels, k: int) -> dict:
         gold = [r["gold"] for r in first]
         out["per_perspective"][p] = {
             "accuracy": selection.accuracy_by_perspective(first)[p],
-            "macro_f1": selection.macro_f1(gold, [r["label"] for r in first], labels),
+            "macro_f1": macro_f1(gold, [r["label"] for r in first], labels),
             "accuracy_parsed": sum(r["parsed_label"] == r["gold"] for r in first) / len(first),
             "accuracy_scored": sum(r["scored_label"] == r["gold"] for r in first) / len(first),
             "unparseable_rate": selection.unparseable_rate([dict(r, label=r["parsed_label"]) for r in rs]),
@@ -61,13 +62,13 @@ def run(params_path: str, prepared: str, prompts_dir: str, out: str, cache_dir: 
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("prompts", "perspective prompt files"),
-                    ("out", "folder for generations.jsonl"), ("cache", "generation cache folder (persisted)"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.prompts, a.out, a.cache, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("prompts", "perspective prompt files"),
+                     ("out", "folder for generations.jsonl"), ("cache", "generation cache folder (persisted)"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

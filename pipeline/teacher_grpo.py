@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.io import write_json
 from relkd.models import resolve
 from relkd.tracking import log_metrics, stage_run
@@ -96,13 +96,13 @@ def run(params_path, prepared, dpo_adapter, prompts_dir, out, cache_dir, metrics
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("dpo", "DPO adapter folder"),
-                    ("prompts", "prompt files"), ("out", "GRPO adapter folder (the final teacher)"),
-                    ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.dpo, a.prompts, a.out, a.cache, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("dpo", "DPO adapter folder"),
+                     ("prompts", "prompt files"), ("out", "GRPO adapter folder (the final teacher)"),
+                     ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

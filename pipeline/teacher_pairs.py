@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.data.splits import balanced_sample
 from relkd.io import read_jsonl, write_json, write_jsonl
 from relkd.models import resolve
@@ -55,13 +55,14 @@ def run(params_path, prepared, fewshot, sft_adapter, prompts_dir, out, cache_dir
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("fewshot", "teacher_fewshot output (shots)"),
-                    ("sft", "SFT adapter folder"), ("prompts", "prompt files"), ("out", "output folder"),
-                    ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.fewshot, a.sft, a.prompts, a.out, a.cache, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("fewshot", "teacher_fewshot output (shots)"), ("sft", "SFT adapter folder"),
+                     ("prompts", "prompt files"), ("out", "output folder"),
+                     ("cache", "generation cache folder (persisted)"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.common import read_labels, setup, stage_args
+from pipeline.common import read_labels, setup, stage_command
 from relkd.io import write_json, write_jsonl, write_parquet
 from relkd.models import resolve
 
@@ -110,14 +110,14 @@ def run(params_path, batch, prepared, teacher_adapter, prompts_dir, out, cache_d
     return {"cost": cost, **summary}
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("batch", "batch file (parquet/CSV/JSONL with query, title, optional id)"),
-                    ("prepared", "prepared data folder (labels.json)"), ("teacher", "final teacher adapter"),
-                    ("prompts", "prompt files"), ("out", "output folder"),
-                    ("cache", "generation cache folder (persisted)"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.batch, a.prepared, a.teacher, a.prompts, a.out, a.cache)
 
+
+main = stage_command(__doc__, _main, ("batch", "batch file (parquet/CSV/JSONL with query, title, optional id)"),
+                     ("prepared", "prepared data folder (labels.json)"), ("teacher", "final teacher adapter"),
+                     ("prompts", "prompt files"), ("out", "output folder"),
+                     ("cache", "generation cache folder (persisted)"))
 
 if __name__ == "__main__":
     main()

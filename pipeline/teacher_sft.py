@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 from transformers import AutoTokenizer
 
-from pipeline.common import read_labels, read_split, setup, stage_args
+from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.data.splits import balanced_sample
 from relkd.eval.metrics import classification_report
 from relkd.io import read_jsonl, write_json, write_jsonl
@@ -115,13 +115,14 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("prepared", "prepared data folder"), ("fewshot", "teacher_fewshot output folder"),
-                    ("prompts", "prompt files"), ("out", "adapter folder"), ("data-out", "SFT examples JSONL"),
-                    ("cache", "generation cache (label-hinted fallback)"), ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.prepared, a.fewshot, a.prompts, a.out, a.data_out, a.cache, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
+                     ("fewshot", "teacher_fewshot output folder"), ("prompts", "prompt files"),
+                     ("out", "adapter folder"), ("data-out", "SFT examples JSONL"),
+                     ("cache", "generation cache (label-hinted fallback)"), ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

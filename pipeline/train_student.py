@@ -1,33 +1,14 @@
 """Stage `student@<variant>`: train one student variant per seed, evaluate it on the test split."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from pipeline.common import read_labels, read_split, setup, stage_args
-from relkd.eval.metrics import classification_report
-from relkd.io import read_jsonl, write_json, write_parquet
+from pipeline._results import record_test, seed_summary
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command, training_frame
+from relkd.io import write_json
 from relkd.tracking import log_metrics, stage_run
-
-
-def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all"):
-    """The training split with each pair's rationale and e_cot aligned. ``rows="all"``: every training pair,
-    in its natural class distribution; a pair the teacher did not annotate has rationale None and a NaN
-    e_cot (no guidance target). ``rows="annotated"``: only the annotated pairs."""
-    train = read_split(prepared, "train")
-    notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
-    meta = json.loads((Path(embeddings) / "meta.json").read_text(encoding="utf-8"))
-    vectors = np.load(Path(embeddings) / "rationales.npy")
-    row_of = {pid: i for i, pid in enumerate(meta["pair_ids"])}
-    if rows == "annotated":
-        train = train[train["pair_id"].isin(notes) & train["pair_id"].isin(row_of)].reset_index(drop=True)
-    missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
-    emb = np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]]) if len(train) \
-        else np.zeros((0, vectors.shape[1]), np.float32)
-    return train, [notes.get(p) for p in train["pair_id"]], emb, meta
 
 
 def run(params_path, variant_name, prepared, rationales, embeddings, out, metrics_path) -> dict:
@@ -46,7 +27,7 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
 
     results = {}
     for seed in cfg.seeds:
-        folder = Path(out) / f"seed{seed}"
+        folder = seed_dir(out, seed)
         run_params = {"variant": variant_name, "seed": seed, "student": cfg.model_dump(exclude={"variants", "seeds"}),
                       "variant_config": variant.model_dump(), "encoder": {k: meta[k] for k in ("name", "dim")}}
         with stage_run("student", run_params, inputs=[prepared, rationales, embeddings],
@@ -58,37 +39,23 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
                 log=lambda m, step: log_metrics(m, step=step))
             save_student(model, tokenizer, folder)
             probs = predict(model, tokenizer, test, cfg.eval_batch_size)[0]
-            pred = [labels[i] for i in probs.argmax(1)]
-            report = classification_report(list(test["label"]), pred, labels)
-            write_parquet(folder / "test_predictions.parquet", pd.DataFrame({
-                "pair_id": test["pair_id"], "label": test["label"], "pred": pred,
-                "probs": [p.round(6).tolist() for p in probs]}))
-            log_metrics({"test_accuracy": report["accuracy"], "test_macro_f1": report["macro_f1"],
-                         **{f"test_f1.{k}": v["f1"] for k, v in report["per_class"].items()}})
-            import mlflow
-
-            mlflow.log_artifacts(str(folder), artifact_path="student")
-            results[str(seed)] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                                  "per_class_f1": {k: v["f1"] for k, v in report["per_class"].items()},
-                                  "confusion": report["confusion"], "epochs": history,
-                                  "mlflow_run_id": run_.info.run_id, "n_train": len(train),
-                                  "n_train_with_rationale": int(np.isfinite(emb).all(axis=1).sum())}
+            results[str(seed)] = record_test(folder, test, probs, labels, run_, "student", epochs=history,
+                                             n_train=len(train),
+                                             n_train_with_rationale=int(np.isfinite(emb).all(axis=1).sum()))
     write_json(Path(out) / "results.json", results)
-    metrics = {"accuracy": float(np.mean([r["accuracy"] for r in results.values()])),
-               "macro_f1": float(np.mean([r["macro_f1"] for r in results.values()])),
-               "seeds": {s: {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]} for s, r in results.items()}}
+    metrics = seed_summary(results)
     write_json(metrics_path, metrics)
     return metrics
 
 
-def main(argv=None) -> None:
-    ap = stage_args(__doc__, ("variant", "variant name (params.yaml student.variants)"),
-                    ("prepared", "prepared data folder"), ("rationales", "annotate output (JSONL)"),
-                    ("embeddings", "embed output folder"), ("out", "student folder (one sub-folder per seed)"),
-                    ("metrics", "metrics JSON"))
-    a = ap.parse_args(argv)
+def _main(a) -> None:
     run(a.params, a.variant, a.prepared, a.rationales, a.embeddings, a.out, a.metrics)
 
+
+main = stage_command(__doc__, _main, ("variant", "variant name (params.yaml student.variants)"),
+                     ("prepared", "prepared data folder"), ("rationales", "annotate output (JSONL)"),
+                     ("embeddings", "embed output folder"), ("out", "student folder (one sub-folder per seed)"),
+                     ("metrics", "metrics JSON"))
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from relkd.config import CatalogueConfig, ConfigError, parse_params
+from relkd.data.config import CatalogueConfig
+from relkd.config import ConfigError, parse_params
 from relkd.data import schema
 from relkd.data.catalogue import CASES, CATEGORIES, HARD_CASES, LABELS, LANGUAGES, QUERY_WORDS, generate_catalogue
 
@@ -13,7 +14,7 @@ SEED = 13
 
 @pytest.fixture(scope="module")
 def df():
-    return generate_catalogue(CatalogueConfig(), SEED)  # the default: 300 queries x 4 pairs
+    return generate_catalogue(CatalogueConfig(), SEED)  # the default: 200 queries x 4 pairs
 
 
 def gen(seed=SEED, **kw):

@@ -15,6 +15,19 @@ def test_repo_params_file_is_valid():
     assert set(p.data.catalogue.languages) >= {"en"}
 
 
+def _differences(a, b, path=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    return [] if a == b else [f"{path}: typed default {a!r}, params.yaml {b!r}"]
+
+
+def test_typed_defaults_are_params_yaml():
+    """One home per default: params.yaml is the embedded default written out, so the typed configs (what a
+    library caller gets from parse_params({}) or StudentConfig()) build the same pipeline; a value changed in
+    one place and not the other fails here."""
+    assert _differences(parse_params({}).model_dump(), load_params("params.yaml").model_dump()) == []
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"unknown key 'data\.catalog'"):
         parse_params({"data": {"catalog": {"n_queries": 3}}})
@@ -57,3 +70,24 @@ def test_profiles_validate():
     base = yaml.safe_load(open("params.yaml"))
     for name in ("tiny", "paper"):
         parse_params(merge(base, yaml.safe_load(open(f"profiles/{name}.yaml"))))
+
+
+def test_ops_commands_take_their_defaults_from_params(tmp_path):
+    """`relkd score` and `relkd promote` options default to the params file's values, not to numbers of their
+    own; a bad params file is named."""
+    import yaml
+    from click.testing import CliRunner
+
+    from relkd.cli import _params_or_defaults, main
+
+    assert _params_or_defaults(str(tmp_path / "missing.yaml")) == parse_params({})
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"score": {"shard_size": 7, "batch_size": 5}, "registry": {"name": "m"}}))
+    p = _params_or_defaults(str(path))
+    assert (p.score.shard_size, p.score.batch_size, p.registry.name) == (7, 5, "m")
+    path.write_text(yaml.safe_dump({"score": {"shard_size": 0}}))
+    res = CliRunner().invoke(main, ["promote", "--params", str(path), "--dry-run"])
+    assert res.exit_code == 1 and "score.shard_size" in res.output
+    for cmd, opt in (("score", "default: score.shard_size"), ("promote", "default: registry.name")):
+        out = " ".join(CliRunner().invoke(main, [cmd, "--help"]).output.split())
+        assert opt in out

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from relkd.eval.metrics import UNPARSEABLE, classification_report, encode, macro_f1_from_codes, per_group
-from relkd.eval.plots import calibration_error, reliability_rows
+from relkd.eval.metrics import calibration_error, reliability_rows
 
 LABELS = ("a", "b", "c")
 Y_TRUE = ["a", "a", "b", "b", "c", "c"]
@@ -81,3 +81,14 @@ def test_calibration_error_of_a_perfectly_and_a_badly_calibrated_model():
     assert calibration_error(reliability_rows(probs, y, n_bins=10)) == pytest.approx(0.0)
     y_bad = np.array([0] * 5 + [1] * 5)
     assert calibration_error(reliability_rows(probs, y_bad, n_bins=10)) == pytest.approx(0.4)
+
+
+def test_one_ece_for_the_metric_and_the_plot():
+    # metrics/export.json's ECE and the reliability plot's title come from the same bins (they were 15 and 10).
+    from relkd.eval.metrics import ECE_BINS, expected_calibration_error
+
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(3), size=200)
+    y = rng.integers(0, 3, 200)
+    assert len(reliability_rows(probs, y)) == ECE_BINS
+    assert expected_calibration_error(probs, y) == calibration_error(reliability_rows(probs, y))

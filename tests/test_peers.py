@@ -2,6 +2,7 @@
 the embed stage's e_cot label probe."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -205,46 +206,42 @@ def test_peers_stage_writes_what_compare_reads(peers_run):
                   if r.data.tags.get("relkd.stage") == "peers") == sorted((p, s) for p in PEERS for s in "12")
 
 
-def test_compare_carries_peer_rows_with_their_intervals(peers_run):
+def _compare(peers_run, out: Path, n_train: int, seed: int) -> dict:
+    """`compare` on two fake students (plain, lrkd_gat; seeds 1, 2) trained on `n_train` rows and the real peers."""
     from pipeline import compare
 
+    tmp, params, _ = peers_run
+    test = pd.read_parquet(tmp / "data/prepared/test.parquet")
+    for name in ("plain", "lrkd_gat"):
+        fake_student(out / "student", name, test, [1, 2], np.random.default_rng(seed), n_train=n_train)
+    (out / "teacher_eval.json").write_text(json.dumps({"table": {}}))
+    return compare.run(params, str(tmp / "data/prepared"), str(out / "student"), str(tmp / "models/peers"),
+                       str(out / "teacher_eval.json"), str(out / "reports"), str(out / "plots"), str(out / "m.json"))
+
+
+def test_compare_carries_peer_rows_with_their_intervals(peers_run, tmp_path):
     tmp, params, peer_metrics = peers_run
     test = pd.read_parquet(tmp / "data/prepared/test.parquet")
-    rng = np.random.default_rng(0)
-    for name in ("plain", "lrkd_gat"):
-        fake_student(tmp / "models/student", name, test, [1, 2], rng, n_train=60)
-    (tmp / "metrics/teacher_eval.json").write_text(json.dumps({"table": {}}))
-    metrics = compare.run(params, str(tmp / "data/prepared"), str(tmp / "models/student"), str(tmp / "models/peers"),
-                          str(tmp / "metrics/teacher_eval.json"), str(tmp / "reports/student"),
-                          str(tmp / "plots/confusion"), str(tmp / "metrics/compare.json"))
+    metrics = _compare(peers_run, tmp_path, 60, 0)
     assert set(metrics) == {"plain", "lrkd_gat"}  # the students' metrics stay one key per variant
-    rows = json.loads((tmp / "reports/student/peers.json").read_text())
+    rows = json.loads((tmp_path / "reports/peers.json").read_text())
     assert set(rows) == {f"peer:{p}" for p in PEERS}
     for name, row in rows.items():
         assert row["accuracy"] == pytest.approx(peer_metrics[name.removeprefix("peer:")]["accuracy"])
         assert row["delta_accuracy"] == pytest.approx(row["accuracy"] - metrics["plain"]["accuracy"])
         assert row["delta_macro_f1_ci_low"] <= row["delta_macro_f1"] <= row["delta_macro_f1_ci_high"]
-    md = (tmp / "reports/student/compare.md").read_text()
+    md = (tmp_path / "reports/compare.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| peer:")]
     assert len(table) == 2 * len(PEERS)  # the main table and the per-class table
     top = test["label"].value_counts().index[0]
     assert f"Majority rate of the test split: {100 * (test['label'] == top).mean():.2f}% (`{top}`" in md
     assert "not the same rows" not in md
-    assert sorted(p.name for p in (tmp / "plots/confusion").iterdir()) == ["lrkd_gat.json", "plain.json"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["lrkd_gat.json", "plain.json"]
 
 
 def test_compare_says_when_peers_trained_on_other_rows(peers_run, tmp_path):
-    from pipeline import compare
-
-    tmp, params, _ = peers_run
-    test = pd.read_parquet(tmp / "data/prepared/test.parquet")
-    rng = np.random.default_rng(1)
-    for name in ("plain", "lrkd_gat"):
-        fake_student(tmp_path / "student", name, test, [1, 2], rng, n_train=40)
-    (tmp_path / "t.json").write_text(json.dumps({"table": {}}))
-    compare.run(params, str(tmp / "data/prepared"), str(tmp_path / "student"), str(tmp / "models/peers"),
-                str(tmp_path / "t.json"), str(tmp_path / "out"), str(tmp_path / "plots"), str(tmp_path / "m.json"))
-    assert "the students trained on [40] rows, the peers on [60]" in (tmp_path / "out/compare.md").read_text()
+    _compare(peers_run, tmp_path, 40, 1)
+    assert "the students trained on [40] rows, the peers on [60]" in (tmp_path / "reports/compare.md").read_text()
 
 
 # ------------------------------------------------------------------------------------ e_cot probe

@@ -125,3 +125,23 @@ def test_remote_push_then_pull_into_fresh_clone(repo, tmp_path):
     sh("dvc pull", clone)
     assert md5s(clone / "data" / "prepared") == md5s(root / "data" / "prepared")
     assert "up to date" in sh("dvc status", clone).stdout
+
+
+def test_promote_then_repro_serves_the_new_champion(repo, tmp_path):
+    """The registry is what is served: `relkd promote` moves the champion alias and writes registry/aliases.json,
+    the export stage's dep, so the next `dvc repro` re-exports (and re-scores) and serves the new champion."""
+    root, _ = repo
+    before = json.loads((root / "registry/aliases.json").read_text())["aliases"]
+    policy = tmp_path / "lenient.yaml"  # a gate the tiny challenger passes: this test is about what follows
+    policy.write_text(yaml.safe_dump({"metric": "macro_f1", "min_gain": -1.0, "guards": [], "per_class_floor": 0.0}))
+    out = sh(["relkd", "promote", "--policy", str(policy)], root).stdout
+    assert f"v{before['challenger']['version']}" in out and "promoted" in out, out
+    after = json.loads((root / "registry/aliases.json").read_text())["aliases"]
+    assert after == {"champion": before["challenger"]}  # the challenger alias went with the promotion
+    ran = set(re.findall(r"Running stage '([^']+)'", sh("dvc repro", root).stdout))
+    assert {"export", "score", "ab"} <= ran and not ran & {"register", "student@plain", "teacher_sft"}, ran
+    served = sorted(p.name for p in (root / "triton_repo/relevance_student").iterdir() if p.name.isdigit())
+    assert served == [before["challenger"]["version"]]
+    info = json.loads((root / "reports/export/export.json").read_text())
+    assert info["champion"]["version"] == int(before["challenger"]["version"])
+    assert json.loads((root / "metrics/ab.json").read_text())["arms"] == 1

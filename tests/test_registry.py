@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-import relkd.config  # noqa: F401  (imported first: relkd.student.config and relkd.config import each other)
+
 from relkd.config import ConfigError
+from relkd.serving import student_pyfunc
 from relkd.tracking import configure, stage_run
 from relkd.tracking.registry import (
     Decision,
@@ -129,6 +131,10 @@ def test_log_student_registers_a_pyfunc_that_matches_the_student(student, store,
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == str([round(float(got[1, 0]), 4)])
+    # "Models from code": the version holds the scorer's source file, no pickled class.
+    local = Path(mlflow.artifacts.download_artifacts(info["model_uri"], dst_path=str(tmp_path / "dl")))
+    assert (local / "student_pyfunc.py").read_text() == Path(student_pyfunc.__file__).read_text()
+    assert not list(local.rglob("*.pkl"))
 
 
 def test_log_student_onto_a_given_run(student, store):
@@ -169,6 +175,9 @@ def test_champion_challenger_promotion(student, store):
     assert d.promote and d.version == "1" and d.champion is None
     assert d.reasons[0] == "pass: no champion yet: the first model becomes champion (macro_f1 0.6000)"
     assert aliases(NAME) == {"champion": "1"}  # the challenger alias went with the promotion
+    from relkd.tracking.registry import served
+
+    assert served(NAME) == {"name": NAME, "aliases": {"champion": {"version": "1", "variant": "lrkd_gat"}}}
     tags = _promotion_tags(v1)
     assert tags["promotion.decision"] == "promoted" and tags["promotion.previous_champion"] == "none"
     assert "promotion.time" in tags and "first model" in tags["promotion.reasons"]
@@ -267,3 +276,73 @@ def test_decide_rules():
         False, ["pass: macro_f1 0.7000 vs champion 0.6000: gain +0.1000 >= min_gain 0.0000",
                 "pass: per-class f1 >= floor 0.2000 (lowest: f1.x 0.3000)",
                 "fail: label sets differ: challenger ['x', 'y'] vs champion ['x']"])
+
+
+def test_export_follows_the_registry_and_refuses_a_stale_aliases_file():
+    from pipeline.export import served_roles
+
+    now = {"name": "m", "aliases": {"champion": {"version": "4", "variant": "lrkd_gat"}}}
+    assert served_roles(now, now, "registry/aliases.json") == {"champion": "4"}
+    stale = {"name": "m", "aliases": {"champion": {"version": "1", "variant": "plain"}}}
+    with pytest.raises(SystemExit, match="registry serves .*'4'.* but registry/aliases.json records .*'1'.*relkd promote"):
+        served_roles(now, stale, "registry/aliases.json")
+
+
+def test_the_gate_measures_champion_and_challenger_on_the_same_current_rows(student, store, tmp_path):
+    """A champion registered on an older split carries test metrics of other rows: with `rows` the gate scores
+    both versions on the same current rows and decides on those figures, whatever their tags claim."""
+    from relkd.models import resolve
+    from relkd.serving.export import export_onnx
+    from relkd.student.config import VariantConfig
+    from relkd.student.model import InferenceWrapper, build_student, save_student
+    from relkd.tracking.registry import measure_on_rows
+
+    folder, onnx_path, _, _ = student
+    torch.manual_seed(7)  # a second, different model
+    other, tok = build_student(resolve("tiny:bert"), labels=LABELS, variant=VariantConfig(extractor="gat"),
+                               d_out=32, max_length=MAX_LENGTH)
+    other.eval()
+    folder2 = save_student(other, tok, tmp_path / "s2")
+    export_onnx(InferenceWrapper(other), tok, tmp_path / "s2.onnx", MAX_LENGTH,
+                [("red shoes", "Nike running shoe, red, size 10, wide fit"), ("usb cable", "Anker USB-C"),
+                 ("desk lamp", "IKEA desk lamp, white, LED bulb included")])
+    rng = np.random.default_rng(0)
+    words = ["red", "shoe", "usb", "cable", "lamp", "desk", "nike", "anker", "white", "led"]
+    rows = pd.DataFrame({"query": [" ".join(rng.choice(words, 2)) for _ in range(60)],
+                         "title": [" ".join(rng.choice(words, 6)) for _ in range(60)]})
+    with stage_run("student", {}):
+        v1 = log_student(folder, onnx_path, _metrics(0.50, 0.50), "plain")["version"]
+        v2 = log_student(folder2, tmp_path / "s2.onnx", _metrics(0.50, 0.50), "lrkd_gat")["version"]
+    # Gold labels on which v2 is right more often than v1: what v2 predicts on 2/3 of the rows.
+    m2, pred2, _ = measure_on_rows(NAME, v2, rows.assign(label="a"))
+    _, pred1, _ = measure_on_rows(NAME, v1, rows.assign(label="a"))
+    gold = [p2 if i % 3 else p1 for i, (p1, p2) in enumerate(zip(pred1, pred2))]
+    rows = rows.assign(label=gold)
+    set_challenger(NAME, v1)
+    promote(NAME, PromotionPolicy(metric="accuracy"))  # v1 becomes champion (the first one, on its tags)
+    mine, _, _ = measure_on_rows(NAME, v2, rows)
+    theirs, _, _ = measure_on_rows(NAME, v1, rows)
+    assert mine["accuracy"] > theirs["accuracy"]
+    # The tags say v1 is far better (an older split); on the current rows v2 is: the rows decide.
+    mlflow.MlflowClient().set_model_version_tag(NAME, v1, "metric.accuracy", "0.99")
+    policy = PromotionPolicy(metric="accuracy")
+    assert not promote(NAME, policy, version=v2, dry_run=True).promote  # on tags: refused
+    d = promote(NAME, policy, version=v2, dry_run=True, rows=rows, n_boot=200)
+    assert d.promote, d.reasons
+    assert d.reasons[0].startswith("note: both versions scored on the same 60 current rows")
+    assert any("paired bootstrap CI" in r for r in d.reasons)
+    strict = PromotionPolicy(metric="accuracy", min_ci_low=0.5)  # a gain that large is out of reach
+    d = promote(NAME, strict, version=v2, dry_run=True, rows=rows, n_boot=200)
+    assert not d.promote and any(r.startswith("fail:") and "min_ci_low" in r for r in d.reasons)
+
+
+def test_the_challenger_is_the_best_candidate_on_validation_that_is_not_the_champion():
+    from relkd.tracking.registry import pick_challenger
+
+    reg = {"plain": {"version": "1", "valid_macro_f1": 0.9}, "lrkd_gat": {"version": "2", "valid_macro_f1": 0.6},
+           "lrkd_mlp": {"version": "3", "valid_macro_f1": 0.7}, "mkd": {"version": "4"}}
+    assert pick_challenger(reg, "1", "plain", None, "valid_macro_f1") == "lrkd_mlp"  # the baseline is no candidate
+    assert pick_challenger(reg, "3", "plain", None, "valid_macro_f1") == "lrkd_gat"  # nor the champion
+    assert pick_challenger(reg, "1", "plain", ["mkd", "lrkd_gat"], "valid_macro_f1") == "lrkd_gat"
+    with pytest.raises(RegistryError, match="registry.candidates"):
+        pick_challenger(reg, "2", "plain", ["lrkd_gat"], "valid_macro_f1")

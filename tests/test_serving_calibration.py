@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
+from relkd.eval.metrics import expected_calibration_error
 from relkd.serving.calibration import (
     assign_tiers,
     calibrated_probs,
-    expected_calibration_error,
     fit_temperature,
     fit_tier_thresholds,
     relevance_score,
@@ -123,3 +123,15 @@ def test_ece_on_a_hand_made_case():
     assert expected_calibration_error(probs, y, n_bins=1) == pytest.approx(abs(0.75 - 0.775))
     perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(perfect, np.array([0, 1])) == 0.0
+
+
+def test_fit_serving_fits_what_a_served_version_needs():
+    from relkd.serving.calibration import fit_serving
+
+    logits, y = _sample(2.0, n=2000)
+    labels = ["exact", "substitute", "complement", "irrelevant"]
+    fit = fit_serving(logits, y, labels, {"exact": 1.0, "substitute": 0.5}, ["exact"], (0.3, 0.5, 0.7, 0.9))
+    assert fit["temperature"] == pytest.approx(fit_temperature(logits, y))
+    assert fit["relevance_weights"] == [1.0, 0.5, 0.0, 0.0]
+    assert fit["tier_thresholds"] == sorted(fit["tier_thresholds"]) and len(fit["tier_thresholds"]) == 4
+    assert sum(fit["valid_tier_share"]) == len(y) and fit["ece_after"] <= fit["ece_before"]

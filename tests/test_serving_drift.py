@@ -96,3 +96,10 @@ def test_thresholds_are_validated():
 def test_total_variation():
     assert total_variation({"a": 1.0}, {"b": 1.0}) == 1.0
     assert total_variation({"a": 0.5, "b": 0.5}, {"a": 0.7, "b": 0.3}) == pytest.approx(0.2)
+
+
+def test_the_detector_knows_every_language_the_catalogue_writes():
+    from relkd.data.catalogue import LANGUAGES as WRITTEN
+    from relkd.serving.drift import LANGUAGES
+
+    assert set(WRITTEN) <= set(LANGUAGES)

@@ -14,7 +14,7 @@ import pytest
 
 from relkd.student.config import StudentConfig, VariantConfig, default_variants
 from relkd.student.model import load_student
-from relkd.student.trainer import predict, train_student
+from relkd.student.trainer import kept_epoch, predict, train_student
 
 LABELS = ("match", "mismatch", "accessory")
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +186,7 @@ def test_the_best_validation_epoch_is_the_one_kept(data):
     f1s = [h["valid_macro_f1"] for h in history]
     best = int(np.argmax(f1s)) + 1  # the first of equal maxima
     assert all(h["best_epoch"] == best for h in history)
+    assert kept_epoch(history) is history[best - 1]  # what register reports as the model's validation F1
     probs = predict(student, tok, valid)[0]
     got = classification_report(list(valid["label"]), [LABELS[i] for i in probs.argmax(1)], LABELS)["macro_f1"]
     assert got == pytest.approx(f1s[best - 1], abs=1e-9)

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from relkd.config import ValidationConfig
+from relkd.data.config import ValidationConfig
 from relkd.data.schema import DataError, canonical
 from relkd.data.splits import query_key, split_by_query
 from relkd.data.validate import check_reject_rate, gate, screen

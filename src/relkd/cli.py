@@ -12,7 +12,66 @@ import click
 from relkd.config import ConfigError, load_params
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _stage_names() -> list[str]:
+    import pipeline
+
+    # common.py and _*.py are helpers of the stages, not stages.
+    return sorted(m.name for m in pkgutil.iter_modules(pipeline.__path__)
+                  if m.name != "common" and not m.name.startswith("_"))
+
+
+def _stage_summary(module: str) -> str:
+    """The first paragraph of a stage module's docstring, read without importing it (listing must not load
+    torch)."""
+    import pipeline
+
+    source = (Path(pipeline.__path__[0]) / f"{module}.py").read_text(encoding="utf-8")
+    return " ".join((ast.get_docstring(ast.parse(source)) or "").strip().split("\n\n")[0].split())
+
+
+class StageCommands(click.Group):
+    """A group some of whose commands are pipeline stage modules, each a click command of its own
+    (pipeline.common.stage_command, with its real options in --help). Listing them reads their docstrings;
+    running one imports only its module."""
+
+    def stage_modules(self) -> dict[str, str]:
+        """command name -> pipeline module"""
+        return {}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.stage_modules()))
+
+    def get_command(self, ctx, name):
+        module = self.stage_modules().get(name)
+        if module is None:
+            return super().get_command(ctx, name)
+        cmd = importlib.import_module(f"pipeline.{module}").main
+        cmd.name = name
+        return cmd
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.stage_modules():
+                rows.append((name, _stage_summary(self.stage_modules()[name])))
+            elif not (cmd := super().get_command(ctx, name)).hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class Main(StageCommands):
+    def stage_modules(self):
+        return {"probe": "probe", "teacher-score": "teacher_score"}  # analyses run by hand, not only by dvc
+
+
+class Stages(StageCommands):
+    def stage_modules(self):
+        return {name: name for name in _stage_names()}
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="relkd")
 def main() -> None:
     """relkd: multi-perspective CoT teacher distilled into a latent-reasoning student.
@@ -21,40 +80,20 @@ def main() -> None:
     ops commands check params, prepare models and, as they land, serve, score and promote."""
 
 
-def _stage_names() -> list[str]:
-    import pipeline
-
-    return sorted(m.name for m in pkgutil.iter_modules(pipeline.__path__) if m.name != "common")
-
-
-class StageGroup(click.Group):
-    """One subcommand per module in pipeline/, so a new stage module is a new command."""
-
-    def list_commands(self, ctx):
-        return _stage_names()
-
-    def get_command(self, ctx, name):
-        if name not in _stage_names():
-            return None
-        import pipeline
-
-        # Read the docstring without importing: listing stages must not load torch.
-        source = (Path(pipeline.__path__[0]) / f"{name}.py").read_text(encoding="utf-8")
-        doc = (ast.get_docstring(ast.parse(source)) or "").strip()
-
-        @click.command(name=name, context_settings={"ignore_unknown_options": True, "help_option_names": []},
-                       help=doc + f"\n\nArguments go to the stage (`relkd stage {name} --help` lists them); "
-                       "dvc.yaml holds the paths DVC passes.", add_help_option=False)
-        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-        def cmd(args):
-            importlib.import_module(f"pipeline.{name}").main(list(args))
-
-        return cmd
-
-
-@main.group(cls=StageGroup)
+@main.group(cls=Stages)
 def stage() -> None:
-    """Run one pipeline stage (the same entry point dvc.yaml calls)."""
+    """Run one pipeline stage (the same command dvc.yaml calls; `relkd stage NAME --help` lists its options)."""
+
+
+def _params_or_defaults(path: str):
+    """The params file's values (validated), or the built-in defaults (= the embedded params.yaml) when there is
+    no such file: where an ops command's options take their defaults, so no value is written twice."""
+    from relkd.config import parse_params
+
+    try:
+        return load_params(path) if Path(path).exists() else parse_params({})
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
 
 
 @main.command("check-params")
@@ -155,27 +194,34 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url) -> None:
 @click.option("--url", default=None, metavar="HOST:PORT", help="a running server (gRPC or HTTP port per --protocol); "
               "default: start one on --repo for this run")
 @click.option("--repo", default="triton_repo", show_default=True, help="model repository when starting a server")
-@click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
-@click.option("--model-name", default="relevance_student", show_default=True)
+@click.option("--params", default="params.yaml", show_default=True,
+              help="where the options below take their defaults (`score`, `triton.model_name`); a missing file "
+              "means the built-in defaults")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default=None, help="default: score.protocol")
+@click.option("--model-name", default=None, help="default: triton.model_name")
 @click.option("--version", default="", help="model version (registry version); default: the server's newest")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--concurrency", default=2, show_default=True)
-@click.option("--shard-size", default=10_000, show_default=True, help="rows per resumable shard")
-def score(batch, out, url, repo, protocol, model_name, version, batch_size, concurrency, shard_size) -> None:
+@click.option("--batch-size", type=int, default=None, help="default: score.batch_size")
+@click.option("--concurrency", type=int, default=None, help="default: score.concurrency")
+@click.option("--shard-size", type=int, default=None, help="rows per resumable shard; default: score.shard_size")
+def score(batch, out, url, repo, params, protocol, model_name, version, batch_size, concurrency, shard_size) -> None:
     """Score a batch file (parquet/CSV/JSONL of query, title, optional id) through Triton; resumable."""
     from contextlib import nullcontext
 
     from relkd.serving.client import ScoringRejected, check_input, score_file
     from relkd.serving.server import ServerUnreachable, triton
 
+    p = _params_or_defaults(params)
+    protocol, model_name = protocol or p.score.protocol, model_name or p.triton.model_name
+    s = p.score
     try:
         if not url:
             check_input(batch)  # a file that cannot be scored fails before a server is started for it
         with (nullcontext() if url else triton(repo)) as server:
             target = url or f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
             try:
-                s = score_file(batch, out, target, protocol, model_name, version, batch_size, concurrency,
-                               shard_size=shard_size)
+                s = score_file(batch, out, target, protocol, model_name, version, batch_size or s.batch_size,
+                               concurrency or s.concurrency, s.retries, s.backoff, s.max_chars,
+                               shard_size=shard_size or s.shard_size)
             except ServerUnreachable as err:
                 died = server.exited() if server is not None else None  # our own server: say why it is gone
                 raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None
@@ -201,28 +247,37 @@ def ab(params, batch, scores, prepared, out, metrics, teacher_scores) -> None:
     click.echo(f"agreement {m['agreement']:.3f} on {m['n']} rows; report: {out}/ab.md")
 
 
-@main.command("teacher-score", context_settings={"ignore_unknown_options": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def teacher_score(args) -> None:
-    """Score a batch with the LLM teacher itself, tiered by cumulative label probability (TaoSR1's
-    alternative to distillation); its output is a third arm for `relkd ab --teacher-scores DIR`.
-    Arguments as `relkd teacher-score --help` lists them."""
-    importlib.import_module("pipeline.teacher_score").main(list(args))
-
-
 @main.command()
-@click.option("--name", default="relevance-student", show_default=True, help="registered model")
+@click.option("--name", default=None, help="registered model; default: registry.name of --params")
+@click.option("--params", default="params.yaml", show_default=True)
 @click.option("--version", default=None, help="version to promote (default: the `challenger` alias)")
 @click.option("--policy", default="registry/policy.yaml", show_default=True)
+@click.option("--aliases", "aliases_path", default="registry/aliases.json", show_default=True,
+              help="the served aliases file the export stage depends on, rewritten after a promotion")
+@click.option("--rows", "rows_path", default="data/prepared/test.parquet", show_default=True,
+              help="labelled rows (query, title, label; parquet/CSV/JSONL) both versions are scored on, so the gate "
+              "compares figures of the same rows; '' or a missing file: compare the versions' registered metrics")
 @click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
-def promote(name, version, policy, dry_run) -> None:
+def promote(name, params, version, policy, aliases_path, rows_path, dry_run) -> None:
     """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
     from relkd.tracking import configure
-    from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate
+    from relkd.io import write_json
+    from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate, served
 
+    p = _params_or_defaults(params)
+    name = name or p.registry.name
+    rows = None
+    if rows_path and Path(rows_path).exists():
+        from relkd.serving.client import read_table
+
+        rows = read_table(rows_path)
+    elif rows_path:
+        click.echo(f"note: no {rows_path}; comparing the versions' registered metrics (run `dvc repro prepare` "
+                   "for the current rows)")
     configure(".")
     try:
-        d = gate(name, PromotionPolicy.load(policy), version=version, dry_run=dry_run)
+        d = gate(name, PromotionPolicy.load(policy), version=version, dry_run=dry_run, rows=rows,
+                 n_boot=p.ab.n_boot, seed=p.ab.seed)
     except (RegistryError, FileNotFoundError, ConfigError) as err:
         raise click.ClickException(str(err)) from None
     verdict = "would promote" if dry_run and d.promote else "would refuse" if dry_run else \
@@ -230,6 +285,9 @@ def promote(name, version, policy, dry_run) -> None:
     click.echo(f"{name} v{d.version} vs champion v{d.champion or '-'}: {verdict}")
     for r in d.reasons:
         click.echo(f"  {r}")
+    if d.promote and not dry_run:
+        write_json(aliases_path, served(name))
+        click.echo(f"{aliases_path} updated: `dvc repro` now serves version {d.version} as champion")
     if not d.promote:
         sys.exit(1)
 
@@ -260,14 +318,6 @@ def runs_compare(experiment, stage, variant, max_results, metric_globs, show_par
     if not rows:
         raise click.ClickException("no runs match; run `dvc repro` first or loosen the filters")
     click.echo(format_table(rows, ["run", "variant", "seed", "stage", *(params if show_params else ()), *metrics]))
-
-
-@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def probe(args) -> None:
-    """Linear probes of rationale keywords on r vs h_cls (paper Fig. 4); the `probe` stage. Arguments as
-    `relkd probe --help` lists them."""
-    importlib.import_module("pipeline.probe").main(list(args))
 
 
 if __name__ == "__main__":

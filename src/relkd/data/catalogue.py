@@ -32,7 +32,7 @@ import pandas as pd
 from relkd.data import schema
 
 if TYPE_CHECKING:  # config imports this module lazily (its language check); keep the cycle one-way
-    from relkd.config import CatalogueConfig
+    from relkd.data.config import CatalogueConfig
 
 LABELS = ("strongly relevant", "brand mismatch", "category mismatch", "model mismatch",
           "attribute mismatch", "accessory mismatch")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from relkd.config import CatalogueConfig
+from relkd.data.config import CatalogueConfig
 from relkd.data.catalogue import generate_catalogue
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from relkd.config import DataConfig
+from relkd.data.config import DataConfig
 
 
 def load_dataset(cfg: DataConfig) -> tuple[pd.DataFrame, tuple[str, ...]]:

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from relkd.eval.metrics import calibration_error
 from relkd.io import atomic_path
 
 UNPARSEABLE_NAME = "(unparseable)"
@@ -66,49 +67,6 @@ def confusion_plot(cm: Sequence[Sequence[int]], labels: Sequence[Hashable], titl
             ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > cut else "black")
     fig.colorbar(im, ax=ax)
     return fig
-
-
-def reliability_rows(probs, y_true: Sequence, n_bins: int = 10,
-                     labels: Sequence[Hashable] | None = None) -> list[dict]:
-    """Reliability-diagram data: equal-width bins of top-class confidence, each with its count,
-    mean confidence and accuracy (None for an empty bin). Counts sum to the number of examples.
-
-    `probs` is (n, C) class probabilities; `y_true` holds class indices, or label values when
-    `labels` (the ordered label set matching the columns of `probs`) is given.
-    """
-    p = np.asarray(probs, dtype=float)
-    if p.ndim != 2 or p.shape[0] != len(y_true):
-        raise ValueError(f"probs must be (n, C) with n = len(y_true) = {len(y_true)}, got shape {p.shape}")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    if labels is not None:
-        index = {lab: i for i, lab in enumerate(labels)}
-        missing = [v for v in y_true if v not in index]
-        if missing:
-            raise ValueError(f"y_true value {missing[0]!r} is not in the label set {list(labels)}")
-        t = np.array([index[v] for v in y_true], dtype=int)
-    else:
-        t = np.asarray(y_true, dtype=int)
-    conf = p.max(axis=1)
-    correct = p.argmax(axis=1) == t
-    # confidence 1.0 belongs in the last bin, not a bin of its own
-    bins = np.clip(np.floor(conf * n_bins).astype(int), 0, n_bins - 1)
-    rows = []
-    for b in range(n_bins):
-        sel = bins == b
-        k = int(sel.sum())
-        rows.append({"bin": b, "low": b / n_bins, "high": (b + 1) / n_bins, "count": k,
-                     "confidence": float(conf[sel].mean()) if k else None,
-                     "accuracy": float(correct[sel].mean()) if k else None})
-    return rows
-
-
-def calibration_error(rows: Sequence[Mapping]) -> float:
-    """Expected calibration error from reliability_rows: count-weighted |accuracy - confidence|."""
-    n = sum(r["count"] for r in rows)
-    if n == 0:
-        raise ValueError("reliability rows hold no examples")
-    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"]) / n)
 
 
 def reliability_plot(rows: Sequence[Mapping], title: str = "") -> Figure:

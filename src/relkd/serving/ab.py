@@ -17,8 +17,8 @@ import pandas as pd
 
 from relkd.eval.metrics import classification_report
 from relkd.eval.stats import agreement, bootstrap_diff_ci, mcnemar
+from relkd.serving.triton_model import N_TIERS  # the served tier scale: 0 = irrelevant .. 4 = exact
 
-N_TIERS = 5  # 0 = irrelevant .. 4 = exact
 FILTERED_TIERS = (0, 1)  # dropped before ranking
 REQUIRED_ARMS = ("champion", "challenger")
 COLUMNS = ("id", "label", "tier", "probs")

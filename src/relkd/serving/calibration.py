@@ -1,4 +1,4 @@
-"""Calibration for serving: temperature scaling, the relevance score, tier thresholds, and ECE.
+"""Calibration for serving: temperature scaling, the relevance score and tier thresholds (ECE: relkd.eval.metrics).
 
 The student outputs class probabilities; a relevance score (probabilities weighted per label) maps to
 discrete tiers 0 (irrelevant) .. 4 (exact) by cut points fitted on the validation split so that each
@@ -131,19 +131,22 @@ def assign_tiers(scores, thresholds: Sequence[float]) -> np.ndarray:
     return np.searchsorted(cuts, np.asarray(scores, dtype=np.float64), side="right").astype(np.int64)
 
 
-def expected_calibration_error(probs, y, n_bins: int = 15) -> float:
-    """Top-label ECE: confidence (max probability) against accuracy in `n_bins` equal-width bins
-    (lo, hi], weighted by the share of items in each bin."""
-    p, t = _rows_and_labels(probs, y, "probs")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    conf = p.max(axis=1)
-    correct = p.argmax(axis=1) == t
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.searchsorted(edges[1:-1], conf, side="left")
-    ece = 0.0
-    for b in range(n_bins):
-        inside = bins == b
-        if inside.any():
-            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
-    return float(ece)
+def fit_serving(logits, y, labels: Sequence[str], relevance_weights: dict[str, float],
+                relevant_labels: Sequence[str], target_precisions: Sequence[float]) -> dict:
+    """Everything a served version needs from the validation split, fitted on the logits of the graph that
+    will be served: the temperature, the per-label relevance weights (in `labels` order), the tier cut points
+    (each tier's "score >= cut" set reaching a target precision for the relevant labels), with the
+    calibrated probabilities, ECE before and after, and the tier shares on validation."""
+    from relkd.eval.metrics import expected_calibration_error
+
+    y = np.asarray(y)
+    temperature = fit_temperature(logits, y)
+    probs = calibrated_probs(logits, temperature)
+    weights = [float(relevance_weights.get(lab, 0.0)) for lab in labels]
+    score = relevance_score(probs, weights)
+    tiers = fit_tier_thresholds(score, np.isin(np.asarray(labels)[y], list(relevant_labels)), target_precisions)
+    return {"temperature": float(temperature), "probs": probs, "relevance_weights": weights,
+            "tier_thresholds": [float(t) for t in tiers["thresholds"]], "tier_precision_met": tiers.get("met"),
+            "ece_before": expected_calibration_error(calibrated_probs(logits, 1.0), y),
+            "ece_after": expected_calibration_error(probs, y),
+            "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=5).tolist()}

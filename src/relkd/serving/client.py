@@ -21,10 +21,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from relkd.io import write_json, write_parquet, write_text
+from relkd.serving.config import ScoreConfig, TritonConfig
 from relkd.serving.server import START_HINT, ServerUnreachable
 from relkd.serving.triton_model import text_problem
 
-DEFAULT_MODEL = "relevance_student"
+# The library's defaults are the typed configs' (params.yaml's `score` and `triton` sections): one home.
+_SCORE = ScoreConfig()
+DEFAULT_MODEL = TritonConfig().model_name
 OUTPUTS = ("PROBS", "LABEL", "TIER", "SCORE", "EXPLAIN_ID")
 SCORE_COLUMNS = ["row", "id", "version", "label", "tier", "score", "probs", "explain_id"]
 REJECT_COLUMNS = ["row", "id", "reason"]
@@ -256,9 +259,10 @@ def _open(url: str, protocol: str, model_name: str, version: str, retries: int, 
     return clients, min(batch_size, max_batch) if max_batch > 0 else batch_size
 
 
-def score_frame(df: pd.DataFrame, url: str, protocol: str = "grpc", model_name: str = DEFAULT_MODEL,
-                version: str | int = "", batch_size: int = 32, concurrency: int = 2, retries: int = 3,
-                backoff: float = 0.5, max_chars: int = 2000, timeout: float = 60.0,
+def score_frame(df: pd.DataFrame, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
+                version: str | int = "", batch_size: int = _SCORE.batch_size, concurrency: int = _SCORE.concurrency,
+                retries: int = _SCORE.retries, backoff: float = _SCORE.backoff, max_chars: int = _SCORE.max_chars,
+                timeout: float = 60.0,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score (query, title[, id]) rows on the Triton server at `url` (host:port of its gRPC or HTTP
     endpoint, per `protocol`); `version` '' lets the server pick (the highest served version).
@@ -448,10 +452,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def score_file(input_path, out_dir, url: str, protocol: str = "grpc", model_name: str = DEFAULT_MODEL,
-               version: str | int = "", batch_size: int = 32, concurrency: int = 2, retries: int = 3,
-               backoff: float = 0.5, max_chars: int = 2000, timeout: float = 60.0, shard_size: int = 10_000,
-               progress: bool = True) -> dict:
+def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
+               version: str | int = "", batch_size: int = _SCORE.batch_size, concurrency: int = _SCORE.concurrency,
+               retries: int = _SCORE.retries, backoff: float = _SCORE.backoff, max_chars: int = _SCORE.max_chars,
+               timeout: float = 60.0, shard_size: int = _SCORE.shard_size, progress: bool = True) -> dict:
     """Score a parquet/CSV/JSONL file into ``out_dir/scores.parquet`` and ``out_dir/rejects.jsonl``.
 
     Work is written as shards (``out_dir/shards/part-00000.parquet``, `shard_size` input rows each,

@@ -15,7 +15,6 @@ from pydantic import Field
 from relkd.section import Section
 
 TEXT_COLUMNS = ("query", "title")
-LANGUAGES = ("en", "es", "fr", "pt")
 OTHER = "other"
 
 # Words that are common in shopping queries and titles and tell the languages apart; a word shared by
@@ -30,6 +29,7 @@ _MARKER_WORDS = {
     "pt": {"o", "os", "as", "para", "com", "sem", "e", "tamanho", "polegadas", "número", "comprar", "barato",
            "promoção", "frete", "grátis", "homem", "mulher", "preto", "branco", "vermelho"},
 }
+LANGUAGES = tuple(_MARKER_WORDS)  # the languages the detector tells apart
 _MARKER_CHARS = {"es": "ñ¿¡", "fr": "èëàœîûù", "pt": "ãõ"}
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -68,12 +68,27 @@ def check_serving_info(info: dict) -> None:
                          f"points on the relevance score (tiers 0..{N_TIERS - 1}), got {cuts!r}")
 
 
-def relevance(logits: np.ndarray, info: dict) -> dict[str, np.ndarray]:
-    """Probabilities (softmax at the calibrated temperature), label index, relevance score, tier."""
-    z = np.asarray(logits, dtype=np.float64) / float(info.get("temperature", 1.0))
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of (B, C) logits at `temperature`, in float64 (every served path uses this one)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def onnx_inputs(session) -> tuple[list[str], type]:
+    """The graph's token inputs (input_ids, attention_mask[, token_type_ids]) and their integer dtype; a graph
+    with other inputs is refused, naming them."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+    if unknown or "input_ids" not in inputs:
+        raise ValueError(f"model.onnx: inputs must be input_ids, attention_mask[, token_type_ids]; got {sorted(inputs)}")
+    return list(inputs), np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
+
+
+def relevance(logits: np.ndarray, info: dict) -> dict[str, np.ndarray]:
+    """Probabilities (softmax at the calibrated temperature), label index, relevance score, tier."""
+    p = softmax(logits, info.get("temperature", 1.0))
     score = p @ np.asarray(info["relevance_weights"], dtype=np.float64)
     tier = np.searchsorted(np.asarray(info["tier_thresholds"], dtype=np.float64), score, side="right")
     return {"probs": p.astype(np.float32), "label": p.argmax(axis=1), "score": score.astype(np.float32),
@@ -123,13 +138,10 @@ class TritonPythonModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
-        if unknown or "input_ids" not in inputs:
-            raise ValueError(f"{self.dir}/model.onnx: inputs must be input_ids, attention_mask[, token_type_ids]; "
-                             f"got {sorted(inputs)}")
-        self.input_names = list(inputs)
-        self.int_dtype = np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
+        try:
+            self.input_names, self.int_dtype = onnx_inputs(self.session)
+        except ValueError as err:
+            raise ValueError(f"{self.dir}/{err}") from None
         outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in outputs:
             raise ValueError(f"{self.dir}/model.onnx: needs an output named 'logits', got {outputs}")

@@ -179,16 +179,11 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict[str, float]:
     """Accuracy and macro-F1 over all n_labels classes (a class never seen nor predicted scores 0, as
     sklearn's f1_score(labels=range(n_labels), average="macro", zero_division=0))."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    f1 = []
-    for c in range(n_labels):
-        tp = int(np.sum((y_pred == c) & (y_true == c)))
-        denom = int(np.sum(y_pred == c)) + int(np.sum(y_true == c))
-        f1.append(2 * tp / denom if denom else 0.0)
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
-        "macro_f1": float(np.mean(f1)),
-    }
+    from relkd.eval.metrics import macro_f1_from_codes
+
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    return {"accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
+            "macro_f1": macro_f1_from_codes(y_true, y_pred, n_labels)}
 
 
 def module_lam(module) -> float:
@@ -196,6 +191,13 @@ def module_lam(module) -> float:
 
 
 # ----------------------------------------------------------------------------------------- train
+def kept_epoch(history: list[dict]) -> dict:
+    """The epoch record of the weights train_student returns: the best on validation (`best_epoch`), or the
+    last when there was no validation split."""
+    best = history[-1].get("best_epoch")
+    return next((h for h in history if h["epoch"] == best), history[-1])
+
+
 def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, variant: VariantConfig,
                   cfg: StudentConfig, seed: int, out_dir=None, log=None):
     """Train one student; returns (Student, tokenizer, history).

@@ -14,12 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sklearn.metrics import f1_score
-
+from relkd.eval.metrics import macro_f1
 from relkd.teacher.prompts import answer_text
-
-# Stands for an unparseable prediction in macro-F1: never a class, so always wrong, never a column.
-UNPARSEABLE = "\x00unparseable"
 
 
 @dataclass(frozen=True)
@@ -255,12 +251,6 @@ def unparseable_rate(records: Iterable[Any], perspective: str | None = None) -> 
     if not recs:
         raise ValueError(f"no records{'' if perspective is None else f' of perspective {perspective!r}'}")
     return sum(_get(r, "label") is None for r in recs) / len(recs)
-
-
-def macro_f1(gold: Sequence[str], predicted: Sequence[str | None], labels: Sequence[str]) -> float:
-    """Macro-F1 over the label set, an unparseable prediction (None) counting as wrong."""
-    pred = [UNPARSEABLE if p is None else p for p in predicted]
-    return float(f1_score(list(gold), pred, average="macro", labels=list(labels), zero_division=0))
 
 
 def f1_by_perspective(records: Iterable[Any], labels: Sequence[str]) -> dict[str, float]:

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-N_TIERS = 5
+from relkd.serving.triton_model import N_TIERS  # TaoSR1 tiers use the served scale: 0 .. 4
+
 TIE_TOL = 1e-9
 
 

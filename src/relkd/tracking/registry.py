@@ -6,27 +6,25 @@ itself. Aliases name the roles: ``challenger`` (the version under review) and ``
 served). :func:`decide` is the pure rule; :func:`promote` applies it and records the outcome as
 ``promotion.*`` tags on the version.
 
-The pyfunc model is the ONNX graph plus the ``tokenizers`` tokenizer of the student folder; it loads
-with onnxruntime, tokenizers, pandas and numpy only (no torch, no relkd): the class is pickled by
-value, so an environment built from the model's requirements can serve it.
+The pyfunc model is the ONNX graph plus the ``tokenizers`` tokenizer of the student folder, logged as MLflow
+"models from code" (relkd/serving/student_pyfunc.py travels with the version as a file, nothing is pickled);
+it loads with onnxruntime, tokenizers, pandas and numpy only (no torch, no relkd).
 """
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cloudpickle
 import mlflow
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from pydantic import Field, ValidationError, model_validator
 
 from relkd.section import ConfigError, Section, format_errors, read_yaml
+from relkd.serving import student_pyfunc, triton_model
+from relkd.serving.student_pyfunc import StudentPyfunc
 from relkd.tracking.runs import flatten, log_metrics, stage_run
 
 REGISTERED_NAME = "relevance-student"
@@ -43,60 +41,6 @@ EXAMPLE_PAIRS = (("usb c cable", "Anker USB-C to USB-C cable, 2 m, braided"),
 
 class RegistryError(ValueError):
     """A registered model, version or alias that the call needs does not exist or is in the wrong role."""
-
-
-# ------------------------------------------------------------------------------------------ pyfunc model
-class StudentPyfunc(mlflow.pyfunc.PythonModel):
-    """predict(DataFrame[query, title]) -> DataFrame[label, prob.<label>...] from the student's ONNX graph.
-
-    Artifacts: ``student`` (the folder written by save_student: relkd_student.json gives labels and
-    max_length, tokenizer.json the tokenizer) and ``onnx`` (the graph from export_onnx).
-    """
-
-    batch_size = 64
-
-    def load_context(self, context):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        folder = Path(context.artifacts["student"])
-        meta = json.loads((folder / "relkd_student.json").read_text(encoding="utf-8"))
-        self.labels = [str(x) for x in meta["labels"]]
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        pad = (tokenizer.padding or {}).get("pad_id")
-        # The saved tokenizer.json may pad to a fixed length; batches are padded here, to their longest.
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(int(meta["max_length"]), strategy="longest_first")
-        self.tokenizer = tokenizer
-        self.pad_id = int(pad if pad is not None else tokenizer.token_to_id("[PAD]") or 0)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(context.artifacts["onnx"]), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        missing = [c for c in ("query", "title") if c not in model_input.columns]
-        if missing:
-            raise ValueError(f"model input lacks column(s) {missing} (has {list(model_input.columns)}); "
-                             "pass a DataFrame with string columns query and title")
-        pairs = list(zip(model_input["query"].astype(str), model_input["title"].astype(str)))
-        logits = np.zeros((len(pairs), len(self.labels)), np.float64)
-        for start in range(0, len(pairs), self.batch_size):
-            encs = self.tokenizer.encode_batch(pairs[start:start + self.batch_size])
-            width = max(len(e.ids) for e in encs)
-            ids = np.full((len(encs), width), self.pad_id, np.int64)
-            mask = np.zeros((len(encs), width), np.int64)
-            types = np.zeros((len(encs), width), np.int64)
-            for i, e in enumerate(encs):
-                ids[i, :len(e.ids)], mask[i, :len(e.ids)], types[i, :len(e.ids)] = e.ids, 1, e.type_ids
-            feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-            logits[start:start + len(encs)] = self.session.run(["logits"], feeds)[0]
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs = z / z.sum(axis=1, keepdims=True)
-        out = pd.DataFrame({"label": np.asarray([self.labels[i] for i in probs.argmax(axis=1)], dtype=object)})
-        for j, lab in enumerate(self.labels):
-            out[f"prob.{lab}"] = probs[:, j]
-        return out
 
 
 def serving_requirements() -> list[str]:
@@ -140,18 +84,12 @@ def log_student(student_dir, onnx_path, metrics: dict, variant: str, registered_
     example = pd.DataFrame({"query": [q for q, _ in EXAMPLE_PAIRS], "title": [t for _, t in EXAMPLE_PAIRS]},
                            dtype=object)
     signature = mlflow.models.infer_signature(example, python_model.predict(None, example))
-    python_model = StudentPyfunc()  # pickle a fresh instance: no session or tokenizer inside
 
     def _log() -> tuple[str, str]:
         log_metrics(metrics)
-        module = sys.modules[__name__]
-        cloudpickle.register_pickle_by_value(module)
-        try:
-            info = mlflow.pyfunc.log_model(name="student", python_model=python_model, artifacts=artifacts,
-                                           signature=signature, input_example=example,
-                                           pip_requirements=serving_requirements())
-        finally:
-            cloudpickle.unregister_pickle_by_value(module)
+        info = mlflow.pyfunc.log_model(name="student", python_model=student_pyfunc.__file__, artifacts=artifacts,
+                                       code_paths=[triton_model.__file__], signature=signature,
+                                       input_example=example, pip_requirements=serving_requirements())
         return info.model_uri, mlflow.active_run().info.run_id
 
     active = mlflow.active_run()
@@ -196,6 +134,17 @@ def aliases(name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in sorted(model.aliases.items())}
 
 
+def served(name: str) -> dict[str, dict]:
+    """What the registry says to serve: {alias: {"version", "variant"}} for champion and challenger (those
+    set). Written by `register` and `relkd promote` to registry/aliases.json, the file the `export` stage
+    depends on, so moving an alias re-exports on the next `dvc repro`."""
+    out = {}
+    for alias, version in aliases(name).items():
+        if alias in (CHAMPION, CHALLENGER):
+            out[alias] = {"version": version, "variant": _version(name, version).tags.get(VARIANT_TAG)}
+    return {"name": name, "aliases": out}
+
+
 def version_metrics(name: str, version) -> dict[str, float]:
     """The ``metric.<key>`` tags of a version as {key: value}."""
     mv = _version(name, version)
@@ -208,6 +157,18 @@ def version_metrics(name: str, version) -> dict[str, float]:
                 raise RegistryError(f"{name} version {version} has tag {key}={value!r}, not a number; "
                                     "re-register it with numeric metrics") from None
     return out
+
+
+def pick_challenger(registered: dict[str, dict], champion: str, baseline: str, candidates: list[str] | None,
+                    select_by: str) -> str:
+    """The variant to name challenger: among `candidates` (None: every registered variant but the baseline) that
+    is not the champion's version, the one with the highest `select_by` (a validation metric: the test split
+    stays for reporting). `registered` maps variant -> {"version", <metrics>...}."""
+    pool = [v for v in (candidates or [v for v in registered if v != baseline]) if registered[v]["version"] != champion]
+    if not pool:
+        raise RegistryError("no candidate variant to become challenger (each is the champion or none is "
+                            "registered); set registry.candidates")
+    return max(pool, key=lambda v: registered[v].get(select_by, float("-inf")))
 
 
 def set_challenger(name: str, version) -> None:
@@ -240,6 +201,10 @@ class PromotionPolicy(Section):
                                   "metric.<per_class_metric>.<label>")
     per_class_floor: float | None = Field(None, ge=0, le=1, description="minimum per-class value every "
                                           "label must reach (also for the first model); None: no floor")
+    min_ci_low: float | None = Field(None, description="when the gate measures both versions on the same rows: "
+                                     "the lower end of the 95% paired bootstrap interval of the gain on `metric` "
+                                     "must reach this (e.g. 0: the challenger is not worse beyond noise); None: "
+                                     "the point gain and min_gain decide")
 
     @model_validator(mode="after")
     def _distinct_guards(self) -> "PromotionPolicy":
@@ -341,8 +306,59 @@ def decide(policy: PromotionPolicy, challenger: dict[str, float], champion: dict
     return Decision(promote=ok, reasons=reasons)
 
 
-def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = False) -> Decision:
+def measure_on_rows(name: str, version, rows: pd.DataFrame) -> tuple[dict[str, float], list[str], list[str]]:
+    """A registered version's metrics on `rows` (query, title, label): (metrics in the tag layout — accuracy,
+    macro_f1, f1.<label> — its predicted labels, the label set). The version's own ONNX model scores them,
+    as served."""
+    from relkd.eval.metrics import classification_report
+
+    missing = [c for c in ("query", "title", "label") if c not in rows.columns]
+    if missing:
+        raise RegistryError(f"the gate's rows lack column(s) {missing} (have {list(rows.columns)}); pass labelled "
+                            "query/title/label rows, e.g. data/prepared/test.parquet")
+    out = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(rows[["query", "title"]])
+    labels = [c.removeprefix("prob.") for c in out.columns if c.startswith("prob.")]
+    pred = [str(x) for x in out["label"]]
+    report = classification_report([str(x) for x in rows["label"]], pred, labels)
+    metrics = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+               **{f"f1.{k}": v["f1"] for k, v in report["per_class"].items()}}
+    return metrics, pred, labels
+
+
+def _decide_on_rows(name: str, policy: PromotionPolicy, version: str, champ: str, rows: pd.DataFrame,
+                    n_boot: int, seed: int) -> Decision:
+    from relkd.eval.stats import bootstrap_diff_ci
+
+    mine, pred_mine, labels = measure_on_rows(name, version, rows)
+    theirs, pred_theirs, labels_theirs = measure_on_rows(name, champ, rows)
+    d = decide(policy, mine, theirs)
+    reasons = [f"note: both versions scored on the same {len(rows)} current rows (not their registered tags)",
+               *d.reasons]
+    ok = d.promote
+    m = policy.metric
+    if m in ("accuracy", "macro_f1") and sorted(labels) == sorted(labels_theirs):
+        ci = bootstrap_diff_ci(list(rows["label"].astype(str)), pred_theirs, pred_mine, metric=m, labels=labels,
+                               n_boot=n_boot, seed=seed)
+        text = f"{m} gain {ci['diff']:+.4f}, 95% paired bootstrap CI [{ci['low']:+.4f}, {ci['high']:+.4f}]"
+        if policy.min_ci_low is None:
+            reasons.append(f"note: {text}")
+        else:
+            passed = ci["low"] >= policy.min_ci_low - 1e-12
+            ok = ok and passed
+            reasons.append(("pass: " if passed else "fail: ") + f"{text}; lower end "
+                           f"{'>=' if passed else '<'} min_ci_low {_fmt(policy.min_ci_low)}")
+    return Decision(ok, reasons)
+
+
+def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = False,
+            rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> Decision:
     """Run the gate for `version` (default: the ``challenger`` alias) against the ``champion``.
+
+    With `rows` (labelled query/title/label rows of the current data, e.g. the test split), both versions
+    are scored on those same rows and the gate decides on those figures, with the paired bootstrap interval
+    of the gain on the policy's metric in its reasons (and checked against ``min_ci_low``): a champion
+    registered on an earlier data version carries test metrics of another split, not comparable with the
+    challenger's. Without rows the versions' metric tags are compared (the first champion always).
 
     Promoted: alias ``champion`` moves to the version, ``challenger`` is removed if it pointed there,
     and the version gets tags promotion.decision=promoted, .reasons, .previous_champion, .time (the
@@ -359,8 +375,11 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
     champ = current.get(CHAMPION)
     if champ == version:
         raise RegistryError(f"{name} version {version} is already the champion")
-    decision = decide(policy, version_metrics(name, version),
-                      version_metrics(name, champ) if champ is not None else None)
+    if rows is not None and champ is not None:
+        decision = _decide_on_rows(name, policy, version, champ, rows, n_boot, seed)
+    else:
+        decision = decide(policy, version_metrics(name, version),
+                          version_metrics(name, champ) if champ is not None else None)
     decision = Decision(decision.promote, decision.reasons, version=version, champion=champ)
     if dry_run:
         return decision
@@ -385,6 +404,6 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "Decision", "Guard", "PromotionPolicy", "REGISTERED_NAME", "RegistryError",
-    "StudentPyfunc", "aliases", "decide", "log_student", "promote", "serving_requirements", "set_challenger",
-    "version_metrics", "versions",
+    "aliases", "decide", "log_student", "pick_challenger", "promote", "served", "serving_requirements",
+    "set_challenger", "version_metrics", "versions",
 ]
