@@ -60,13 +60,14 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path,
     champion = registry.aliases(reg.name)[registry.CHAMPION]
     best = registry.pick_challenger(registered, champion, reg.baseline, reg.candidates, reg.select_by)
     registry.set_challenger(reg.name, registered[best]["version"])
+    served = registry.served(reg.name)  # what export serves; `relkd promote` rewrites it
+    # The champion may be a version of an earlier run (not among this run's): its variant comes from the registry.
     state = {"name": reg.name, "versions": registered, "aliases": registry.aliases(reg.name),
-             "challenger_variant": best, "champion_variant": next(
-                 (v for v, r in registered.items() if r["version"] == champion), None),
+             "challenger_variant": best, "champion_variant": served["aliases"][registry.CHAMPION]["variant"],
              "decisions": decisions}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_json(out, state)
-    write_json(aliases_path, registry.served(reg.name))  # what export serves; `relkd promote` rewrites it
+    write_json(aliases_path, served)
     write_json(metrics_path, {"n_registered": len(registered), "champion_version": int(champion),
                               "challenger_version": int(registered[best]["version"]),
                               "challenger_valid_macro_f1": registered[best]["valid_macro_f1"]})
