@@ -13,6 +13,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from relkd.serving.triton_model import N_TIERS
+
 TEMPERATURE_BOUNDS = (0.01, 100.0)  # far outside what a trained classifier needs; keeps the search finite
 
 
@@ -149,4 +151,4 @@ def fit_serving(logits, y, labels: Sequence[str], relevance_weights: dict[str, f
             "tier_thresholds": [float(t) for t in tiers["thresholds"]], "tier_precision_met": tiers.get("met"),
             "ece_before": expected_calibration_error(calibrated_probs(logits, 1.0), y),
             "ece_after": expected_calibration_error(probs, y),
-            "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=5).tolist()}
+            "valid_tier_share": np.bincount(assign_tiers(score, tiers["thresholds"]), minlength=N_TIERS).tolist()}

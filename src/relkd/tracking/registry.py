@@ -134,7 +134,7 @@ def aliases(name: str) -> dict[str, str]:
     return {alias: str(v) for alias, v in sorted(model.aliases.items())}
 
 
-def served(name: str) -> dict[str, dict]:
+def served(name: str) -> dict:
     """What the registry says to serve: {alias: {"version", "variant"}} for champion and challenger (those
     set). Written by `register` and `relkd promote` to registry/aliases.json, the file the `export` stage
     depends on, so moving an alias re-exports on the next `dvc repro`."""
