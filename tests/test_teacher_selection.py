@@ -179,3 +179,21 @@ def test_a_hinted_rationale_never_names_a_class(completion, ok):
     assert not any(lab in normalise(text) for lab in labels)
     if ok:
         assert text.startswith("The query asks for a Sony camera")
+
+
+@pytest.mark.parametrize("completion, why", [
+    (" asks for a Brewlin Zen FE-3700 blender, which is a 2024 New Brewlin Zen Zen Zen Zen", "unfinished"),  # cut by the cap
+    (" asks for a Zen Zen Zen blender.", "repetitive"),
+    (" asks for a Brewlin Zen FE-3700 blender in red with a glass jug of two litres, a steel blade, six speeds, a "
+     "pulse button, a timer, a lid with a measuring cap, a tamper, a recipe book and a warranty of five years.", "too long"),
+])
+def test_a_hinted_rationale_is_an_answer_the_teacher_can_write(completion, why):
+    """SFT targets the trained teacher copies: a loop or a sentence cut off by the token cap would teach it to
+    run out of tokens before its label line (the trained teacher was 10-27% unparseable on test)."""
+    from relkd.teacher.judge import MAX_HINT_WORDS, clean_hinted
+
+    labels = ["strongly relevant", "brand mismatch", "model mismatch"]
+    assert clean_hinted(completion, labels) == ("", why)
+    text, reason = clean_hinted(" asks for a Brewlin blender. It sells a Brewlin blender jug." + completion, labels)
+    assert reason is None and text == "The query asks for a Brewlin blender. It sells a Brewlin blender jug."
+    assert len(text.split()) <= MAX_HINT_WORDS

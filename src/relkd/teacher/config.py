@@ -19,7 +19,8 @@ class SamplingConfig(Section):
     top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass; paper: 0.99")
     top_k: int = Field(50, ge=0, description="0 = no top-k cut; paper: 50")
     max_new_tokens: int = Field(
-        64, ge=1, description="cap on new tokens (worked answers: 31-37 tokens); an answer ends at its first complete label line, so this only "
+        96, ge=1, description="cap on new tokens (worked answers: 31-37 tokens; label-hinted SFT targets up to a "
+        "35-word rationale, about 70 tokens with product codes, plus the label line); an answer ends at its first complete label line, so this only "
         "bounds answers that never write one; paper: long free-form CoT (hundreds of tokens)"
     )
     k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
@@ -70,7 +71,7 @@ class SFTSection(Section):
         32, ge=1, description="validation pairs the trained teacher answers under the unified prompt after SFT "
         "(greedy), to prove it learned the answer format")
     max_unparseable: float = Field(
-        0.5, ge=0, le=1, description="teacher_sft fails when more than this share of those answers has no "
+        0.1, ge=0, le=1, description="teacher_sft fails when more than this share of those answers has no "
         "parseable label (the format was not learned: more epochs, a higher lr or more examples)")
 
 

@@ -121,6 +121,10 @@ def majority(records: list[dict], labels: Sequence[str]) -> list[dict]:
 HINT_START = f"{REASONING_KEY} The query"
 _ECHO = ("the answer", "the label", "correct label", "label is")
 _MIN_HINT_WORDS = 5
+# A training target must be an answer the trained teacher can write within teacher.sampling.max_new_tokens:
+# a 35-word rationale of product codes is about 70 tokens, then the label line.
+MAX_HINT_WORDS = 35
+_SENTENCE_END = (".", "!", "?")
 
 
 def hinted_prompts(tokenizer, perspective: Perspective, pairs: pd.DataFrame, labels: Sequence[str]) -> list[str]:
@@ -134,24 +138,48 @@ def hinted_prompts(tokenizer, perspective: Perspective, pairs: pd.DataFrame, lab
     return out
 
 
+def _repetitive(sentence: str) -> bool:
+    """A degenerate loop of a small model: one word three times running ("Zen Zen Zen"), or a long sentence
+    made of few distinct words."""
+    words = normalise(sentence).split()
+    if any(a == b == c for a, b, c in zip(words, words[1:], words[2:])):
+        return True
+    return len(words) >= 10 and len(set(words)) < 0.5 * len(words)
+
+
 def clean_hinted(completion: str, labels: Sequence[str]) -> tuple[str, str | None]:
     """The rationale of a hinted answer (``HINT_START`` + completion), or ``("", reason)`` when it must not be
-    used: a rationale gives reasons from the pair and never names a class (a hinted rationale that says
-    the label would make its embedding an embedding of the label name). Sentences that name a class or
-    say "the answer/label is" are dropped; what is left must have at least 5 words."""
+    used. A rationale gives reasons from the pair and never names a class (a hinted rationale that says
+    the label would make its embedding an embedding of the label name), and it is an answer the trained
+    teacher can write within its token cap. So: sentences that name a class or say "the answer/label
+    is" are dropped, and so are loops ("Zen Zen Zen") and a last sentence cut off by the cap (no
+    closing ".", "!" or "?"); whole sentences are kept up to ``MAX_HINT_WORDS`` words; what is left must
+    have at least 5 words. Reasons: "names the label", "unfinished", "repetitive", "too long", "too short"."""
     head = HINT_START[len(REASONING_KEY):].strip()
     first = (head + completion).split("\n", 1)[0]
-    sentences = re.split(r"(?<=[.!?])\s+", " ".join(first.split()))
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(first.split())) if s]
     classes = [normalise(lab) for lab in labels]
-    kept = []
+    kept, why, n_words = [], None, 0
     for sentence in sentences:
         norm = normalise(sentence)
         if any(re.search(rf"(?<!\w){re.escape(c)}(?!\w)", norm) for c in classes) or any(e in norm for e in _ECHO):
+            why = why or "names the label"
             continue
+        if not sentence.endswith(_SENTENCE_END):
+            why = why or "unfinished"
+            continue
+        if _repetitive(sentence):
+            why = why or "repetitive"
+            continue
+        words = len(sentence.split())
+        if n_words + words > MAX_HINT_WORDS:
+            why = why or "too long"
+            break
         kept.append(sentence)
+        n_words += words
     text = " ".join(kept).strip()
-    if len(text.split()) < _MIN_HINT_WORDS:
-        return "", "names the label" if sentences and not kept else "too short"
+    if n_words < _MIN_HINT_WORDS:
+        return "", why if not kept and why else "too short"
     return text, None
 
 
