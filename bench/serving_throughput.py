@@ -1,10 +1,12 @@
 """Student scoring throughput, in process and end to end through Triton, side by side in one run.
 
 In process: torch eager padded to 64 (the baseline), torch with length buckets, onnxruntime fp32 padded
-to 64 and bucketed, onnxruntime int8 (dynamic, per-channel) bucketed, with argmax agreement against
-torch fp32. Through Triton: the exported model repository served by the real tritonserver, scored
-over HTTP and gRPC at batch 1, 32 and 100. Achieved GFLOP/s are counted on real (unpadded) tokens and
-put beside the machine's measured matmul roof.
+to 64 and bucketed, onnxruntime int8 (dynamic: the encoder's weight MatMuls per channel, per tensor, and the
+whole graph per tensor) bucketed, with argmax agreement against torch fp32. Through Triton: the exported
+model repository served by the real tritonserver, scored over HTTP and gRPC at batch 1, 32 and the served
+batch, with and without the explanation output, and the python backend's steps timed in process (the
+breakdown). Achieved GFLOP/s are counted on real (unpadded) tokens and put beside the machine's measured
+matmul roofs (fp32, and int8 MatMulInteger for the integer rows).
 
     python bench/serving_throughput.py --student models/student/lrkd_gat/seed13 --repo triton_repo \\
         [--pairs 600] [--csv FILE --query-col search_term --title-col product_title]
@@ -19,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import matmul_roof, report  # noqa: E402
+from common import int8_matmul_roof, matmul_roof, report  # noqa: E402
 
 
 def load_pairs(a) -> list[tuple[str, str]]:
@@ -52,6 +54,39 @@ def _once(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
+    """Where a Triton request's time goes inside the python backend, step by step, in process: the served
+    version's own model.py (TritonPythonModel, its onnxruntime session and thread settings) on the batches the
+    client sends (rows sorted by length, `batch` a request). Seconds per 1000 pairs for each step."""
+    from relkd.serving.triton_model import TritonPythonModel, encode, relevance
+
+    model = TritonPythonModel()
+    model.initialize({"model_repository": str(version_dir.parent), "model_version": version_dir.name})
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    batches = [[pairs[i] for i in order[k:k + batch]] for k in range(0, len(order), batch)]
+    steps = dict.fromkeys(["tokenise (tokenizers, in the stub)", "onnxruntime, logits only",
+                           "onnxruntime, logits + latent", "softmax, score, tier", "explanation lookup"], 0.0)
+    names = list(steps)
+    for _ in range(2):  # the first pass warms up; the second is measured
+        for key in names:
+            steps[key] = 0.0
+        for b in batches:
+            t0 = time.perf_counter()
+            feed = encode(model.tok, [q for q, _ in b], [t for _, t in b], model.input_names, model.int_dtype)
+            t1 = time.perf_counter()
+            logits = model.session.run(["logits"], feed)[0]
+            t2 = time.perf_counter()
+            both = model.session.run(model.output_names, feed)
+            t3 = time.perf_counter()
+            relevance(logits, model.info)
+            t4 = time.perf_counter()
+            model._nearest(both[1] if len(both) > 1 else None, len(b))
+            t5 = time.perf_counter()
+            for key, dt in zip(names, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                steps[key] += dt
+    return {k: 1000 * v / len(pairs) for k, v in steps.items()}
 
 
 def main() -> None:
@@ -89,25 +124,26 @@ def main() -> None:
     fp32 = work / "fp32.onnx"
     samples = sorted(pairs, key=lambda p: len(p[0]) + len(p[1]))
     export_onnx(wrapper, tok, fp32, max_len, [samples[0], samples[len(samples) // 2], samples[-1]])
-    # Per-channel int8 keeps accuracy better, but onnxruntime rejects its zero points on some of the
-    # extractor's MatMuls; then the per-tensor graph is measured (named in the row).
-    int8, int8_name = quantize_int8(fp32, work / "int8.onnx"), "onnxruntime int8 per-channel, length buckets"
-    try:
-        score_pairs(int8, tok, pairs[:4], max_len)
-    except Exception as err:  # noqa: BLE001 - any runtime rejection means: fall back
-        print(f"per-channel int8 does not run ({str(err)[:120]}...); measuring per-tensor int8")
-        int8 = quantize_int8(fp32, work / "int8t.onnx", per_channel=False)
-        int8_name = "onnxruntime int8 per-tensor, length buckets"
+    # Integer routes: dynamic int8 of the encoder's weight MatMuls only (the default of export; embeddings,
+    # LayerNorms, attention products, extractor and head stay fp32), per channel and per tensor, and the
+    # whole graph per tensor (per channel, onnxruntime refuses the GAT extractor's attention vectors).
+    int8_routes = []
+    for label, kwargs in (("encoder only, per-channel", {"scope": "encoder", "per_channel": True}),
+                          ("encoder only, per-tensor", {"scope": "encoder", "per_channel": False}),
+                          ("whole graph, per-tensor", {"scope": "all", "per_channel": False})):
+        path = quantize_int8(fp32, work / f"int8-{kwargs['scope']}-{kwargs['per_channel']}.onnx", **kwargs)
+        int8_routes.append((f"onnxruntime int8 dynamic, {label}, length buckets", path, True))
     ref = None
     with torch.inference_mode():
         for name, model_or_path, buckets in [("torch eager, padded to 64", wrapper, False),
                                              ("torch eager, length buckets", wrapper, True),
                                              ("onnxruntime fp32, padded to 64", fp32, False),
                                              ("onnxruntime fp32, length buckets", fp32, True),
-                                             (int8_name, int8, True),
-                                             (f"onnxruntime fp32, length buckets, batch {served_batch}", fp32, True)]:
+                                             *int8_routes,
+                                             (f"onnxruntime fp32, length buckets, batch {served_batch}", fp32, True),
+                                             *[(f"{n}, batch {served_batch}", m, b) for n, m, b in int8_routes[:1]]]:
             out = {}
-            batch = served_batch if name.endswith(f"batch {served_batch}") else 100
+            batch = served_batch if name.endswith(f", batch {served_batch}") else 100
 
             def run():
                 out["logits"] = score_pairs(model_or_path, tok, pairs, max_len, batch_size=batch, buckets=buckets)[0]
@@ -118,7 +154,7 @@ def main() -> None:
                          "gflops_real_tokens": real_tokens * fpt / dt / 1e9,
                          "agreement_vs_torch_fp32": float((out["logits"].argmax(1) == ref).mean())})
     base = rows[0]["pairs_per_s"]
-    memory = None
+    memory, breakdown = None, {}
     if a.repo and Path(a.repo, a.model_name).is_dir():
         from relkd.serving.client import score_frame
         from relkd.serving.server import triton
@@ -126,29 +162,47 @@ def main() -> None:
 
         version = sorted((p.name for p in Path(a.repo, a.model_name).iterdir() if p.name.isdigit()), key=int)[-1]
         frame = pd.DataFrame({"query": [q for q, _ in pairs], "title": [t for _, t in pairs]})
+        breakdown = backend_breakdown(Path(a.repo, a.model_name, version), pairs, served_batch)
         with triton(a.repo) as server:
-            for protocol, port in (("http", server.http_port), ("grpc", server.grpc_port)):
-                for bs in (1, 32, served_batch):
-                    n = len(frame) if bs > 1 else min(len(frame), 100)
-                    sub = frame.iloc[:n]
-                    dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", protocol, a.model_name, version,
-                                                   batch_size=bs, concurrency=2, progress=False), 1)
-                    rows.append({"path": f"Triton {protocol}, batch {bs} (v{version})", "pairs_per_s": n / dt,
-                                 "gflops_real_tokens": None, "agreement_vs_torch_fp32": None})
+            runs = [(protocol, port, bs, True, 2) for protocol, port in (("http", server.http_port),
+                                                                         ("grpc", server.grpc_port))
+                    for bs in (1, 32, served_batch)]
+            runs += [("grpc", server.grpc_port, served_batch, False, c) for c in (2, 1)]
+            for protocol, port, bs, explain, concurrency in runs:
+                n = len(frame) if bs > 1 else min(len(frame), 100)
+                sub = frame.iloc[:n]
+                dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", protocol, a.model_name, version,
+                                               batch_size=bs, concurrency=concurrency, explain=explain,
+                                               progress=False), 1)
+                what = "" if explain else f", no explanation, concurrency {concurrency}"
+                rows.append({"path": f"Triton {protocol}, batch {bs} (v{version}){what}", "pairs_per_s": n / dt,
+                             "gflops_real_tokens": None, "agreement_vs_torch_fp32": None})
+                if bs == served_batch and protocol == "grpc":
+                    breakdown[f"Triton gRPC end to end{what or ', with explanation, concurrency 2'}"] = 1000 * dt / n
             memory = server.peak_rss_mb()
-    roof = matmul_roof()
-    same_batch = next(r["pairs_per_s"] for r in rows if r["path"].endswith(f"buckets, batch {served_batch}"))
+    roof, int8_roof = matmul_roof(), int8_matmul_roof()
+    same_batch = next(r["pairs_per_s"] for r in rows if r["path"] == f"onnxruntime fp32, length buckets, batch {served_batch}")
+    fp32_buckets = next(r["pairs_per_s"] for r in rows if r["path"] == "onnxruntime fp32, length buckets")
     for r in rows:
         if r["path"].startswith("Triton") and f"batch {served_batch} " in r["path"]:
             r["vs_in_process_same_batch"] = r["pairs_per_s"] / same_batch
         r["vs_torch_padded"] = r["pairs_per_s"] / base
-        r["roof_share"] = r["gflops_real_tokens"] / roof if r["gflops_real_tokens"] else None
-    report(a.name, rows, ["path", "pairs_per_s", "vs_torch_padded", "gflops_real_tokens",
+        integer = "int8" in r["path"]
+        if integer:
+            r["vs_fp32_buckets"] = r["pairs_per_s"] / (same_batch if r["path"].endswith(f", batch {served_batch}")
+                                                       else fp32_buckets)
+        # int8 rows against the integer roof (their MatMuls run on it), fp32 rows against the fp32 one
+        r["roof_share"] = r["gflops_real_tokens"] / (int8_roof if integer else roof) if r["gflops_real_tokens"] else None
+    report(a.name, rows, ["path", "pairs_per_s", "vs_torch_padded", "vs_fp32_buckets", "gflops_real_tokens",
                           "roof_share", "agreement_vs_torch_fp32", "vs_in_process_same_batch"],
            {"student": a.student, "pairs": len(pairs), "data": a.csv or "catalogue",
             "server_peak_rss_mb": memory, "mean_real_tokens": real_tokens / len(pairs),
-            "gflop_per_real_token": fpt / 1e9, "matmul_roof_gflops": roof})
-    print(f"matmul roof {roof:.0f} GFLOP/s; {len(pairs)} pairs, mean {real_tokens / len(pairs):.1f} real tokens")
+            "gflop_per_real_token": fpt / 1e9, "matmul_roof_gflops": roof, "int8_matmul_roof_gops": int8_roof,
+            "triton_breakdown": breakdown})
+    for step, ms in breakdown.items():
+        print(f"  {step}: {ms:.1f} ms per 1000 pairs")
+    print(f"matmul roof {roof:.0f} GFLOP/s, int8 {int8_roof:.0f} GOP/s; {len(pairs)} pairs, "
+          f"mean {real_tokens / len(pairs):.1f} real tokens")
 
 
 if __name__ == "__main__":

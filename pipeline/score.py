@@ -36,7 +36,7 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
             t0 = time.perf_counter()
             summary[role] = score_file(batch, Path(out) / role, url, cfg.protocol, t.model_name, e["version"],
                                        cfg.batch_size, cfg.concurrency, cfg.retries, cfg.backoff, cfg.max_chars,
-                                       shard_size=cfg.shard_size)
+                                       shard_size=cfg.shard_size, explain=cfg.explain)
             seconds = time.perf_counter() - t0
             write_json(Path(out) / role / "cost.json", {
                 "pairs": summary[role]["scored"], "seconds": seconds,

@@ -84,6 +84,9 @@ def test_versions_and_unknown_version(served):
         score_frame(df, server.grpc_url, version=7, progress=False)
     big, _ = score_frame(df, server.http_url, "http", version=1, batch_size=500, progress=False)  # > max_batch_size
     np.testing.assert_allclose(np.stack(big["probs"]), np.stack(one["probs"]), atol=1e-6)
+    plain, _ = score_frame(df, server.grpc_url, version="1", explain=False, progress=False)  # no lookup asked for
+    assert set(plain["explain_id"]) == {""} and set(one["explain_id"]) != {""}
+    np.testing.assert_allclose(np.stack(plain["probs"]), np.stack(one["probs"]), atol=1e-6)
 
 
 @pytest.mark.integration

@@ -120,8 +120,10 @@ def test_export_refuses_samples_that_cannot_exercise_dynamic_shapes(model, token
 
 def test_int8_is_smaller_and_agrees_with_fp32(exported, model, tokenizer, tmp_path):
     path, _ = exported
-    q = quantize_int8(path, tmp_path / "int8.onnx")
+    q = quantize_int8(path, tmp_path / "int8.onnx", scope="all")  # not a student graph: every MatMul and Gather
     assert q.stat().st_size < 0.5 * path.stat().st_size
+    with pytest.raises(ValueError, match="scope='all'"):
+        quantize_int8(path, tmp_path / "enc.onnx")
     pairs = (SAMPLES + NEW_PAIRS) * 4
     res = agreement_rate(path, q, tokenizer, pairs, MAX_LENGTH, batch_size=8)
     assert 0.0 <= res["agreement"] <= 1.0 and res["n"] == len(pairs)
@@ -191,3 +193,35 @@ def test_the_student_exports_through_its_inference_wrapper(tokenizer, tmp_path):
     assert info["max_abs_diff_logits"] <= 1e-4 and info["max_abs_diff_latent"] <= 1e-4
     logits, latent = score_pairs(tmp_path / "student.onnx", tok, NEW_PAIRS, MAX_LENGTH)
     assert logits.shape == (len(NEW_PAIRS), 3) and latent.shape == (len(NEW_PAIRS), 24)
+
+
+def test_int8_of_the_student_quantises_the_encoder_and_keeps_the_sensitive_nodes_fp32(tokenizer, tmp_path):
+    """scope='encoder' (the default): only the encoder's weight MatMuls become integer ops, per output channel
+    (which onnxruntime refuses on the GAT extractor's attention vectors); embeddings, LayerNorms, the
+    extractor and the head stay fp32, and the decisions match fp32."""
+    import onnx
+
+    from relkd.serving.export import encoder_weight_matmuls
+    from relkd.student.config import VariantConfig
+    from relkd.student.model import InferenceWrapper, build_student
+
+    torch.manual_seed(0)
+    student, tok = build_student("tiny:bert", ("exact", "substitute", "irrelevant"), VariantConfig(),
+                                 d_out=24, max_length=MAX_LENGTH)
+    fp32 = tmp_path / "student.onnx"
+    export_onnx(InferenceWrapper(student.eval()), tok, fp32, MAX_LENGTH, SAMPLES)
+    names = encoder_weight_matmuls(onnx.load(str(fp32)))
+    layers = student.backbone.config.num_hidden_layers
+    assert len(names) == 6 * layers  # q, k, v, attention output, intermediate, output per layer
+    q = quantize_int8(fp32, tmp_path / "int8.onnx")
+    graph = onnx.load(str(q)).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulInteger") + ops.count("MatMulIntegerToFloat") == 6 * layers
+    integer = [n.name for n in graph.node if n.op_type.startswith("MatMulInteger")]
+    assert all(any(name.startswith(m) for m in names) for name in integer)  # exactly the encoder's weight MatMuls
+    int8 = [i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8 and not any(k in name for name in int8 for k in ("embeddings", "head", "extractor"))
+    assert "student.extractor.a_src" in {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    pairs = (SAMPLES + NEW_PAIRS) * 4
+    res = agreement_rate(fp32, q, tok, pairs, MAX_LENGTH, batch_size=8)
+    assert res["agreement"] == 1.0 and res["max_prob_diff"] < 0.05

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from relkd import procs
+from relkd.serving import triton_model
 from relkd.serving.repository import write_config, write_version
 from relkd.serving.server import ServerUnreachable, check, default_venv, server_paths, triton
 
@@ -174,7 +175,8 @@ def infer(server, protocol: str, queries, titles, version: str = "", outputs=("P
             inputs.append(tensor)
         result = client.infer(MODEL, inputs, model_version=version,
                               outputs=[module.InferRequestedOutput(o) for o in outputs])
-        return {o: result.as_numpy(o) for o in outputs}
+        # Every output the response carries (a name it lacks is None): what the server returned, not what was asked.
+        return {o: got for o in triton_model.OUTPUTS if (got := result.as_numpy(o)) is not None}
     finally:
         client.close()
 
@@ -237,6 +239,21 @@ def test_explanation_is_the_nearest_rationale(served):
     assert [b.decode() for b in got["EXPLAIN_TEXT"].ravel()] == [served["explain"]["texts"][k] for k in nearest]
     without = infer(served["server"], "http", queries, titles, version="2")  # version 2 has no index
     assert set(without["EXPLAIN_ID"].ravel()) == {b""}
+
+
+@pytest.mark.integration
+def test_only_the_requested_outputs_are_computed(served):
+    """A request that names no explanation output gets none (the server skips the latent output and the
+    nearest-rationale lookup) and the same scores as one that asks for everything."""
+    queries, titles = texts(8, seed=3)
+    everything = infer(served["server"], "grpc", queries, titles, version="1")
+    scores_only = infer(served["server"], "grpc", queries, titles, version="1",
+                        outputs=("PROBS", "LABEL", "TIER", "SCORE"))
+    assert set(scores_only) == {"PROBS", "LABEL", "TIER", "SCORE"}
+    for name in scores_only:
+        np.testing.assert_array_equal(scores_only[name], everything[name])
+    explain_only = infer(served["server"], "grpc", queries, titles, version="1", outputs=("EXPLAIN_ID",))
+    np.testing.assert_array_equal(explain_only["EXPLAIN_ID"], everything["EXPLAIN_ID"])
 
 
 @pytest.mark.integration

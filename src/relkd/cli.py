@@ -221,7 +221,7 @@ def score(batch, out, url, repo, params, protocol, model_name, version, batch_si
             try:
                 s = score_file(batch, out, target, protocol, model_name, version, batch_size or s.batch_size,
                                concurrency or s.concurrency, s.retries, s.backoff, s.max_chars,
-                               shard_size=shard_size or s.shard_size)
+                               shard_size=shard_size or s.shard_size, explain=s.explain)
             except ServerUnreachable as err:
                 died = server.exited() if server is not None else None  # our own server: say why it is gone
                 raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None

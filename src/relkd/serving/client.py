@@ -28,7 +28,8 @@ from relkd.serving.triton_model import text_problem
 # The library's defaults are the typed configs' (params.yaml's `score` and `triton` sections): one home.
 _SCORE = ScoreConfig()
 DEFAULT_MODEL = TritonConfig().model_name
-OUTPUTS = ("PROBS", "LABEL", "TIER", "SCORE", "EXPLAIN_ID")
+OUTPUTS = ("PROBS", "LABEL", "TIER", "SCORE")
+EXPLAIN = "EXPLAIN_ID"  # asked for only with explain=True: the server then runs the nearest-rationale lookup
 SCORE_COLUMNS = ["row", "id", "version", "label", "tier", "score", "probs", "explain_id"]
 REJECT_COLUMNS = ["row", "id", "reason"]
 # Failures worth another try: the server is (re)starting, overloaded or briefly unreachable.
@@ -154,7 +155,7 @@ def _preflight(clients: _Clients, model_name: str, version: str, retries: int, b
 
 
 def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list[str], titles: list[str],
-                 timeout: float) -> dict:
+                 timeout: float, explain: bool) -> dict:
     module, client = clients.module, clients.get()
     n = len(queries)
     inputs = []
@@ -162,25 +163,26 @@ def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list
         tensor = module.InferInput(name, [n, 1], "BYTES")
         tensor.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_).reshape(n, 1))
         inputs.append(tensor)
-    outputs = [module.InferRequestedOutput(name) for name in OUTPUTS]
+    names = OUTPUTS + ((EXPLAIN,) if explain else ())
+    outputs = [module.InferRequestedOutput(name) for name in names]
     kwargs = {"client_timeout": timeout} if module.__name__.endswith("grpc") else {}
     result = client.infer(model_name, inputs, model_version=version, outputs=outputs, **kwargs)
     response = result.get_response()
     served = response["model_version"] if isinstance(response, dict) else response.model_version
-    got = {name: result.as_numpy(name) for name in OUTPUTS}
+    got = {name: result.as_numpy(name) for name in names}
     return {
         "version": str(served),
         "label": [b.decode("utf-8") for b in got["LABEL"].reshape(-1)],
         "tier": got["TIER"].reshape(-1).astype(np.int32),
         "score": got["SCORE"].reshape(-1).astype(np.float32),
         "probs": list(got["PROBS"].astype(np.float32)),
-        "explain_id": [b.decode("utf-8") for b in got["EXPLAIN_ID"].reshape(-1)],
+        "explain_id": [b.decode("utf-8") for b in got[EXPLAIN].reshape(-1)] if explain else [""] * n,
     }
 
 
 def _score(df: pd.DataFrame, rows: np.ndarray, clients: _Clients, model_name: str, version: str, batch_size: int,
            concurrency: int, retries: int, backoff: float, max_chars: int, timeout: float, bar,
-           read_errors: dict | None = None) -> pd.DataFrame:
+           read_errors: dict | None = None, explain: bool = _SCORE.explain) -> pd.DataFrame:
     """All rows of `df` with either their scores or a reject reason (column reject_reason);
     `read_errors` (input row -> reason) rejects the rows that could not be parsed."""
     ok, reasons = validate(df, max_chars)
@@ -202,7 +204,7 @@ def _score(df: pd.DataFrame, rows: np.ndarray, clients: _Clients, model_name: st
         what = f"{len(idx)} row(s) ({', '.join(map(str, shown[:5]))}{', ...' if len(shown) > 5 else ''})"
         out = _with_retries(
             lambda: _infer_batch(clients, model_name, version, [str(queries[i]) for i in idx],
-                                 [str(titles[i]) for i in idx], timeout),
+                                 [str(titles[i]) for i in idx], timeout, explain),
             what, clients.url, retries, backoff)
         if bar is not None:
             bar.update(len(idx))
@@ -262,21 +264,21 @@ def _open(url: str, protocol: str, model_name: str, version: str, retries: int, 
 def score_frame(df: pd.DataFrame, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
                 version: str | int = "", batch_size: int = _SCORE.batch_size, concurrency: int = _SCORE.concurrency,
                 retries: int = _SCORE.retries, backoff: float = _SCORE.backoff, max_chars: int = _SCORE.max_chars,
-                timeout: float = 60.0,
+                timeout: float = 60.0, explain: bool = _SCORE.explain,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score (query, title[, id]) rows on the Triton server at `url` (host:port of its gRPC or HTTP
     endpoint, per `protocol`); `version` '' lets the server pick (the highest served version).
 
     Returns (scores, rejects), both in input order. scores: row (position in `df`), id (the id
     column as text, else the row), version (the one that answered), label, tier, score, probs
-    (float32 array in the model's label order), explain_id. rejects: row, id, reason.
+    (float32 array in the model's label order), explain_id ('' unless `explain`). rejects: row, id, reason.
     """
     _check_columns(df, "the frame")
     clients, batch_size = _open(url, protocol, model_name, version, retries, backoff, timeout, batch_size)
     try:
         with tqdm(total=len(df), unit="row", desc="score", disable=not progress) as bar:
             frame = _score(df, np.arange(len(df)), clients, model_name, str(version), batch_size, concurrency,
-                           retries, backoff, max_chars, timeout, bar)
+                           retries, backoff, max_chars, timeout, bar, explain=explain)
     finally:
         clients.close()
     return _split(frame)
@@ -455,7 +457,8 @@ def _sha256(path: Path) -> str:
 def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
                version: str | int = "", batch_size: int = _SCORE.batch_size, concurrency: int = _SCORE.concurrency,
                retries: int = _SCORE.retries, backoff: float = _SCORE.backoff, max_chars: int = _SCORE.max_chars,
-               timeout: float = 60.0, shard_size: int = _SCORE.shard_size, progress: bool = True) -> dict:
+               timeout: float = 60.0, shard_size: int = _SCORE.shard_size, explain: bool = _SCORE.explain,
+               progress: bool = True) -> dict:
     """Score a parquet/CSV/JSONL file into ``out_dir/scores.parquet`` and ``out_dir/rejects.jsonl``.
 
     Work is written as shards (``out_dir/shards/part-00000.parquet``, `shard_size` input rows each,
@@ -469,7 +472,8 @@ def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, m
     df, read_errors = check_input(input_path)
     shard_dir = out_dir / "shards"
     manifest = {"input": str(input_path.resolve()), "input_sha256": _sha256(input_path), "rows": len(df),
-                "model_name": model_name, "version": str(version), "shard_size": shard_size, "max_chars": max_chars}
+                "model_name": model_name, "version": str(version), "shard_size": shard_size, "max_chars": max_chars,
+                "explain": explain}
     manifest_path = shard_dir / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -495,7 +499,7 @@ def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, m
                     rows = np.arange(starts[k], starts[k] + len(part))
                     try:
                         frame = _score(part, rows, clients, model_name, str(version), batch_size, concurrency,
-                                       retries, backoff, max_chars, timeout, bar, read_errors)
+                                       retries, backoff, max_chars, timeout, bar, read_errors, explain)
                     except ServerUnreachable as e:
                         kept = sum(p.exists() for p in paths)
                         raise ServerUnreachable(

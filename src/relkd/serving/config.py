@@ -58,6 +58,8 @@ class ScoreConfig(Section):
     backoff: float = Field(0.5, ge=0)
     max_chars: int = Field(2000, ge=1, description="longer query/title text is rejected, not silently cut")
     shard_size: int = Field(100, ge=1, description="rows per atomically written shard (resume unit)")
+    explain: bool = Field(True, description="ask for each row's nearest training rationale (explain_id); false: "
+                          "the server skips the latent output and the lookup, and explain_id stays empty")
     drift: DriftThresholds = DriftThresholds()
 
 

@@ -111,15 +111,7 @@ def config_text(model_name: str, versions: Sequence[int], max_batch_size: int = 
         return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
 
     inputs = [tensor("QUERY", "TYPE_STRING", [1]), tensor("TITLE", "TYPE_STRING", [1])]
-    outputs = [
-        tensor("PROBS", "TYPE_FP32", [-1]),
-        tensor("LABEL", "TYPE_STRING", [1]),
-        tensor("TIER", "TYPE_INT32", [1]),
-        tensor("SCORE", "TYPE_FP32", [1]),
-        tensor("LATENT", "TYPE_FP32", [-1]),
-        tensor("EXPLAIN_ID", "TYPE_STRING", [1]),
-        tensor("EXPLAIN_TEXT", "TYPE_STRING", [1]),
-    ]
+    outputs = [tensor(name, dtype, dims) for name, (dtype, dims) in triton_model.OUTPUT_SPECS.items()]
     return "\n".join([
         "# Written by relkd.serving.repository.config_text; champion and challenger are versions of this model.",
         f'name: "{model_name}"',

@@ -22,6 +22,17 @@ except ImportError:  # imported for its helpers by the writer, the client and te
     pb_utils = None
 
 N_TIERS = 5
+# The model's outputs, (Triton type, dims) each: config.pbtxt is written from this. The explanation and latent
+# ones are computed only for the requests that ask for them (a score that needs no explanation skips the
+# nearest-rationale lookup).
+OUTPUT_SPECS = {
+    "PROBS": ("TYPE_FP32", [-1]), "LABEL": ("TYPE_STRING", [1]), "TIER": ("TYPE_INT32", [1]),
+    "SCORE": ("TYPE_FP32", [1]), "LATENT": ("TYPE_FP32", [-1]), "EXPLAIN_ID": ("TYPE_STRING", [1]),
+    "EXPLAIN_TEXT": ("TYPE_STRING", [1]),
+}
+OUTPUTS = tuple(OUTPUT_SPECS)
+EXPLAIN_OUTPUTS = {"EXPLAIN_ID", "EXPLAIN_TEXT"}
+LATENT_OUTPUTS = EXPLAIN_OUTPUTS | {"LATENT"}
 
 
 def text_problem(value) -> tuple[str | None, str | None]:
@@ -183,30 +194,31 @@ class TritonPythonModel:
             except ValueError as e:
                 responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(str(e)))
                 continue
-            spans.append((i, len(queries), len(q)))
+            spans.append((i, len(queries), len(q), _wanted(request)))
             queries += q
             titles += t
         if not spans:
             return responses
         feed = encode(self.tok, queries, titles, self.input_names, self.int_dtype)
-        results = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        # The latent output and the explanation lookup cost only when some request asks for them.
+        names = [n for n in self.output_names if n == "logits" or any(w & LATENT_OUTPUTS for *_, w in spans)]
+        results = dict(zip(names, self.session.run(names, feed)))
         out = relevance(results["logits"], self.info)
         latent = results.get("latent")
-        explain_id, explain_text = self._nearest(latent, len(queries))
         labels = np.array([self.labels[k] for k in out["label"]], dtype=np.object_)
-        for i, start, n in spans:
+        for i, start, n, wanted in spans:
             s = slice(start, start + n)
-            tensors = [
-                pb_utils.Tensor("PROBS", out["probs"][s]),
-                pb_utils.Tensor("LABEL", labels[s].reshape(n, 1)),
-                pb_utils.Tensor("TIER", out["tier"][s].reshape(n, 1)),
-                pb_utils.Tensor("SCORE", out["score"][s].reshape(n, 1)),
-                pb_utils.Tensor("EXPLAIN_ID", explain_id[s].reshape(n, 1)),
-                pb_utils.Tensor("EXPLAIN_TEXT", explain_text[s].reshape(n, 1)),
-            ]
-            if latent is not None:
-                tensors.append(pb_utils.Tensor("LATENT", latent[s].astype(np.float32)))
-            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+            tensors = {
+                "PROBS": out["probs"][s], "LABEL": labels[s].reshape(n, 1),
+                "TIER": out["tier"][s].reshape(n, 1), "SCORE": out["score"][s].reshape(n, 1),
+            }
+            if wanted & EXPLAIN_OUTPUTS:
+                explain_id, explain_text = self._nearest(None if latent is None else latent[s], n)
+                tensors.update(EXPLAIN_ID=explain_id.reshape(n, 1), EXPLAIN_TEXT=explain_text.reshape(n, 1))
+            if latent is not None and "LATENT" in wanted:
+                tensors["LATENT"] = latent[s].astype(np.float32)
+            responses[i] = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(k, v) for k, v in tensors.items() if k in wanted])
         return responses
 
     def _nearest(self, latent, n: int):
@@ -225,6 +237,12 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+
+
+def _wanted(request) -> set[str]:
+    """The outputs a request asked for; a request that names none gets them all (Triton's rule)."""
+    names = set(request.requested_output_names() or ())
+    return names or set(OUTPUTS)
 
 
 def _error(message: str):
