@@ -164,3 +164,35 @@ def test_shared_prefix_sampling_gives_n_seeded_samples_per_prompt(sharp_llama):
     a = shared.generate(PREFIXED, 3, SAMPLE, seed=1)
     assert [len(o) for o in a] == [3] * len(PREFIXED) and any(len(set(o)) > 1 for o in a)
     assert a == shared.generate(PREFIXED, 3, SAMPLE, seed=1) != shared.generate(PREFIXED, 3, SAMPLE, seed=2)
+
+
+def test_no_repeat_bans_only_an_ngram_the_answer_already_holds():
+    """The ban looks at the answer, never at the prompt: the prompt's worked examples hold the "Label: <class>"
+    n-grams an answer has to write."""
+    from relkd.teacher.generation import _no_repeat
+
+    prompt = [1, 2, 9, 4]
+    ids = torch.tensor([prompt + [1, 2, 3, 1, 2]])
+    scores = _no_repeat(3, len(prompt))(ids, torch.zeros(1, 12))
+    assert scores[0, 3] == -float("inf")  # (1, 2) was followed by 3 in the answer
+    assert torch.isfinite(scores[0, [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]]).all()  # (1, 2, 9) is only in the prompt
+    short = _no_repeat(3, len(prompt))(torch.tensor([prompt + [1, 2]]), torch.zeros(1, 12))
+    assert torch.isfinite(short).all()
+
+
+def test_no_repeat_ngram_stops_a_greedy_loop():
+    """The plain tiny:llama echoes its last tokens (a greedy loop, as SmolLM2 does on "x 1-1/4 in. x 1-1/4 in.");
+    with teacher.sampling.no_repeat_ngram no n-gram of the answer repeats."""
+    backend = TransformersBackend(resolve("tiny:llama"), batch_size=2)
+    tok = backend.tokenizer
+
+    def ngrams(text, n):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+        return len(grams) - len(set(grams))
+
+    loose = GREEDY.model_copy(update={"max_new_tokens": 24, "no_repeat_ngram": 0})
+    looped = backend.generate(PROMPTS[:2], 1, loose, seed=0)
+    assert any(ngrams(o[0], 3) for o in looped)
+    banned = backend.generate(PROMPTS[:2], 1, loose.model_copy(update={"no_repeat_ngram": 3}), seed=0)
+    assert [ngrams(o[0], 3) for o in banned] == [0, 0]

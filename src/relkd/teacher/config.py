@@ -23,6 +23,10 @@ class SamplingConfig(Section):
         "35-word rationale, about 70 tokens with product codes, plus the label line); an answer ends at its first complete label line, so this only "
         "bounds answers that never write one; paper: long free-form CoT (hundreds of tokens)"
     )
+    no_repeat_ngram: int = Field(
+        8, ge=0, description="ban a token that would repeat an n-gram of this size within the answer (0 = off): "
+        "stops a small model's greedy loops before its token cap (transformers backend; vllm needs 0); "
+        "paper: off")
     k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
     seed: int = Field(13, description="sampling seed (with the prompt and sample index it fixes every output)")
 

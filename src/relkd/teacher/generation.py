@@ -158,6 +158,30 @@ def _answer_done(tokenizer, start: int):
     return AnswerDone()
 
 
+def _no_repeat(n: int, start: int):
+    """A logits processor that bans the token completing an n-gram the answer (tokens from `start`) already
+    holds: a small model's greedy loop ("x 1-1/4 in. x 1-1/4 in. ...") runs to the token cap without
+    a label line. Unlike transformers' ``no_repeat_ngram_size`` it never looks at the prompt, whose worked
+    examples hold the very "Label: <class>" n-grams an answer must repeat."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class NoRepeatInAnswer(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            answer = input_ids[:, start:]
+            if answer.shape[1] < n:
+                return scores
+            rows = answer.tolist()
+            for b, row in enumerate(rows):
+                tail = tuple(row[len(row) - n + 1:])
+                banned = {row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i:i + n - 1]) == tail}
+                if banned:
+                    scores[b, list(banned)] = -float("inf")
+            return scores
+
+    return NoRepeatInAnswer()
+
+
 class TransformersBackend:
     """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation.
 
@@ -244,8 +268,10 @@ class TransformersBackend:
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leave the caller's RNG alone
                 torch.manual_seed(_stable_seed(seed, batch))
+                processors = [_no_repeat(sampling.no_repeat_ngram, ids.shape[1])] if sampling.no_repeat_ngram else []
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                           stopping_criteria=[_answer_done(self.tokenizer, ids.shape[1])], **extra)
+                                           stopping_criteria=[_answer_done(self.tokenizer, ids.shape[1])],
+                                           logits_processor=processors, **extra)
             texts = [cut_answer(t) for t in self.tokenizer.batch_decode(seqs[:, ids.shape[1]:],
                                                                         skip_special_tokens=True)]
             for i in range(len(batch)):
@@ -335,6 +361,9 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         _check_lengths(self.tokenizer(list(prompts))["input_ids"], prompts, self.max_prompt_tokens)
+        if sampling.no_repeat_ngram:
+            raise ValueError(f"teacher.sampling.no_repeat_ngram = {sampling.no_repeat_ngram} is applied by the "
+                             "transformers backend only; set it to 0 with teacher.backend vllm (profiles/paper.yaml does)")
         greedy = sampling.temperature == 0
         params = [
             SamplingParams(n=1 if greedy else n, temperature=sampling.temperature, top_p=sampling.top_p,
