@@ -201,7 +201,8 @@ class TritonPythonModel:
             return responses
         feed = encode(self.tok, queries, titles, self.input_names, self.int_dtype)
         # The latent output and the explanation lookup cost only when some request asks for them.
-        names = [n for n in self.output_names if n == "logits" or any(w & LATENT_OUTPUTS for *_, w in spans)]
+        need_latent = any(w & LATENT_OUTPUTS for *_, w in spans)
+        names = [n for n in self.output_names if n == "logits" or need_latent]
         results = dict(zip(names, self.session.run(names, feed)))
         out = relevance(results["logits"], self.info)
         latent = results.get("latent")

@@ -163,7 +163,6 @@ def _no_repeat(n: int, start: int):
     holds: a small model's greedy loop ("x 1-1/4 in. x 1-1/4 in. ...") runs to the token cap without
     a label line. Unlike transformers' ``no_repeat_ngram_size`` it never looks at the prompt, whose worked
     examples hold the very "Label: <class>" n-grams an answer must repeat."""
-    import torch
     from transformers import LogitsProcessor
 
     class NoRepeatInAnswer(LogitsProcessor):
