@@ -1,4 +1,5 @@
 import pytest
+from pathlib import Path
 
 from relkd.config import ConfigError, load_params, merge, parse_params
 
@@ -68,7 +69,9 @@ def test_profiles_validate():
     import yaml
 
     base = yaml.safe_load(open("params.yaml"))
-    for name in ("tiny", "paper"):
+    names = sorted(p.stem for p in Path("profiles").glob("*.yaml"))
+    assert {"tiny", "paper", "real-cpu"} <= set(names)
+    for name in names:
         parse_params(merge(base, yaml.safe_load(open(f"profiles/{name}.yaml"))))
 
 
