@@ -225,3 +225,32 @@ def test_int8_of_the_student_quantises_the_encoder_and_keeps_the_sensitive_nodes
     pairs = (SAMPLES + NEW_PAIRS) * 4
     res = agreement_rate(fp32, q, tok, pairs, MAX_LENGTH, batch_size=8)
     assert res["agreement"] == 1.0 and res["max_prob_diff"] < 0.05
+
+
+def test_static_int8_calibrates_on_given_pairs_and_keeps_the_decisions(tokenizer, tmp_path):
+    """quantize_int8 with calibration batches: static QDQ of the encoder's weight MatMuls (activation ranges
+    from the calibration pairs), the sensitive nodes fp32; an empty calibration set is refused."""
+    import onnx
+
+    from relkd.serving.export import calibration_batches, encoder_weight_matmuls
+    from relkd.student.config import VariantConfig
+    from relkd.student.model import InferenceWrapper, build_student
+
+    torch.manual_seed(0)
+    student, tok = build_student("tiny:bert", ("exact", "substitute", "irrelevant"), VariantConfig(),
+                                 d_out=24, max_length=MAX_LENGTH)
+    fp32 = tmp_path / "student.onnx"
+    export_onnx(InferenceWrapper(student.eval()), tok, fp32, MAX_LENGTH, SAMPLES)
+    batches = calibration_batches(tok, SAMPLES * 3, MAX_LENGTH, batch_size=4)
+    assert sum(len(b["input_ids"]) for b in batches) == len(SAMPLES) * 3
+    q = quantize_int8(fp32, tmp_path / "static.onnx", calibration=batches)
+    graph = onnx.load(str(q)).graph
+    quantised = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"
+                 and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)}
+    n_weights = len(encoder_weight_matmuls(onnx.load(str(fp32))))
+    assert len(quantised) == n_weights  # one int8 weight per encoder MatMul, nothing else
+    assert not any(k in name for name in quantised for k in ("embeddings", "head", "extractor"))
+    res = agreement_rate(fp32, q, tok, (SAMPLES + NEW_PAIRS) * 4, MAX_LENGTH, batch_size=8)
+    assert res["agreement"] >= 0.9 and res["max_prob_diff"] < 0.1
+    with pytest.raises(ValueError, match="calibration is empty"):
+        quantize_int8(fp32, tmp_path / "none.onnx", calibration=[])

@@ -253,9 +253,35 @@ def encoder_weight_matmuls(model) -> list[str]:
     return [n.name for n in nodes if id(n) in seen and n.op_type == "MatMul" and n.input[1] in inits]
 
 
+def calibration_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
+                        batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """The model's input arrays for `pairs` in length-bucketed batches: calibration data for static
+    quantisation (:func:`quantize_int8` with ``calibration``), e.g. from the training split."""
+    ids, types = tokenize(tokenizer, pairs, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return [pad_batch([ids[i] for i in idx], [types[i] for i in idx], pad_id)
+            for idx in length_buckets([len(x) for x in ids], batch_size)]
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader over a list of input dicts."""
+
+    def __init__(self, batches: Sequence[dict[str, np.ndarray]]):
+        self._batches = list(batches)
+        self._it = iter(self._batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._batches)
+
+
 def quantize_int8(onnx_path: str | Path, out_path: str | Path, per_channel: bool = True,
-                  scope: str = "encoder") -> Path:
-    """Dynamic int8 quantisation (QInt8 weights; activations quantised per batch at run time).
+                  scope: str = "encoder", calibration: Sequence[dict[str, np.ndarray]] | None = None) -> Path:
+    """int8 quantisation: dynamic (QInt8 weights, activations quantised per batch at run time) or, given
+    ``calibration`` batches (:func:`calibration_batches`), static QDQ (uint8 activations with ranges fixed
+    from the calibration data by min/max, int8 weights).
 
     The graph first goes through onnxruntime's quantisation pre-processing (shape inference and graph
     optimisation). ``scope="encoder"`` quantises only the encoder's weight MatMuls
@@ -267,7 +293,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, per_channel: bool
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+    from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_dynamic, quantize_static
 
     if scope not in ("encoder", "all"):
         raise ValueError(f"scope must be 'encoder' or 'all', got {scope!r}")
@@ -280,8 +306,17 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, per_channel: bool
         # ONNX shape inference alone still lets every weight MatMul and the embeddings be quantised.
         quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         nodes = encoder_weight_matmuls(onnx.load(str(pre))) if scope == "encoder" else None
-        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"] if nodes else None)
+        ops = ["MatMul"] if nodes else None
+        if calibration is None:
+            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             nodes_to_quantize=nodes, op_types_to_quantize=ops)
+        else:
+            if not calibration:
+                raise ValueError("calibration is empty: pass batches from calibration_batches (e.g. the training "
+                                 "split), or None for dynamic quantisation")
+            quantize_static(str(pre), str(tmp), _Feeds(calibration), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            nodes_to_quantize=nodes, op_types_to_quantize=ops)
     return out_path
 
 
