@@ -53,12 +53,13 @@ def client(url: str, version: str, batch: int, duration: float, max_requests: in
 
     from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
-    from relkd.serving.client import _Clients, _infer_batch
+    from relkd.serving.client import _Session, _infer_batch
 
     df = generate_catalogue(CatalogueConfig(n_queries=200, pairs_per_query=3), seed=seed)
     queries, titles = df["query"].astype(str).tolist(), df["title"].astype(str).tolist()
     rng = np.random.default_rng(seed)
-    clients = _Clients(module, url, timeout=60.0)
+    session = _Session(module, url, 60.0, model_name="relevance_student", version=version, batch_size=batch,
+                       concurrency=1, retries=0, backoff=0.0, max_chars=10_000, explain=True)
     latencies, failures, rows = [], [], 0
     end = time.monotonic() + duration
     try:
@@ -66,15 +67,14 @@ def client(url: str, version: str, batch: int, duration: float, max_requests: in
             idx = rng.choice(len(queries), batch, replace=False)
             t = time.perf_counter()
             try:
-                got = _infer_batch(clients, "relevance_student", version, [queries[i] for i in idx],
-                                   [titles[i] for i in idx], timeout=60.0)
+                got = _infer_batch(session, [queries[i] for i in idx], [titles[i] for i in idx])
                 assert len(got["label"]) == batch, f"{len(got['label'])} labels for {batch} rows"
                 latencies.append(time.perf_counter() - t)
                 rows += batch
             except Exception as e:  # noqa: BLE001 - every failure is counted and its first few kept
                 failures.append(f"{type(e).__name__}: {e}"[:300])
     finally:
-        clients.close()
+        session.close()
     Path(out).write_text(json.dumps({"latencies_s": latencies, "failures": failures, "rows": rows}))
 
 

@@ -106,12 +106,20 @@ def _ids(df: pd.DataFrame, rows: np.ndarray) -> list[str | None]:
     return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df["id"].tolist()]
 
 
-class _Clients:
-    """One tritonclient per worker thread (clients are not shared between threads)."""
+class _Session:
+    """A scoring run's connection and settings: one tritonclient per worker thread (clients are not shared
+    between threads), the model version asked for and how requests are sent."""
 
-    def __init__(self, module, url: str, timeout: float):
+    def __init__(self, module, url: str, timeout: float, model_name: str, version: str, batch_size: int,
+                 concurrency: int, retries: int, backoff: float, max_chars: int, explain: bool):
         self.module, self.url, self.timeout = module, url, timeout
+        self.model_name, self.version = model_name, str(version)
+        self.batch_size, self.concurrency, self.retries, self.backoff = batch_size, concurrency, retries, backoff
+        self.max_chars, self.explain = max_chars, explain
         self.local, self.all, self.lock = threading.local(), [], threading.Lock()
+
+    def retrying(self, call, what: str):
+        return _with_retries(call, what, self.url, self.retries, self.backoff)
 
     def get(self):
         client = getattr(self.local, "client", None)
@@ -134,29 +142,26 @@ class _Clients:
                 pass
 
 
-def _preflight(clients: _Clients, model_name: str, version: str, retries: int, backoff: float) -> int:
+def _preflight(session: _Session) -> int:
     """Fail early and clearly when the server or the model version is not there; returns max_batch_size."""
-    client, url = clients.get(), clients.url
-    if not _with_retries(client.is_server_live, "a health check", url, retries, backoff):
+    client, url, model_name, version = session.get(), session.url, session.model_name, session.version
+    if not session.retrying(client.is_server_live, "a health check"):
         raise ServerUnreachable(f"the server at {url} answers but is not live; {START_HINT}")
-    ready = _with_retries(lambda: client.is_model_ready(model_name, version), "a model-ready check", url,
-                          retries, backoff)
+    ready = session.retrying(lambda: client.is_model_ready(model_name, version), "a model-ready check")
     if not ready:
-        index = _with_retries(client.get_model_repository_index, "the repository index", url, retries, backoff)
+        index = session.retrying(client.get_model_repository_index, "the repository index")
         if not isinstance(index, list):  # gRPC answers a protobuf message
             index = [{"name": m.name, "version": m.version, "state": m.state} for m in index.models]
         loaded = [f"{m['name']}:{m.get('version', '')} ({m.get('state', '')})" for m in index]
         raise ScoringRejected(f"model {model_name!r} version {version or '(default)'!r} is not ready on {url}; "
                               f"the server has {loaded}. Check `relkd serve --check` and the version policy")
-    config = _with_retries(lambda: client.get_model_config(model_name, version), "the model config", url,
-                           retries, backoff)
+    config = session.retrying(lambda: client.get_model_config(model_name, version), "the model config")
     config = config.get("config", config) if isinstance(config, dict) else config.config
     return int(config["max_batch_size"] if isinstance(config, dict) else config.max_batch_size)
 
 
-def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list[str], titles: list[str],
-                 timeout: float, explain: bool) -> dict:
-    module, client = clients.module, clients.get()
+def _infer_batch(session: _Session, queries: list[str], titles: list[str]) -> dict:
+    module, client, explain = session.module, session.get(), session.explain
     n = len(queries)
     inputs = []
     for name, texts in (("QUERY", queries), ("TITLE", titles)):
@@ -165,8 +170,8 @@ def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list
         inputs.append(tensor)
     names = OUTPUTS + ((EXPLAIN,) if explain else ())
     outputs = [module.InferRequestedOutput(name) for name in names]
-    kwargs = {"client_timeout": timeout} if module.__name__.endswith("grpc") else {}
-    result = client.infer(model_name, inputs, model_version=version, outputs=outputs, **kwargs)
+    kwargs = {"client_timeout": session.timeout} if module.__name__.endswith("grpc") else {}
+    result = client.infer(session.model_name, inputs, model_version=session.version, outputs=outputs, **kwargs)
     response = result.get_response()
     served = response["model_version"] if isinstance(response, dict) else response.model_version
     got = {name: result.as_numpy(name) for name in names}
@@ -180,12 +185,10 @@ def _infer_batch(clients: _Clients, model_name: str, version: str, queries: list
     }
 
 
-def _score(df: pd.DataFrame, rows: np.ndarray, clients: _Clients, model_name: str, version: str, batch_size: int,
-           concurrency: int, retries: int, backoff: float, max_chars: int, timeout: float, bar,
-           read_errors: dict | None = None, explain: bool = _SCORE.explain) -> pd.DataFrame:
+def _score(df: pd.DataFrame, rows: np.ndarray, session: _Session, bar, read_errors: dict | None = None) -> pd.DataFrame:
     """All rows of `df` with either their scores or a reject reason (column reject_reason);
     `read_errors` (input row -> reason) rejects the rows that could not be parsed."""
-    ok, reasons = validate(df, max_chars)
+    ok, reasons = validate(df, session.max_chars)
     if read_errors:
         reasons = [read_errors.get(int(r)) or reason for r, reason in zip(rows, reasons)]
         ok = np.array([not r for r in reasons], dtype=bool)
@@ -195,23 +198,21 @@ def _score(df: pd.DataFrame, rows: np.ndarray, clients: _Clients, model_name: st
     # by length (results go back to their places below) cuts the padding the model computes on.
     good = np.flatnonzero(ok)
     good = good[np.argsort([len(str(queries[i])) + len(str(titles[i])) for i in good], kind="stable")]
-    batches = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
+    batches = [good[i:i + session.batch_size] for i in range(0, len(good), session.batch_size)]
     if bar is not None:
         bar.update(int((~ok).sum()))
 
     def run(idx):
         shown = sorted(int(rows[i]) for i in idx)
         what = f"{len(idx)} row(s) ({', '.join(map(str, shown[:5]))}{', ...' if len(shown) > 5 else ''})"
-        out = _with_retries(
-            lambda: _infer_batch(clients, model_name, version, [str(queries[i]) for i in idx],
-                                 [str(titles[i]) for i in idx], timeout, explain),
-            what, clients.url, retries, backoff)
+        out = session.retrying(
+            lambda: _infer_batch(session, [str(queries[i]) for i in idx], [str(titles[i]) for i in idx]), what)
         if bar is not None:
             bar.update(len(idx))
         return out
 
     results = [None] * len(batches)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, session.concurrency)) as pool:
         futures = {pool.submit(run, idx): k for k, idx in enumerate(batches)}
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for f in pending:
@@ -247,18 +248,20 @@ def _split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scores, rejects.reset_index(drop=True)
 
 
-def _open(url: str, protocol: str, model_name: str, version: str, retries: int, backoff: float,
-          timeout: float, batch_size: int) -> tuple[_Clients, int]:
-    clients = _Clients(_protocol(protocol), url, timeout)
+def _open(url: str, protocol: str, timeout: float, **settings) -> _Session:
+    """A session on a live server serving the model version; `settings` are _Session's."""
+    if settings["batch_size"] < 1:
+        raise ValueError(f"batch_size must be >= 1, got {settings['batch_size']}")
+    session = _Session(_protocol(protocol), url, timeout, **settings)
     try:
-        max_batch = _preflight(clients, model_name, str(version), retries, backoff)
+        max_batch = _preflight(session)
     except BaseException:
-        clients.close()
+        session.close()
         raise
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # The server refuses requests over its max_batch_size; a larger batch_size is split, not an error.
-    return clients, min(batch_size, max_batch) if max_batch > 0 else batch_size
+    if max_batch > 0:
+        session.batch_size = min(session.batch_size, max_batch)
+    return session
 
 
 def score_frame(df: pd.DataFrame, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
@@ -274,13 +277,13 @@ def score_frame(df: pd.DataFrame, url: str, protocol: str = _SCORE.protocol, mod
     (float32 array in the model's label order), explain_id ('' unless `explain`). rejects: row, id, reason.
     """
     _check_columns(df, "the frame")
-    clients, batch_size = _open(url, protocol, model_name, version, retries, backoff, timeout, batch_size)
+    session = _open(url, protocol, timeout, model_name=model_name, version=version, batch_size=batch_size,
+                    concurrency=concurrency, retries=retries, backoff=backoff, max_chars=max_chars, explain=explain)
     try:
         with tqdm(total=len(df), unit="row", desc="score", disable=not progress) as bar:
-            frame = _score(df, np.arange(len(df)), clients, model_name, str(version), batch_size, concurrency,
-                           retries, backoff, max_chars, timeout, bar, explain=explain)
+            frame = _score(df, np.arange(len(df)), session, bar)
     finally:
-        clients.close()
+        session.close()
     return _split(frame)
 
 
@@ -490,7 +493,9 @@ def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, m
     paths = [shard_dir / f"part-{k:05d}.parquet" for k in range(len(starts))]
     todo = [k for k, p in enumerate(paths) if not p.exists()]
     if todo:
-        clients, batch_size = _open(url, protocol, model_name, version, retries, backoff, timeout, batch_size)
+        session = _open(url, protocol, timeout, model_name=model_name, version=version, batch_size=batch_size,
+                        concurrency=concurrency, retries=retries, backoff=backoff, max_chars=max_chars,
+                        explain=explain)
         try:
             done_rows = sum(min(shard_size, len(df) - starts[k]) for k in range(len(starts)) if k not in todo)
             with tqdm(total=len(df), initial=done_rows, unit="row", desc="score", disable=not progress) as bar:
@@ -498,8 +503,7 @@ def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, m
                     part = df.iloc[starts[k]:starts[k] + shard_size]
                     rows = np.arange(starts[k], starts[k] + len(part))
                     try:
-                        frame = _score(part, rows, clients, model_name, str(version), batch_size, concurrency,
-                                       retries, backoff, max_chars, timeout, bar, read_errors, explain)
+                        frame = _score(part, rows, session, bar, read_errors)
                     except ServerUnreachable as e:
                         kept = sum(p.exists() for p in paths)
                         raise ServerUnreachable(
@@ -510,7 +514,7 @@ def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, m
                             f"resumes there") from e
                     write_parquet(paths[k], frame)
         finally:
-            clients.close()
+            session.close()
 
     frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else \
         pd.DataFrame(columns=SCORE_COLUMNS + ["reject_reason"])
