@@ -14,6 +14,7 @@ matmul roofs (fp32, and int8 MatMulInteger for the integer rows).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import statistics
 import sys
 import tempfile
@@ -24,17 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import int8_matmul_roof, matmul_roof, report  # noqa: E402
 
 
-def load_pairs(a) -> list[tuple[str, str]]:
-    if a.csv:
+def load_pairs(path: str | None, n: int, query_col: str, title_col: str, seed: int = 5) -> list[tuple[str, str]]:
+    """`n` pairs drawn from a CSV/Parquet file, or generated catalogue pairs (`seed`) when `path` is None."""
+    if path:
         import pandas as pd
 
-        df = pd.read_csv(a.csv, encoding_errors="replace").dropna(subset=[a.query_col, a.title_col])
-        df = df.sample(n=min(a.pairs, len(df)), random_state=0)
-        return list(zip(df[a.query_col].astype(str), df[a.title_col].astype(str)))
+        read = pd.read_parquet if str(path).endswith(".parquet") else partial(pd.read_csv, encoding_errors="replace")
+        df = read(path).dropna(subset=[query_col, title_col])
+        df = df.sample(n=min(n, len(df)), random_state=0)
+        return list(zip(df[query_col].astype(str), df[title_col].astype(str)))
     from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
 
-    df = generate_catalogue(CatalogueConfig(n_queries=a.pairs, pairs_per_query=1), seed=5)
+    df = generate_catalogue(CatalogueConfig(n_queries=n, pairs_per_query=1), seed=seed)
     return list(zip(df["query"], df["title"]))
 
 
@@ -89,13 +92,38 @@ def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
     return {k: 1000 * v / len(pairs) for k, v in steps.items()}
 
 
+def build_repo(student_dir: str, fp32_onnx: Path, params, work: Path, labels, max_length: int) -> Path:
+    """A one-version model repository from a saved student, for a student that no `export` stage served (e.g.
+    one trained by bench/quality.py): the optimised fp32 graph export serves, temperature 1 and the tier cuts
+    at the export's target precisions read as scores (speed does not depend on them), no explanation index."""
+    from relkd.serving.export import optimize
+    from relkd.serving.repository import write_config, write_version
+
+    e, t = params.export, params.triton
+    info = {"labels": list(labels), "max_length": max_length, "temperature": 1.0,
+            "tier_thresholds": list(e.target_precisions),
+            "relevance_weights": [float(e.relevance_weights.get(lab, 0.0)) for lab in labels],
+            "intra_op_threads": e.intra_op_threads,
+            "registry": {"name": "bench", "version": 1, "alias": "champion", "variant": "bench"}}
+    repo = work / "repo"
+    write_version(repo, t.model_name, 1, optimize(fp32_onnx, work / "fp32.opt.onnx"), student_dir, info)
+    write_config(repo, t.model_name, [1], t.max_batch_size, t.preferred_batch_sizes, t.max_queue_delay_us,
+                 t.instance_count)
+    return repo
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", required=True, help="a saved student folder (models/student/<v>/seed<N>)")
-    ap.add_argument("--repo", default="triton_repo", help="exported Triton model repository (None to skip)")
+    ap.add_argument("--repo", default="triton_repo", help="exported Triton model repository; 'build' builds a one-version repository from --student "
+                    "(a student no export stage served); 'none' skips the Triton rows")
     ap.add_argument("--model-name", default="relevance_student")
     ap.add_argument("--pairs", type=int, default=600)
-    ap.add_argument("--csv", default=None, help="realistic pairs from a CSV instead of the catalogue")
+    ap.add_argument("--csv", default=None, help="pairs from a CSV or Parquet file (e.g. data/prepared/valid.parquet with --query-col query "
+                    "--title-col title) instead of generated catalogue pairs")
+    ap.add_argument("--calibration", default=None, help="pairs for static int8 calibration, CSV/Parquet with query "
+                    "and title columns (e.g. data/prepared/train.parquet); default: generated catalogue pairs")
+    ap.add_argument("--calibration-pairs", type=int, default=256)
     ap.add_argument("--query-col", default="search_term")
     ap.add_argument("--title-col", default="product_title")
     ap.add_argument("--repeats", type=int, default=3)
@@ -106,16 +134,19 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from relkd.serving.export import export_onnx, quantize_int8, score_pairs, tokenize
+    from relkd.serving.export import calibration_batches, export_onnx, quantize_int8, score_pairs, tokenize
     from relkd.student.model import InferenceWrapper, load_student
 
     from relkd.config import load_params
 
-    served_batch = load_params(a.params).triton.max_batch_size  # the largest request the server takes
-    pairs = load_pairs(a)
+    params = load_params(a.params)
+    served_batch = params.triton.max_batch_size  # the largest request the server takes
+    pairs = load_pairs(a.csv, a.pairs, a.query_col, a.title_col)
+    # Static quantisation's activation ranges come from other pairs than those measured (the training split).
+    calibration_pairs = load_pairs(a.calibration, a.calibration_pairs, "query", "title", seed=6)
     model, tok = load_student(a.student)
     wrapper = InferenceWrapper(model).eval()
-    max_len = 64
+    max_len = model.max_length  # travels with the saved student
     ids, _ = tokenize(tok, pairs, max_len)
     real_tokens = sum(len(x) for x in ids)
     fpt = flops_per_token(model)
@@ -127,12 +158,17 @@ def main() -> None:
     # Integer routes: dynamic int8 of the encoder's weight MatMuls only (the default of export; embeddings,
     # LayerNorms, attention products, extractor and head stay fp32), per channel and per tensor, and the
     # whole graph per tensor (per channel, onnxruntime refuses the GAT extractor's attention vectors).
+    # Static QDQ: activation ranges fixed from calibration pairs (min/max), encoder weight MatMuls per channel.
+    calibration = calibration_batches(tok, calibration_pairs, max_len)
     int8_routes = []
-    for label, kwargs in (("encoder only, per-channel", {"scope": "encoder", "per_channel": True}),
-                          ("encoder only, per-tensor", {"scope": "encoder", "per_channel": False}),
-                          ("whole graph, per-tensor", {"scope": "all", "per_channel": False})):
-        path = quantize_int8(fp32, work / f"int8-{kwargs['scope']}-{kwargs['per_channel']}.onnx", **kwargs)
-        int8_routes.append((f"onnxruntime int8 dynamic, {label}, length buckets", path, True))
+    for label, kwargs in (("dynamic, encoder only, per-channel", {"scope": "encoder", "per_channel": True}),
+                          ("dynamic, encoder only, per-tensor", {"scope": "encoder", "per_channel": False}),
+                          ("dynamic, whole graph, per-tensor", {"scope": "all", "per_channel": False}),
+                          (f"static QDQ ({len(calibration_pairs)} calibration pairs), encoder only, per-channel",
+                           {"scope": "encoder", "per_channel": True, "calibration": calibration})):
+        kind = "static" if "calibration" in kwargs else "dynamic"
+        path = quantize_int8(fp32, work / f"int8-{kind}-{kwargs['scope']}-{kwargs['per_channel']}.onnx", **kwargs)
+        int8_routes.append((f"onnxruntime int8 {label}, length buckets", path, True))
     ref = None
     with torch.inference_mode():
         for name, model_or_path, buckets in [("torch eager, padded to 64", wrapper, False),
@@ -141,7 +177,7 @@ def main() -> None:
                                              ("onnxruntime fp32, length buckets", fp32, True),
                                              *int8_routes,
                                              (f"onnxruntime fp32, length buckets, batch {served_batch}", fp32, True),
-                                             *[(f"{n}, batch {served_batch}", m, b) for n, m, b in int8_routes[:1]]]:
+                                             *[(f"{n}, batch {served_batch}", m, b) for n, m, b in int8_routes]]:
             out = {}
             batch = served_batch if name.endswith(f", batch {served_batch}") else 100
 
@@ -155,6 +191,8 @@ def main() -> None:
                          "agreement_vs_torch_fp32": float((out["logits"].argmax(1) == ref).mean())})
     base = rows[0]["pairs_per_s"]
     memory, breakdown = None, {}
+    if a.repo == "build":
+        a.repo = str(build_repo(a.student, fp32, params, work, model.labels, max_len))
     if a.repo and Path(a.repo, a.model_name).is_dir():
         from relkd.serving.client import score_frame
         from relkd.serving.server import triton
