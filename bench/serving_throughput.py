@@ -237,8 +237,8 @@ def main() -> None:
             "server_peak_rss_mb": memory, "mean_real_tokens": real_tokens / len(pairs),
             "gflop_per_real_token": fpt / 1e9, "matmul_roof_gflops": roof, "int8_matmul_roof_gops": int8_roof,
             "triton_breakdown": breakdown})
-    for step, ms in breakdown.items():
-        print(f"  {step}: {ms:.1f} ms per 1000 pairs")
+    for step, seconds in breakdown.items():
+        print(f"  {step}: {seconds:.2f} s per 1000 pairs")
     print(f"matmul roof {roof:.0f} GFLOP/s, int8 {int8_roof:.0f} GOP/s; {len(pairs)} pairs, "
           f"mean {real_tokens / len(pairs):.1f} real tokens")
 

@@ -135,22 +135,28 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], max_length: 
     batches keep input order and are padded to `max_length` (what a fixed-shape server does).
     """
     run = _runner(model)
+    logits = latent = None
+    for idx, arrays in input_batches(tokenizer, pairs, max_length, batch_size, buckets):
+        lo, la = run(arrays)
+        if logits is None:
+            logits = np.empty((len(pairs), lo.shape[1]), np.float32)
+            latent = np.empty((len(pairs), la.shape[1]), np.float32)
+        logits[idx], latent[idx] = lo, la
+    return logits, latent
+
+
+def input_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int,
+                  buckets: bool = True) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(positions in `pairs`, input arrays) per batch: length-bucketed and padded to each batch's longest, or
+    (``buckets=False``) in input order padded to `max_length`."""
     ids, types = tokenize(tokenizer, pairs, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if buckets:
         batches = length_buckets([len(x) for x in ids], batch_size)
     else:
         batches = [np.arange(i, min(i + batch_size, len(ids))) for i in range(0, len(ids), batch_size)]
-    logits = latent = None
-    for idx in batches:
-        arrays = pad_batch([ids[i] for i in idx], [types[i] for i in idx], pad_id,
-                           None if buckets else max_length)
-        lo, la = run(arrays)
-        if logits is None:
-            logits = np.empty((len(ids), lo.shape[1]), np.float32)
-            latent = np.empty((len(ids), la.shape[1]), np.float32)
-        logits[idx], latent[idx] = lo, la
-    return logits, latent
+    return [(idx, pad_batch([ids[i] for i in idx], [types[i] for i in idx], pad_id, None if buckets else max_length))
+            for idx in batches]
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -257,10 +263,7 @@ def calibration_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length:
                         batch_size: int = 32) -> list[dict[str, np.ndarray]]:
     """The model's input arrays for `pairs` in length-bucketed batches: calibration data for static
     quantisation (:func:`quantize_int8` with ``calibration``), e.g. from the training split."""
-    ids, types = tokenize(tokenizer, pairs, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return [pad_batch([ids[i] for i in idx], [types[i] for i in idx], pad_id)
-            for idx in length_buckets([len(x) for x in ids], batch_size)]
+    return [arrays for _, arrays in input_batches(tokenizer, pairs, max_length, batch_size)]
 
 
 class _Feeds:
