@@ -68,14 +68,16 @@ def test_format_table_aligns_columns(store):
     assert table.splitlines()[3] == "y           1.5000"
 
 
-def test_cli_lists_every_stage_runs_peak_memory_without_params(store):
+def test_cli_lists_every_stage_runs_time_and_peak_memory_without_params(store):
     from click.testing import CliRunner
 
     from relkd.cli import main
 
-    res = CliRunner().invoke(main, ["runs", "compare", "--stage", "", "--metric", "peak_rss_mb", "--no-params"])
+    res = CliRunner().invoke(main, ["runs", "compare", "--stage", "", "--metric", "peak_rss_mb", "--metric", "wall_s",
+                                    "--no-params"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].split() == ["run", "variant", "seed", "stage", "peak_rss_mb"]
+    assert lines[0].split() == ["run", "variant", "seed", "stage", "peak_rss_mb", "wall_s"]
     assert [line.split()[3] for line in lines[2:]] == ["teacher_sft", "student", "student", "student"]
     assert all(float(line.split()[4]) > 10 for line in lines[2:])  # every stage run logged its peak (MB)
+    assert all(0 < float(line.split()[5]) < 60 for line in lines[2:])  # and the seconds its block ran

@@ -304,7 +304,8 @@ def runs() -> None:
 @click.option("--max-results", default=200, show_default=True)
 @click.option("--metric", "metric_globs", multiple=True,
               help="metric name or glob to show, repeatable (default: *accuracy, *macro_f1); e.g. "
-              "`--stage '' --metric peak_rss_mb --no-params` lists every stage run's peak memory")
+              "`--stage '' --metric wall_s --metric peak_rss_mb --no-params` lists every stage run's seconds "
+              "and peak memory")
 @click.option("--params/--no-params", "show_params", default=True, show_default=True,
               help="show the params that differ between the runs")
 def runs_compare(experiment, stage, variant, max_results, metric_globs, show_params) -> None:
