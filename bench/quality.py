@@ -103,7 +103,10 @@ def set_params(clone: Path, over: dict, variants: dict, hint: str, profile: str 
 
 
 def repro(clone: Path, log: Path, *targets: str) -> float:
+    # The clone's own src/ first: the environment's relkd is an editable install of this checkout, whose
+    # uncommitted changes must not leak into a run of the committed pipeline.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(clone / "src"), os.environ.get("PYTHONPATH")])),
                GX_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.perf_counter()

@@ -84,9 +84,18 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
     pairs = train.loc[[e["pair_id"] for e in examples]].reset_index(drop=True)
     sft_data = unified_examples(tokenizer, unified, pairs, labels, [e["rationale"] for e in examples],
                                 [e["label"] for e in examples])
-    write_jsonl(data_out, [dict(e, **d) for e, d in zip(examples, sft_data)])
+    # A pair whose prompt + answer is over teacher.sft.max_length would be cut before its label line: left out,
+    # and counted (a long product title under the unified prompt), rather than failing the whole stage.
+    from relkd.teacher.training import MetricsCallback, over_length, sft
 
-    from relkd.teacher.training import MetricsCallback, sft
+    cut = set(over_length(tokenizer, sft_data, cfg.sft.max_length))
+    too_long = len(cut)
+    examples = [e for i, e in enumerate(examples) if i not in cut]
+    sft_data = [d for i, d in enumerate(sft_data) if i not in cut]
+    if not examples:
+        raise SystemExit(f"teacher_sft: every SFT example is longer than teacher.sft.max_length = "
+                         f"{cfg.sft.max_length} tokens; raise it or shorten prompts/{UNIFIED}.yaml")
+    write_jsonl(data_out, [dict(e, **d) for e, d in zip(examples, sft_data)])
 
     with stage_run("teacher_sft", {"teacher": cfg.model_dump(include={"model", "sft", "label_decision"})},
                    inputs=[fewshot, prompts_dir], experiment=params.tracking.experiment):
@@ -96,6 +105,7 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
             "n_generations": len(records), "n_consistent": len(kept),
             "consistent_by_class": selection.class_balance(kept, labels), "n_examples": len(examples),
             "n_label_hinted": sum(e["source"] == "label_hinted" for e in examples),
+            "n_too_long": too_long,
             "hinted_dropped": dict(dropped),
             "examples_by_class": {lab: sum(e["label"] == lab for e in examples) for lab in labels},
             "train": train_metrics, "valid_format": check,

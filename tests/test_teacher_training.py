@@ -7,7 +7,7 @@ import torch
 from relkd.models import resolve
 from relkd.teacher.config import DPOSection, SamplingConfig, SFTSection
 from relkd.teacher.generation import TransformersBackend, load_teacher
-from relkd.teacher.training import MetricsCallback, dpo, sft, warmup_steps
+from relkd.teacher.training import MetricsCallback, dpo, over_length, sft, warmup_steps
 
 LABELS = ["exact", "substitute", "irrelevant"]
 EXAMPLES = [
@@ -135,6 +135,23 @@ def test_a_run_that_leaves_the_weights_unchanged_fails():
     change = weight_change(before, layer)
     assert change["adapter_tensors_changed"] == 0.5 and change["adapter_delta_norm"] == pytest.approx(0.5 * 6 ** 0.5)
     _require_change(change, "DPO", 5e-5, "teacher.dpo")
+
+
+def test_over_length_examples_are_named_and_sft_refuses_them(tmp_path):
+    """teacher_sft leaves out the examples over teacher.sft.max_length (over_length names them); sft() given
+    one anyway refuses it rather than cutting its label line."""
+    from transformers import AutoTokenizer
+
+    llama = resolve("tiny:llama")
+    tok = AutoTokenizer.from_pretrained(llama)
+    long = {"prompt": EXAMPLES[0]["prompt"] + "a very long product title " * 40,
+            "completion": EXAMPLES[0]["completion"]}
+    examples = [EXAMPLES[0], long, EXAMPLES[1]]
+    limit = max(len(tok(e["prompt"] + e["completion"])["input_ids"]) for e in EXAMPLES) + 4
+    assert over_length(tok, examples, limit) == [1]
+    assert over_length(tok, EXAMPLES, limit) == []
+    with pytest.raises(ValueError, match="1 of 3 SFT examples are longer than teacher.sft.max_length"):
+        sft(llama, examples, tmp_path / "cut", SFTSection(max_length=limit))
 
 
 def test_sft_teaches_a_tiny_model_the_answer_format(tmp_path):

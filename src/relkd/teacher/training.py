@@ -139,6 +139,13 @@ def _require_change(change: dict, stage: str, lr: float, key: str) -> None:
                            f"check {key}.lr and that warmup leaves at least one step at a non-zero rate")
 
 
+def over_length(tokenizer, examples: Sequence[dict], max_length: int) -> list[int]:
+    """Positions of the examples whose prompt + completion is over `max_length` tokens: SFT would cut them
+    before their label line (the answer format it teaches)."""
+    return [i for i, e in enumerate(examples)
+            if len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) > max_length]
+
+
 def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFTSection,
         callbacks: Sequence[TrainerCallback] = ()) -> dict:
     """LoRA SFT on ``[{"prompt": str, "completion": str}, ...]``; saves the adapter to `out_dir`; returns
@@ -155,13 +162,13 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
     if bad:
         raise ValueError(f"SFT examples {bad[:5]} lack a non-empty 'prompt' or 'completion'")
     model, tokenizer = _load_base(model_path)
-    cut = [i for i, e in enumerate(examples)
-           if len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) > cfg.max_length]
+    cut = over_length(tokenizer, examples, cfg.max_length)
     if cut:
         longest = max(len(tokenizer(examples[i]["prompt"] + examples[i]["completion"])["input_ids"]) for i in cut)
         raise ValueError(f"{len(cut)} of {len(examples)} SFT examples are longer than teacher.sft.max_length = "
                          f"{cfg.max_length} tokens (longest {longest}): their answers, label line last, would be cut "
-                         "and SFT could not teach the format; raise teacher.sft.max_length or shorten the prompt")
+                         "and SFT could not teach the format; leave them out (over_length), raise "
+                         "teacher.sft.max_length or shorten the prompt")
     data = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
                       bias="none", task_type="CAUSAL_LM")
