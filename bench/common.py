@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import time
+from functools import partial
 from datetime import date
 from pathlib import Path
 
@@ -56,11 +57,23 @@ def int8_matmul_roof(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def simd_flags() -> list[str]:
+    """The CPU's vector extensions that decide int8 speed and exactness (Linux /proc/cpuinfo; [] elsewhere):
+    without a *vnni flag, uint8 x int8 products go through vpmaddubsw, which saturates at 8-bit weights."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+
+
 def machine() -> dict:
     import torch
 
     return {"date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "simd": simd_flags()}
 
 
 def markdown(rows: list[dict], columns: list[str]) -> str:
@@ -81,3 +94,19 @@ def report(name: str, rows: list[dict], columns: list[str], extra: dict, out_dir
     (out / f"{name}.md").write_text(f"# {name}\n\n{json.dumps(payload['machine'])}\n\n{text}\n")
     print(text)
     return text
+
+
+def load_pairs(path: str | None, n: int, query_col: str, title_col: str, seed: int = 5) -> list[tuple[str, str]]:
+    """`n` pairs drawn from a CSV/Parquet file, or generated catalogue pairs (`seed`) when `path` is None."""
+    if path:
+        import pandas as pd
+
+        read = pd.read_parquet if str(path).endswith(".parquet") else partial(pd.read_csv, encoding_errors="replace")
+        df = read(path).dropna(subset=[query_col, title_col])
+        df = df.sample(n=min(n, len(df)), random_state=0)
+        return list(zip(df[query_col].astype(str), df[title_col].astype(str)))
+    from relkd.data.config import CatalogueConfig
+    from relkd.data.catalogue import generate_catalogue
+
+    df = generate_catalogue(CatalogueConfig(n_queries=n, pairs_per_query=1), seed=seed)
+    return list(zip(df["query"], df["title"]))

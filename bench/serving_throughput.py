@@ -14,7 +14,6 @@ matmul roofs (fp32, and int8 MatMulInteger for the integer rows).
 from __future__ import annotations
 
 import argparse
-from functools import partial
 import statistics
 import sys
 import tempfile
@@ -22,23 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import int8_matmul_roof, matmul_roof, report  # noqa: E402
-
-
-def load_pairs(path: str | None, n: int, query_col: str, title_col: str, seed: int = 5) -> list[tuple[str, str]]:
-    """`n` pairs drawn from a CSV/Parquet file, or generated catalogue pairs (`seed`) when `path` is None."""
-    if path:
-        import pandas as pd
-
-        read = pd.read_parquet if str(path).endswith(".parquet") else partial(pd.read_csv, encoding_errors="replace")
-        df = read(path).dropna(subset=[query_col, title_col])
-        df = df.sample(n=min(n, len(df)), random_state=0)
-        return list(zip(df[query_col].astype(str), df[title_col].astype(str)))
-    from relkd.data.config import CatalogueConfig
-    from relkd.data.catalogue import generate_catalogue
-
-    df = generate_catalogue(CatalogueConfig(n_queries=n, pairs_per_query=1), seed=seed)
-    return list(zip(df["query"], df["title"]))
+from common import int8_matmul_roof, load_pairs, matmul_roof, report  # noqa: E402
 
 
 def flops_per_token(model) -> float:
