@@ -46,7 +46,7 @@ def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
     """Where a Triton request's time goes inside the python backend, step by step, in process: the served
     version's own model.py (TritonPythonModel, its onnxruntime session and thread settings) on the batches the
     client sends (rows sorted by length, `batch` a request). Seconds per 1000 pairs for each step."""
-    from relkd.serving.triton_model import TritonPythonModel, encode, relevance
+    from relkd.serving.triton_model import TritonPythonModel, encode, relevance, run_bucketed
 
     model = TritonPythonModel()
     model.initialize({"model_repository": str(version_dir.parent), "model_version": version_dir.name})
@@ -62,9 +62,10 @@ def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
             t0 = time.perf_counter()
             feed = encode(model.tok, [q for q, _ in b], [t for _, t in b], model.input_names, model.int_dtype)
             t1 = time.perf_counter()
-            logits = model.session.run(["logits"], feed)[0]
+            rows = model.bucket_rows or len(b)
+            logits = run_bucketed(model.session, ["logits"], feed, rows)[0]
             t2 = time.perf_counter()
-            both = model.session.run(model.output_names, feed)
+            both = run_bucketed(model.session, model.output_names, feed, rows)
             t3 = time.perf_counter()
             relevance(logits, model.info)
             t4 = time.perf_counter()
@@ -86,7 +87,7 @@ def build_repo(student_dir: str, fp32_onnx: Path, params, work: Path, labels, ma
     info = {"labels": list(labels), "max_length": max_length, "temperature": 1.0,
             "tier_thresholds": list(e.target_precisions),
             "relevance_weights": [float(e.relevance_weights.get(lab, 0.0)) for lab in labels],
-            "intra_op_threads": e.intra_op_threads,
+            "intra_op_threads": e.intra_op_threads, "bucket_rows": e.bucket_rows,
             "registry": {"name": "bench", "version": 1, "alias": "champion", "variant": "bench"}}
     repo = work / "repo"
     write_version(repo, t.model_name, 1, optimize(fp32_onnx, work / "fp32.opt.onnx"), student_dir, info)

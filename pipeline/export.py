@@ -82,7 +82,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
                 work.parent / f"reliability_{role}.png")
     serving_info = {"labels": labels, "max_length": max_length, "temperature": fit["temperature"],
                     "tier_thresholds": fit["tier_thresholds"], "relevance_weights": fit["relevance_weights"],
-                    "intra_op_threads": ecfg.intra_op_threads,
+                    "intra_op_threads": ecfg.intra_op_threads, "bucket_rows": ecfg.bucket_rows,
                     "registry": {"name": params.registry.name, "version": int(version), "alias": role,
                                  "variant": variant}}
     explain = explain_index(scfg.variants[variant], embeddings, rationales) if ecfg.explain else None

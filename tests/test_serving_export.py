@@ -155,6 +155,33 @@ def test_bucketed_scoring_equals_fixed_padding_in_input_order(model, tokenizer):
     assert len({tuple(np.round(r, 3)) for r in bucketed}) == len(pairs)  # rows really differ: order matters
 
 
+def test_run_bucketed_equals_one_padded_run_in_input_order(exported, tokenizer):
+    """The served model's sub-batches (token-length sorted, each cut to its own longest) give the outputs of
+    one run on the whole right-padded batch, back in input order; each sub-batch is really cut."""
+    from relkd.serving.triton_model import run_bucketed
+
+    path, _ = exported
+    pairs = (SAMPLES + NEW_PAIRS) * 2
+    ids, types = tokenize(tokenizer, pairs, MAX_LENGTH)
+    feed = pad_batch(ids, types, tokenizer.pad_token_id)
+    session = ort_session(path, 1)
+    whole = session.run(["logits", "latent"], feed)
+    widths = []
+
+    class Recording:  # the real session, with the widths it was given recorded
+        def run(self, names, part):
+            widths.append(part["input_ids"].shape[1])
+            return session.run(names, part)
+
+    parts = run_bucketed(Recording(), ["logits", "latent"], feed, rows=3)
+    for a, b in zip(parts, whole):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+    assert len(widths) == 6 and max(widths) == feed["input_ids"].shape[1] and min(widths) < max(widths)
+    assert widths == sorted(widths)
+    one = run_bucketed(session, ["logits"], feed, rows=len(pairs))
+    np.testing.assert_allclose(one[0], whole[0], atol=1e-5, rtol=0)
+
+
 def test_length_buckets_cover_every_index_once_sorted_by_length():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 64, size=103)

@@ -27,6 +27,9 @@ def serving_info(version: int, temperature: float) -> dict:
     return {"labels": LABELS, "max_length": MAX_LENGTH, "temperature": temperature,
             "tier_thresholds": [0.2, 0.4, 0.6, 0.8], "relevance_weights": [1.0, 0.5, 0.25, 0.0],
             "intra_op_threads": 1,
+            # version 2 runs its batches in token-length sub-batches of 2; version 1 (no key, as exported before
+            # bucket_rows) whole
+            **({"bucket_rows": 2} if version == 2 else {}),
             "registry": {"name": MODEL, "version": str(version), "alias": "champion" if version == 1 else "challenger"}}
 
 

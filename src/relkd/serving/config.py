@@ -33,6 +33,8 @@ class ExportConfig(Section):
         description="labels that count as relevant when fitting tier thresholds")
     explain: bool = Field(True, description="ship an index of training rationales for nearest-rationale explanations")
     intra_op_threads: int = Field(2, ge=1, description="onnxruntime threads inside the Triton model")
+    bucket_rows: int = Field(16, ge=1, description="the Triton model runs each batch in sub-batches of this many "
+                             "pairs of similar token length, each padded to its own longest")
 
 
 class TritonConfig(Section):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from relkd.io import atomic_path
+from relkd.serving.triton_model import length_buckets
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES = ("logits", "latent")
@@ -64,19 +65,6 @@ def pad_batch(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Seque
         mask[i, :len(x)] = 1
         types[i, :len(t)] = t
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def length_buckets(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Index batches of at most `batch_size`, in order of increasing length.
-
-    Each batch holds original positions, so a caller undoes the order with ``out[batch] = result``;
-    padding each batch to its own longest then wastes almost nothing. Sorting is stable, so equal
-    lengths keep their input order.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 # ------------------------------------------------------------------------------------------ running

@@ -15,9 +15,9 @@ import pandas as pd
 
 
 try:  # the one torch-free scorer, shared with the Triton model
-    from relkd.serving.triton_model import encode, load_tokenizer, onnx_inputs, softmax
+    from relkd.serving.triton_model import encode, load_tokenizer, onnx_inputs, run_bucketed, softmax
 except ImportError:  # loaded from the registry where relkd is not installed: the copy logged beside (code_paths)
-    from triton_model import encode, load_tokenizer, onnx_inputs, softmax
+    from triton_model import encode, load_tokenizer, onnx_inputs, run_bucketed, softmax
 
 
 class StudentPyfunc(mlflow.pyfunc.PythonModel):
@@ -49,11 +49,11 @@ class StudentPyfunc(mlflow.pyfunc.PythonModel):
             raise ValueError(f"model input lacks column(s) {missing} (has {list(model_input.columns)}); "
                              "pass a DataFrame with string columns query and title")
         queries, titles = list(model_input["query"].astype(str)), list(model_input["title"].astype(str))
-        logits = np.zeros((len(queries), len(self.labels)), np.float64)
-        for start in range(0, len(queries), self.batch_size):
-            end = start + self.batch_size
-            feeds = encode(self.tokenizer, queries[start:end], titles[start:end], self.input_names, self.int_dtype)
-            logits[start:start + len(feeds["input_ids"])] = self.session.run(["logits"], feeds)[0]
+        if not queries:
+            logits = np.zeros((0, len(self.labels)), np.float64)
+        else:  # every row tokenised at once, then run in token-length buckets of batch_size
+            feeds = encode(self.tokenizer, queries, titles, self.input_names, self.int_dtype)
+            logits = run_bucketed(self.session, ["logits"], feeds, self.batch_size)[0].astype(np.float64)
         probs = softmax(logits)
         out = pd.DataFrame({"label": np.asarray([self.labels[i] for i in probs.argmax(axis=1)], dtype=object)})
         for j, lab in enumerate(self.labels):

@@ -77,6 +77,10 @@ def check_serving_info(info: dict) -> None:
     if cuts is None or len(cuts) != N_TIERS - 1 or any(b <= a for a, b in zip(cuts, cuts[1:])):
         raise ValueError(f"serving.json: tier_thresholds must be {N_TIERS - 1} strictly increasing cut "
                          f"points on the relevance score (tiers 0..{N_TIERS - 1}), got {cuts!r}")
+    rows = info.get("bucket_rows")
+    if rows is not None and not (isinstance(rows, int) and rows >= 1):
+        raise ValueError(f"serving.json: bucket_rows must be a positive number of pairs (or absent: whole batches), "
+                         f"got {rows!r}")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -128,6 +132,39 @@ def load_tokenizer(version_dir: Path, max_length: int):
     return tok
 
 
+def length_buckets(lengths, batch_size: int) -> list[np.ndarray]:
+    """Index batches of at most `batch_size`, in order of increasing length.
+
+    Each batch holds original positions, so a caller undoes the order with ``out[batch] = result``;
+    padding each batch to its own longest then wastes almost nothing. Sorting is stable, so equal
+    lengths keep their input order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_bucketed(session, names: list[str], feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+    """``session.run(names, feed)`` in sub-batches of at most `rows` pairs of similar token length, each cut to its
+    own longest pair (`feed` is right-padded, as :func:`encode` makes it), outputs back in input order.
+
+    A request batch padded to its longest pair computes every row at that length; the rows a client sends
+    together are sorted by characters, not tokens: padded to their longest, batches of 64 held 22% (catalogue)
+    and 31% (Home Depot) more tokens than the same batches in token-sorted sub-batches of 16 (600 pairs each).
+    """
+    lengths = feed["attention_mask"].sum(axis=1)
+    outs = None
+    for idx in length_buckets(lengths, rows):
+        width = max(int(lengths[idx].max()), 1)
+        part = session.run(names, {k: v[idx, :width] for k, v in feed.items()})
+        if outs is None:
+            outs = [np.empty((len(lengths), *p.shape[1:]), p.dtype) for p in part]
+        for out, p in zip(outs, part):
+            out[idx] = p
+    return outs
+
+
 def encode(tok, queries: list[str], titles: list[str], input_names, int_dtype=np.int64) -> dict:
     """ONNX feed for (query, title) pairs; only the inputs the graph declares."""
     enc = tok.encode_batch(list(zip(queries, titles)))
@@ -157,6 +194,7 @@ class TritonPythonModel:
         if "logits" not in outputs:
             raise ValueError(f"{self.dir}/model.onnx: needs an output named 'logits', got {outputs}")
         self.output_names = ["logits"] + (["latent"] if "latent" in outputs else [])
+        self.bucket_rows = self.info.get("bucket_rows")  # None (versions exported before it): the whole batch
         self.explain = self._load_explain()
 
     def _load_explain(self):
@@ -203,7 +241,7 @@ class TritonPythonModel:
         # The latent output and the explanation lookup cost only when some request asks for them.
         need_latent = any(w & LATENT_OUTPUTS for *_, w in spans)
         names = [n for n in self.output_names if n == "logits" or need_latent]
-        results = dict(zip(names, self.session.run(names, feed)))
+        results = dict(zip(names, run_bucketed(self.session, names, feed, self.bucket_rows or len(queries))))
         out = relevance(results["logits"], self.info)
         latent = results.get("latent")
         labels = np.array([self.labels[k] for k in out["label"]], dtype=np.object_)
