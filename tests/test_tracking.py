@@ -89,6 +89,8 @@ def test_stage_run_embedded_store(repo):
     assert r.data.params == param_strings(PARAMS)
     assert r.data.params["model.lora.r"] == "8"
     peak = r.data.metrics.pop("peak_rss_mb")
+    wall = r.data.metrics.pop("wall_s")
+    assert 0 < wall < 60  # the seconds the block ran
     assert r.data.metrics == {"eval.f1": 0.75, "eval.acc": 1.0, "ok": 1.0}
     assert 10 < peak < 64_000  # this test process's peak resident memory in MB, logged as the run closes
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval.f1")] == [2]
