@@ -18,7 +18,7 @@ the schemes it does not, simulated in torch, so the cause of a miss is visible:
 
     python bench/int8_agreement.py --student models/student/plain/seed13 \\
         --eval valid=data/prepared/valid.parquet \\
-        --eval homedepot=../shared/data/homedepot/homedepot_dev.csv.gz:search_term:product_title \\
+        --eval homedepot=PATH/TO/homedepot_dev.csv.gz:search_term:product_title \\
         --calibration data/prepared/train.parquet
 """
 from __future__ import annotations
