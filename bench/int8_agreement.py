@@ -183,9 +183,11 @@ def main() -> None:
     export_onnx(InferenceWrapper(student), tok, fp32, max_len, [samples[0], samples[len(samples) // 2], samples[-1]])
     pre = work / "pre.onnx"
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    names = encoder_weight_matmuls(onnx.load(str(pre)))
-    groups = matmul_groups(onnx.load(str(pre)), names)
-    inputs = sorted({n.input[0] for n in onnx.load(str(pre)).graph.node if n.name in names})
+    graph = onnx.load(str(pre))
+    names = encoder_weight_matmuls(graph)
+    groups = matmul_groups(graph, names)
+    input_of = {n.name: n.input[0] for n in graph.graph.node if n.name in names}
+    inputs = sorted(set(input_of.values()))
     amax = channel_max(pre, inputs, calibration, work)
 
     def dynamic(out, selected, source=pre, reduce_range=False):
@@ -233,10 +235,7 @@ def main() -> None:
             model = InferenceWrapper(fake_quant(student, w, act)).eval()
             compare(f"torch fake int8: {label}", lambda pairs, m=model: score_pairs(m, tok, pairs, max_len)[0])
     ratios = {x: float(v.max() / np.median(v)) for x, v in amax.items()}
-    by_role = {}
-    for g, sel in groups.items():
-        xs = {n.input[0] for n in onnx.load(str(pre)).graph.node if n.name in sel}
-        by_role[g] = max(ratios[x] for x in xs)
+    by_role = {g: max(ratios[input_of[n]] for n in sel) for g, sel in groups.items()}
     margin_stats = {name: {"n": int(len(m)), "share_below_0.05": float((m < 0.05).mean()),
                            "share_below_0.1": float((m < 0.1).mean()), "median": float(np.median(m))}
                     for name, m in margins.items()}

@@ -62,10 +62,9 @@ def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
             t0 = time.perf_counter()
             feed = encode(model.tok, [q for q, _ in b], [t for _, t in b], model.input_names, model.int_dtype)
             t1 = time.perf_counter()
-            rows = model.bucket_rows or len(b)
-            logits = run_bucketed(model.session, ["logits"], feed, rows)[0]
+            logits = run_bucketed(model.session, ["logits"], feed, model.bucket_rows)[0]
             t2 = time.perf_counter()
-            both = run_bucketed(model.session, model.output_names, feed, rows)
+            both = run_bucketed(model.session, model.output_names, feed, model.bucket_rows)
             t3 = time.perf_counter()
             relevance(logits, model.info)
             t4 = time.perf_counter()

@@ -180,6 +180,8 @@ def test_run_bucketed_equals_one_padded_run_in_input_order(exported, tokenizer):
     assert widths == sorted(widths)
     one = run_bucketed(session, ["logits"], feed, rows=len(pairs))
     np.testing.assert_allclose(one[0], whole[0], atol=1e-5, rtol=0)
+    unset = run_bucketed(session, ["logits"], feed, rows=None)  # a version exported before bucket_rows
+    np.testing.assert_allclose(unset[0], whole[0], atol=1e-5, rtol=0)
 
 
 def test_length_buckets_cover_every_index_once_sorted_by_length():

@@ -145,9 +145,10 @@ def length_buckets(lengths, batch_size: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def run_bucketed(session, names: list[str], feed: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+def run_bucketed(session, names: list[str], feed: dict[str, np.ndarray], rows: int | None) -> list[np.ndarray]:
     """``session.run(names, feed)`` in sub-batches of at most `rows` pairs of similar token length, each cut to its
-    own longest pair (`feed` is right-padded, as :func:`encode` makes it), outputs back in input order.
+    own longest pair (`feed` is right-padded, as :func:`encode` makes it), outputs back in input order; ``rows``
+    None runs the whole feed at once (a version exported before ``bucket_rows``).
 
     A request batch padded to its longest pair computes every row at that length; the rows a client sends
     together are sorted by characters, not tokens: padded to their longest, batches of 64 held 22% (catalogue)
@@ -155,7 +156,7 @@ def run_bucketed(session, names: list[str], feed: dict[str, np.ndarray], rows: i
     """
     lengths = feed["attention_mask"].sum(axis=1)
     outs = None
-    for idx in length_buckets(lengths, rows):
+    for idx in length_buckets(lengths, rows or len(lengths)):
         width = max(int(lengths[idx].max()), 1)
         part = session.run(names, {k: v[idx, :width] for k, v in feed.items()})
         if outs is None:
@@ -241,7 +242,7 @@ class TritonPythonModel:
         # The latent output and the explanation lookup cost only when some request asks for them.
         need_latent = any(w & LATENT_OUTPUTS for *_, w in spans)
         names = [n for n in self.output_names if n == "logits" or need_latent]
-        results = dict(zip(names, run_bucketed(self.session, names, feed, self.bucket_rows or len(queries))))
+        results = dict(zip(names, run_bucketed(self.session, names, feed, self.bucket_rows)))
         out = relevance(results["logits"], self.info)
         latent = results.get("latent")
         labels = np.array([self.labels[k] for k in out["label"]], dtype=np.object_)
