@@ -52,12 +52,9 @@ def main() -> None:
     a = ap.parse_args()
 
     import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from relkd.eval.metrics import classification_report
-    from relkd.eval.peers import fit_vocabulary, lexical_features
+    from relkd.eval.peers import feature_classifier, fit_vocabulary, lexical_features
     from relkd.eval.peers_config import LexicalPeerConfig
     from relkd.eval.stats import bootstrap_diff_ci
 
@@ -78,8 +75,7 @@ def main() -> None:
     rows, preds, gold = [], {}, list(splits["test"]["label"])
     for names in sets:
         x = {s: np.hstack([blocks[n][s] for n in names]) for s in splits}
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=lexical_cfg.C, max_iter=lexical_cfg.max_iter,
-                                                                 random_state=a.seed))
+        clf = feature_classifier("lr", a.seed, lexical_cfg.C, lexical_cfg.max_iter)
         clf.fit(x["train"], splits["train"]["label"])
         row = {"features": " + ".join(names)}
         for s in ("valid", "test"):
@@ -89,9 +85,11 @@ def main() -> None:
             if s == "test":
                 preds[row["features"]] = p
         for metric, short in (("accuracy", "ACC"), ("macro_f1", "F1")):
+            if names == ("lexical",):
+                row[f"test Δ{short} vs lexical [95% CI]"] = "-"
+                continue
             ci = bootstrap_diff_ci(gold, preds["lexical"], preds[row["features"]], metric, labels, seed=a.seed)
             row[f"test Δ{short} vs lexical [95% CI]"] = (
-                "-" if names == ("lexical",) else
                 f"{100 * ci['diff']:+.2f} [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]")
         rows.append(row)
     majority = splits["train"]["label"].value_counts().index[0]

@@ -168,10 +168,9 @@ class LexicalModel:
         return _full_proba(self.classifier.predict_proba(x), self.classifier.classes_, len(self.labels))
 
 
-def fit_lexical(train_df, labels: Sequence[Hashable], seed: int, C: float = 1.0, max_iter: int = 5000,
-                kind: str = "lr") -> LexicalModel:
-    """Fit the vocabulary and a classifier on the training pairs: standardised features + logistic
-    regression (kind="lr"), or histogram gradient boosting (kind="hgb", which needs no scaling)."""
+def feature_classifier(kind: str, seed: int, C: float = 1.0, max_iter: int = 5000):
+    """The unfitted scikit-learn classifier of the lexical peers: standardised features + logistic regression
+    (kind="lr"), or histogram gradient boosting (kind="hgb", which needs no scaling)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -179,13 +178,18 @@ def fit_lexical(train_df, labels: Sequence[Hashable], seed: int, C: float = 1.0,
 
     if kind not in ("lr", "hgb"):
         raise ValueError(f"kind {kind!r} is not a lexical classifier; use 'lr' or 'hgb'")
+    if kind == "lr":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    return HistGradientBoostingClassifier(random_state=seed)
+
+
+def fit_lexical(train_df, labels: Sequence[Hashable], seed: int, C: float = 1.0, max_iter: int = 5000,
+                kind: str = "lr") -> LexicalModel:
+    """Fit the vocabulary and a :func:`feature_classifier` on the training pairs' lexical features."""
+    clf = feature_classifier(kind, seed, C, max_iter)
     y = _label_codes(train_df["label"].tolist(), labels)
     vocab = fit_vocabulary(train_df["query"].tolist(), train_df["title"].tolist())
     x = lexical_features(train_df["query"].tolist(), train_df["title"].tolist(), vocab)
-    if kind == "lr":
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
-    else:
-        clf = HistGradientBoostingClassifier(random_state=seed)
     if len(set(y)) < 2:  # one class: nothing to separate, sklearn refuses; the prior is the answer
         return LexicalModel(tuple(labels), kind, vocab, _Constant(int(y[0])))
     clf.fit(x, y)
