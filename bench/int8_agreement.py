@@ -175,8 +175,9 @@ def main() -> None:
     student.eval()
     max_len = student.max_length
     sets = {name: load_pairs(path, a.pairs, q, t) for name, path, q, t in map(parse_eval, a.eval)}
+    tables = student.lexical_tables  # a student with a lexical head: its features feed every graph
     calibration = calibration_batches(tok, load_pairs(a.calibration, a.calibration_pairs, "query", "title", seed=6),
-                                      max_len)
+                                      max_len, lexical_tables=tables)
     work = Path(tempfile.mkdtemp(prefix="relkd-int8-"))
     fp32 = work / "fp32.onnx"
     samples = sorted(next(iter(sets.values())), key=lambda p: len(p[0]) + len(p[1]))
@@ -210,7 +211,7 @@ def main() -> None:
     rows, ref, margins = [], {}, {}
     with torch.inference_mode():
         for name, pairs in sets.items():
-            probs = softmax(score_pairs(fp32, tok, pairs, max_len)[0].astype(np.float64), axis=1)
+            probs = softmax(score_pairs(fp32, tok, pairs, max_len, lexical_tables=tables)[0].astype(np.float64), axis=1)
             ref[name] = probs.argmax(1)
             top2 = np.sort(probs, axis=1)[:, -2:]
             margins[name] = top2[:, 1] - top2[:, 0]
@@ -226,14 +227,15 @@ def main() -> None:
             print(row, flush=True)
 
         for route, path in onnx_routes.items():
-            compare(route, lambda pairs, p=path: score_pairs(p, tok, pairs, max_len)[0])
+            compare(route, lambda pairs, p=path: score_pairs(p, tok, pairs, max_len, lexical_tables=tables)[0])
         for label, w, act in (("weights only (per channel)", True, None),
                               ("activations per tensor only", False, "tensor"),
                               ("weights + activations per tensor", True, "tensor"),
                               ("activations per token only", False, "token"),
                               ("weights + activations per token", True, "token")):
             model = InferenceWrapper(fake_quant(student, w, act)).eval()
-            compare(f"torch fake int8: {label}", lambda pairs, m=model: score_pairs(m, tok, pairs, max_len)[0])
+            compare(f"torch fake int8: {label}",
+                    lambda pairs, m=model: score_pairs(m, tok, pairs, max_len, lexical_tables=tables)[0])
     ratios = {x: float(v.max() / np.median(v)) for x, v in amax.items()}
     by_role = {g: max(ratios[input_of[n]] for n in sel) for g, sel in groups.items()}
     margin_stats = {name: {"n": int(len(m)), "share_below_0.05": float((m < 0.05).mean()),

@@ -54,15 +54,16 @@ def main() -> None:
     import pandas as pd
 
     from relkd.eval.metrics import classification_report
-    from relkd.eval.peers import feature_classifier, fit_vocabulary, lexical_features
+    from relkd import lexical
+    from relkd.eval.peers import feature_classifier
     from relkd.eval.peers_config import LexicalPeerConfig
     from relkd.eval.stats import bootstrap_diff_ci
 
     prepared = Path(a.prepared)
     labels = tuple(json.loads((prepared / "labels.json").read_text(encoding="utf-8"))["labels"])
     splits = {s: pd.read_parquet(prepared / f"{s}.parquet") for s in ("train", "valid", "test")}
-    vocab = fit_vocabulary(list(splits["train"]["query"]), list(splits["train"]["title"]))
-    blocks = {"lexical": {s: lexical_features(list(f["query"]), list(f["title"]), vocab) for s, f in splits.items()},
+    tables = lexical.fit_tables(list(splits["train"]["query"]), list(splits["train"]["title"]))
+    blocks = {"lexical": {s: lexical.features(list(f["query"]), list(f["title"]), tables) for s, f in splits.items()},
               "cosine": {s: bi_encoder_cosine(list(f["query"]), list(f["title"]), a.encoder, a.max_length)
                          for s, f in splits.items()}}
     if a.student:

@@ -52,7 +52,8 @@ def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
     model.initialize({"model_repository": str(version_dir.parent), "model_version": version_dir.name})
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     batches = [[pairs[i] for i in order[k:k + batch]] for k in range(0, len(order), batch)]
-    steps = dict.fromkeys(["tokenise (tokenizers, in the stub)", "onnxruntime, logits only",
+    steps = dict.fromkeys(["tokenise (tokenizers) and lexical features, in the stub",
+                           "onnxruntime, logits only",
                            "onnxruntime, logits + latent", "softmax, score, tier", "explanation lookup"], 0.0)
     names = list(steps)
     for _ in range(2):  # the first pass warms up; the second is measured
@@ -60,7 +61,8 @@ def backend_breakdown(version_dir: Path, pairs, batch: int) -> dict:
             steps[key] = 0.0
         for b in batches:
             t0 = time.perf_counter()
-            feed = encode(model.tok, [q for q, _ in b], [t for _, t in b], model.input_names, model.int_dtype)
+            feed = encode(model.tok, [q for q, _ in b], [t for _, t in b], model.input_names, model.int_dtype,
+                          model.lexical)
             t1 = time.perf_counter()
             logits = run_bucketed(model.session, ["logits"], feed, model.bucket_rows)[0]
             t2 = time.perf_counter()
@@ -142,7 +144,7 @@ def main() -> None:
     # LayerNorms, attention products, extractor and head stay fp32), per channel and per tensor, and the
     # whole graph per tensor (per channel, onnxruntime refuses the GAT extractor's attention vectors).
     # Static QDQ: activation ranges fixed from calibration pairs (min/max), encoder weight MatMuls per channel.
-    calibration = calibration_batches(tok, calibration_pairs, max_len)
+    calibration = calibration_batches(tok, calibration_pairs, max_len, lexical_tables=model.lexical_tables)
     int8_routes = []
     for label, kwargs in (("dynamic, encoder only, per-channel", {"scope": "encoder", "per_channel": True}),
                           ("dynamic, encoder only, per-tensor", {"scope": "encoder", "per_channel": False}),
@@ -165,7 +167,8 @@ def main() -> None:
             batch = served_batch if name.endswith(f", batch {served_batch}") else 100
 
             def run():
-                out["logits"] = score_pairs(model_or_path, tok, pairs, max_len, batch_size=batch, buckets=buckets)[0]
+                out["logits"] = score_pairs(model_or_path, tok, pairs, max_len, batch_size=batch, buckets=buckets,
+                                            lexical_tables=model.lexical_tables)[0]
             dt = timed(run, a.repeats)
             if ref is None:
                 ref = out["logits"].argmax(1)

@@ -68,12 +68,12 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
         info["graph"] = "fp32-optimised"
     if ecfg.int8:
         q = quantize_int8(onnx, work / f"{variant}.int8.onnx")
-        agree = agreement_rate(q, model, tokenizer, pairs, max_length)
+        agree = agreement_rate(q, model, tokenizer, pairs, max_length)  # the student's lexical tables feed both
         info["int8_agreement"] = agree["agreement"]
         if agree["agreement"] >= ecfg.min_int8_agreement:
             served, info["graph"] = q, "int8"
     # Calibration on the validation split, from the graph that will be served.
-    logits, _ = score_pairs(served, tokenizer, pairs, max_length)
+    logits, _ = score_pairs(served, tokenizer, pairs, max_length, lexical_tables=model.lexical_tables)
     y = np.array([labels.index(lab) for lab in valid["label"]])
     fit = fit_serving(logits, y, labels, ecfg.relevance_weights, ecfg.relevant_labels, ecfg.target_precisions)
     rows = reliability_rows(fit.pop("probs"), y)  # the bins of ece_after: the plot's ECE is the reported one

@@ -36,7 +36,7 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
             model, tokenizer, history = train_student(
                 train, valid, labels, emb if variant.needs_embeddings else None,
                 notes if variant.needs_rationales else None, variant, cfg, seed,
-                log=lambda m, step: log_metrics(m, step=step))
+                log=lambda m, step: log_metrics(m, step=step), lexical_recipe=params.peers.lexical)
             save_student(model, tokenizer, folder)
             probs = predict(model, tokenizer, test, cfg.eval_batch_size)[0]
             results[str(seed)] = record_test(folder, test, probs, labels, run_, "student", epochs=history,

@@ -11,8 +11,8 @@ import yaml
 from conftest import ROOT
 
 from relkd.eval.metrics import classification_report
-from relkd.eval.peers import (FEATURES, PEERS, bm25, fit_lexical, fit_majority, fit_vocabulary, lexical_features,
-                              majority, tokens, train_cross_encoder)
+from relkd.eval.peers import PEERS, fit_lexical, fit_majority, majority, train_cross_encoder
+from relkd.lexical import FEATURES, LexicalTables, char_ngrams, features, fit_tables, tokens
 from relkd.eval.probing import label_probe
 
 LABELS = ("relevant", "model mismatch", "category mismatch")
@@ -47,9 +47,9 @@ def pairs(n: int, seed: int) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ lexical
 def test_lexical_features_on_hand_made_pairs():
-    vocab = fit_vocabulary(["red shoe 42", "phone x200"], ["Red Shoe size 42", "Phone X201 case", "Green hat"])
-    f = dict(zip(FEATURES, lexical_features(["red shoe 42", "phone x200", "blue hat"],
-                                            ["Red Shoe size 42", "Phone X201 case", "Green hat"], vocab).T))
+    tables = fit_tables(["red shoe 42", "phone x200"], ["Red Shoe size 42", "Phone X201 case", "Green hat"])
+    f = dict(zip(FEATURES, features(["red shoe 42", "phone x200", "blue hat"],
+                                    ["Red Shoe size 42", "Phone X201 case", "Green hat"], tables).T))
     assert f["query_in_title"].tolist() == pytest.approx([1.0, 0.5, 0.5])
     assert f["jaccard"].tolist() == pytest.approx([3 / 4, 1 / 4, 1 / 3])
     # "42" is in its title; "x200" is not in "x201"'s title, which has a number the query lacks
@@ -65,13 +65,47 @@ def test_lexical_features_on_hand_made_pairs():
 
 def test_bm25_matches_the_formula():
     titles = ["red shoe", "red hat", "blue shoe shoe lace"]
-    vocab = fit_vocabulary(["x"], titles)
-    assert vocab.n_titles == 3 and vocab.avg_title_len == pytest.approx(8 / 3)
+    tables = fit_tables(["x"], titles)
+    assert tables.n_titles == 3 and tables.avg_title_len == pytest.approx(8 / 3)
     idf = {w: math.log((3 - df + 0.5) / (df + 0.5) + 1) for w, df in {"shoe": 2, "lace": 1}.items()}
     norm = 1.2 * (1 - 0.75 + 0.75 * 4 / (8 / 3))
     want = idf["shoe"] * 2 * 2.2 / (2 + norm) + idf["lace"] * 1 * 2.2 / (1 + norm)
-    assert bm25(tokens("shoe lace"), tokens(titles[2]), vocab) == pytest.approx(want)
-    assert bm25(tokens("umbrella"), tokens(titles[2]), vocab) == 0.0
+    assert tables.bm25(tokens("shoe lace"), tokens(titles[2])) == pytest.approx(want)
+    assert tables.bm25(tokens("umbrella"), tokens(titles[2])) == 0.0
+
+
+def test_tfidf_cosines_equal_scikit_learns_vectorizers():
+    """relkd.lexical computes the TF-IDF cosines without scikit-learn (the Triton stub has none): they must be
+    the numbers TfidfVectorizer(sublinear_tf=True) gives, word tokens and char_wb 3-5-grams."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train = pairs(80, 0)
+    test = pd.concat([pairs(30, 1), pd.DataFrame({"query": ["Ünïcode  café x2", "a"], "title": ["CAFÉ x2 mug", "b  c"]})])
+    texts = list(train["query"]) + list(train["title"])
+    word = TfidfVectorizer(tokenizer=tokens, token_pattern=None, lowercase=False, sublinear_tf=True).fit(texts)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True).fit(texts)
+    assert char.build_analyzer()("Ünïcode  café x2") == char_ngrams("Ünïcode  café x2")
+
+    def cos(vec):
+        return np.asarray(vec.transform(list(test["query"])).multiply(vec.transform(list(test["title"]))).sum(1)).ravel()
+
+    got = features(list(test["query"]), list(test["title"]), fit_tables(list(train["query"]), list(train["title"])))
+    assert got[:, FEATURES.index("tfidf_cosine")] == pytest.approx(cos(word), abs=1e-12)
+    assert got[:, FEATURES.index("char_tfidf_cosine")] == pytest.approx(cos(char), abs=1e-12)
+
+
+def test_lexical_tables_round_trip_and_refuse_another_format(tmp_path):
+    train = pairs(40, 0)
+    tables = fit_tables(list(train["query"]), list(train["title"]))
+    tables.save(tmp_path)
+    back = LexicalTables.load(tmp_path)
+    assert np.array_equal(features(list(train["query"]), list(train["title"]), back),
+                          features(list(train["query"]), list(train["title"]), tables))
+    d = tables.to_dict()
+    d["features"] = d["features"][:-1]
+    (tmp_path / "lexical.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="lexical.json.*retrain"):
+        LexicalTables.load(tmp_path)
 
 
 def test_majority_and_its_prior():

@@ -283,3 +283,79 @@ def test_static_int8_calibrates_on_given_pairs_and_keeps_the_decisions(tokenizer
     assert res["agreement"] >= 0.9 and res["max_prob_diff"] < 0.1
     with pytest.raises(ValueError, match="calibration is empty"):
         quantize_int8(fp32, tmp_path / "none.onnx", calibration=[])
+
+
+def _lexical_student(tmp_path):
+    """A GAT student with a lexical head (random weights), saved with its tables."""
+    from relkd.lexical import fit_tables
+    from relkd.student.config import VariantConfig
+    from relkd.student.model import build_student, save_student
+
+    torch.manual_seed(0)
+    pairs = SAMPLES + NEW_PAIRS
+    tables = fit_tables([q for q, _ in pairs], [t for _, t in pairs])
+    student, tok = build_student("tiny:bert", ("exact", "substitute", "irrelevant"), VariantConfig(), d_out=24,
+                                 max_length=MAX_LENGTH, lexical_tables=tables)
+    with torch.no_grad():
+        student.lexical_head.weight.normal_(0, 1.0)  # big enough that a missing feature input would show
+    folder = save_student(student.eval(), tok, tmp_path / "student")
+    return student, tok, tables, folder
+
+
+def test_a_lexical_student_exports_its_features_as_a_fourth_input(tmp_path):
+    from relkd.serving.triton_model import encode, load_tokenizer, onnx_inputs, run_bucketed
+    from relkd.student.model import InferenceWrapper
+
+    student, tok, tables, folder = _lexical_student(tmp_path)
+    info = export_onnx(InferenceWrapper(student), tok, tmp_path / "lex.onnx", MAX_LENGTH, SAMPLES)
+    assert info["max_abs_diff_logits"] <= 1e-4
+    session = ort_session(tmp_path / "lex.onnx")
+    names, dtype = onnx_inputs(session)
+    assert "lexical" in names
+    want, _ = score_pairs(InferenceWrapper(student), tok, NEW_PAIRS, MAX_LENGTH)  # the torch student's own tables
+    got, _ = score_pairs(tmp_path / "lex.onnx", tok, NEW_PAIRS, MAX_LENGTH, lexical_tables=tables)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    # the features matter: zeroing them moves the logits
+    feed = encode(load_tokenizer(folder, MAX_LENGTH), [q for q, _ in NEW_PAIRS], [t for _, t in NEW_PAIRS], names,
+                  dtype, tables)
+    served = run_bucketed(session, ["logits"], feed, rows=2)[0]
+    np.testing.assert_allclose(served, want, atol=1e-4)
+    feed["lexical"] = np.zeros_like(feed["lexical"])
+    assert np.abs(run_bucketed(session, ["logits"], feed, rows=2)[0] - want).max() > 1e-2
+    with pytest.raises(ValueError, match="lexical_tables"):
+        score_pairs(tmp_path / "lex.onnx", tok, NEW_PAIRS, MAX_LENGTH)
+    with pytest.raises(ValueError, match="lexical.json"):
+        encode(load_tokenizer(folder, MAX_LENGTH), ["a"], ["b"], names, dtype)
+
+
+@pytest.mark.integration
+def test_a_lexical_version_folder_computes_its_features_without_relkd(tmp_path):
+    """The Triton stub's environment has numpy but no relkd: the version folder's model.py loads the lexical.py
+    copied beside it, and its features equal relkd.lexical's."""
+    import json
+    import subprocess
+
+    from relkd.lexical import features
+    from relkd.serving.repository import write_version
+    from relkd.student.model import InferenceWrapper
+    from test_serving_server import ensure_server_venv
+
+    student, tok, tables, folder = _lexical_student(tmp_path)
+    export_onnx(InferenceWrapper(student), tok, tmp_path / "lex.onnx", MAX_LENGTH, SAMPLES)
+    info = {"labels": ["exact", "substitute", "irrelevant"], "max_length": MAX_LENGTH, "temperature": 1.0,
+            "relevance_weights": [1.0, 0.5, 0.0], "tier_thresholds": [0.2, 0.4, 0.6, 0.8]}
+    version = write_version(tmp_path / "repo", "m", 1, tmp_path / "lex.onnx", folder, info)
+    assert (version / "lexical.json").is_file() and (version / "lexical.py").is_file()
+    python = ensure_server_venv() / "bin" / "python"
+    code = ("import importlib.util, json, sys\n"
+            "try:\n    import relkd\n    sys.exit('relkd is importable here')\nexcept ImportError:\n    pass\n"
+            f"spec = importlib.util.spec_from_file_location('model', {str(version / 'model.py')!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            f"t = m.lexical_module().LexicalTables.load({str(version)!r})\n"
+            f"print(json.dumps(m.lexical_module().features({[q for q, _ in NEW_PAIRS]!r}, "
+            f"{[t for _, t in NEW_PAIRS]!r}, t).tolist()))\n")
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr + out.stdout
+    np.testing.assert_allclose(np.array(json.loads(out.stdout)),
+                               features([q for q, _ in NEW_PAIRS], [t for _, t in NEW_PAIRS], tables), atol=1e-12)

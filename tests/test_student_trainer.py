@@ -190,3 +190,42 @@ def test_the_best_validation_epoch_is_the_one_kept(data):
     probs = predict(student, tok, valid)[0]
     got = classification_report(list(valid["label"]), [LABELS[i] for i in probs.argmax(1)], LABELS)["macro_f1"]
     assert got == pytest.approx(f1s[best - 1], abs=1e-9)
+
+
+def test_the_lexical_head_starts_as_the_lexical_peers_logistic_regression(data):
+    """student.lexical: before any step the student predicts what the lexical LR (the peer's recipe) predicts,
+    and training moves it from there."""
+    import torch
+
+    from relkd.eval.peers import feature_classifier
+    from relkd.lexical import fit_tables
+    from relkd.student.model import build_student
+    from relkd.student.trainer import lexical_warm_start
+
+    train, valid, _, _ = data
+    tables = fit_tables(train["query"].tolist(), train["title"].tolist())
+    student, tok = build_student("tiny:bert", LABELS, default_variants()["plain"], max_length=24,
+                                 lexical_tables=tables)
+    x = student.lexical_features(train["query"].tolist(), train["title"].tolist()).astype(np.float64)
+    y = np.array([LABELS.index(v) for v in train["label"]])
+    lexical_warm_start(student, x, y, seed=0)
+    peer = feature_classifier("lr", 0).fit(x, y)
+    want = peer.predict_proba(student.lexical_features(valid["query"].tolist(), valid["title"].tolist()))
+    got = predict(student, tok, valid)[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert float(torch.count_nonzero(student.head.weight)) == 0  # the token head starts at zero
+
+    trained, _, history = train_student(train, valid, LABELS, None, None, default_variants()["plain"], CFG, seed=0)
+    assert trained.lexical_tables is not None and history[-1]["train_loss"] < 10
+    assert float(trained.head.weight.detach().abs().sum()) > 0  # the tokens' head learned something
+
+
+def test_lexical_off_gives_a_tokens_only_student(data, tmp_path):
+    train, valid, _, _ = data
+    cfg = CFG.model_copy(update={"lexical": False, "epochs": 1})
+    model, tok, _ = train_student(train, valid, LABELS, None, None, default_variants()["plain"], cfg, seed=0,
+                                  out_dir=tmp_path / "s")
+    assert model.lexical_head is None and not (tmp_path / "s" / "lexical.json").exists()
+    assert (tmp_path / "s" / "relkd_student.json").is_file()
+    again, _ = load_student(tmp_path / "s")
+    assert again.lexical_tables is None

@@ -7,28 +7,15 @@ on the same rows. Frames have ``query``, ``title`` and (for training) ``label`` 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from relkd import lexical
+
 PEERS = ("majority", "lexical_lr", "lexical_hgb", "cross_encoder")  # the folder and row names
-BM25_K1, BM25_B = 1.2, 0.75
-_TOKEN = re.compile(r"\w+")  # letters and digits in any script; "usb-c" -> usb, c
-FEATURES = ("query_in_title", "jaccard", "tfidf_cosine", "char_tfidf_cosine", "bm25", "bm25_norm",
-            "query_numbers", "numbers_in_title", "number_share", "title_numbers_not_in_query",
-            "query_tokens", "title_tokens", "length_ratio")
-
-
-def tokens(text) -> list[str]:
-    """Lower-cased word tokens (digits kept, so model codes like "x200" stay one token)."""
-    return _TOKEN.findall(text.lower()) if isinstance(text, str) else []
-
-
-def _has_digit(tok: str) -> bool:
-    return any(ch.isdigit() for ch in tok)
 
 
 def _label_codes(values, labels: Sequence[Hashable]) -> np.ndarray:
@@ -76,82 +63,7 @@ def fit_majority(train_labels: Sequence[Hashable], labels: Sequence[Hashable]) -
 
 
 # -------------------------------------------------------------------------------------- lexical
-@dataclass(frozen=True)
-class LexicalVocabulary:
-    """What the lexical features learn from the training texts: TF-IDF vectorizers (word and character
-    n-grams, fitted on training queries and titles) and BM25 statistics of the training titles."""
-
-    word_tfidf: object
-    char_tfidf: object
-    n_titles: int
-    avg_title_len: float
-    title_df: dict[str, int]
-
-    def idf(self, tok: str) -> float:
-        """BM25's idf with the +1 inside the log (never negative, as in Lucene)."""
-        df = self.title_df.get(tok, 0)
-        return math.log((self.n_titles - df + 0.5) / (df + 0.5) + 1.0)
-
-
-def fit_vocabulary(queries: Sequence[str], titles: Sequence[str]) -> LexicalVocabulary:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts = [str(t) for t in list(queries) + list(titles)]
-    word = TfidfVectorizer(tokenizer=tokens, token_pattern=None, lowercase=False, sublinear_tf=True).fit(texts)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True).fit(texts)
-    # BM25's documents are the distinct titles (a title judged for several queries counts once).
-    docs = [tokens(t) for t in dict.fromkeys(str(t) for t in titles)]
-    if not docs:
-        raise ValueError("fit_vocabulary needs at least one training title")
-    df = Counter(tok for d in docs for tok in set(d))
-    return LexicalVocabulary(word, char, len(docs), float(np.mean([len(d) for d in docs])) or 1.0, dict(df))
-
-
-def bm25(query_tokens: Sequence[str], title_tokens: Sequence[str], vocab: LexicalVocabulary,
-         k1: float = BM25_K1, b: float = BM25_B) -> float:
-    """Okapi BM25 of the title for the query, with idf and average length from the training titles."""
-    tf = Counter(title_tokens)
-    norm = k1 * (1 - b + b * len(title_tokens) / vocab.avg_title_len)
-    return float(sum(vocab.idf(q) * tf[q] * (k1 + 1) / (tf[q] + norm) for q in query_tokens if tf[q]))
-
-
-def _row_cosine(a, b) -> np.ndarray:
-    """Cosine of row i of `a` with row i of `b` (TfidfVectorizer rows are already L2-normalised)."""
-    return np.asarray(a.multiply(b).sum(axis=1)).ravel()
-
-
-def lexical_features(queries: Sequence[str], titles: Sequence[str], vocab: LexicalVocabulary) -> np.ndarray:
-    """One row of FEATURES per (query, title) pair."""
-    queries, titles = [str(q) for q in queries], [str(t) for t in titles]
-    if len(queries) != len(titles):
-        raise ValueError(f"{len(queries)} queries but {len(titles)} titles; pass one title per query")
-    rows = []
-    for q, t in zip(queries, titles):
-        qt, tt = tokens(q), tokens(t)
-        qs, ts = set(qt), set(tt)
-        q_num = {w for w in qs if _has_digit(w)}
-        t_num = {w for w in ts if _has_digit(w)}
-        ceiling = sum(vocab.idf(w) * (BM25_K1 + 1) for w in qt)  # the score as tf -> infinity
-        score = bm25(qt, tt, vocab)
-        rows.append([
-            len(qs & ts) / len(qs) if qs else 0.0,
-            len(qs & ts) / len(qs | ts) if qs | ts else 0.0,
-            0.0, 0.0,  # TF-IDF cosines, filled below in one sparse product
-            score,
-            score / ceiling if ceiling else 0.0,
-            len(q_num),
-            len(q_num & ts),
-            len(q_num & ts) / len(q_num) if q_num else 0.0,
-            len(t_num - qs),
-            len(qt),
-            len(tt),
-            len(qt) / len(tt) if tt else 0.0,
-        ])
-    x = np.asarray(rows, dtype=np.float64).reshape(len(queries), len(FEATURES))
-    if len(queries):
-        x[:, 2] = _row_cosine(vocab.word_tfidf.transform(queries), vocab.word_tfidf.transform(titles))
-        x[:, 3] = _row_cosine(vocab.char_tfidf.transform(queries), vocab.char_tfidf.transform(titles))
-    return x
+# The features themselves live in relkd.lexical (the student and the served stub compute the same ones).
 
 
 @dataclass(frozen=True)
@@ -160,11 +72,11 @@ class LexicalModel:
 
     labels: tuple
     kind: str
-    vocab: LexicalVocabulary
+    tables: lexical.LexicalTables
     classifier: object
 
     def predict_proba(self, frame) -> np.ndarray:
-        x = lexical_features(frame["query"].tolist(), frame["title"].tolist(), self.vocab)
+        x = lexical.features(frame["query"].tolist(), frame["title"].tolist(), self.tables)
         return _full_proba(self.classifier.predict_proba(x), self.classifier.classes_, len(self.labels))
 
 
@@ -185,15 +97,15 @@ def feature_classifier(kind: str, seed: int, C: float = 1.0, max_iter: int = 500
 
 def fit_lexical(train_df, labels: Sequence[Hashable], seed: int, C: float = 1.0, max_iter: int = 5000,
                 kind: str = "lr") -> LexicalModel:
-    """Fit the vocabulary and a :func:`feature_classifier` on the training pairs' lexical features."""
+    """Fit the lexical tables and a :func:`feature_classifier` on the training pairs' lexical features."""
     clf = feature_classifier(kind, seed, C, max_iter)
     y = _label_codes(train_df["label"].tolist(), labels)
-    vocab = fit_vocabulary(train_df["query"].tolist(), train_df["title"].tolist())
-    x = lexical_features(train_df["query"].tolist(), train_df["title"].tolist(), vocab)
+    tables = lexical.fit_tables(train_df["query"].tolist(), train_df["title"].tolist())
+    x = lexical.features(train_df["query"].tolist(), train_df["title"].tolist(), tables)
     if len(set(y)) < 2:  # one class: nothing to separate, sklearn refuses; the prior is the answer
-        return LexicalModel(tuple(labels), kind, vocab, _Constant(int(y[0])))
+        return LexicalModel(tuple(labels), kind, tables, _Constant(int(y[0])))
     clf.fit(x, y)
-    return LexicalModel(tuple(labels), kind, vocab, clf)
+    return LexicalModel(tuple(labels), kind, tables, clf)
 
 
 @dataclass(frozen=True)

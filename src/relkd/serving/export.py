@@ -1,8 +1,10 @@
 """ONNX export of the student (verified against PyTorch), int8 quantisation, graph optimisation, and fast scoring.
 
 The exported graph has the serving contract's tensors: inputs ``input_ids``, ``attention_mask`` and
-``token_type_ids`` (int64, dynamic batch and sequence axes) and outputs ``logits`` (B, C) and
-``latent`` (B, D). Export uses the dynamo exporter at opset 18: the legacy TorchScript exporter gave
+``token_type_ids`` (int64, dynamic batch and sequence axes), for a student with a lexical head also ``lexical``
+(float32 (B, F): :func:`relkd.lexical.features` from the tables saved with the student), and outputs
+``logits`` (B, C) and ``latent`` (B, D). Functions that feed a graph take those tables as ``lexical_tables``
+(a torch student brings its own). Export uses the dynamo exporter at opset 18: the legacy TorchScript exporter gave
 BERT logits off by up to 0.018 on these versions (STACK.md), so every export is checked against the
 PyTorch module before it is returned.
 
@@ -22,6 +24,7 @@ from relkd.io import atomic_path
 from relkd.serving.triton_model import length_buckets
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+LEXICAL_INPUT = "lexical"
 OUTPUT_NAMES = ("logits", "latent")
 OPSET = 18
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX and PyTorch outputs (float32 reorderings stay ~1e-6)
@@ -88,7 +91,7 @@ def _runner(model) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.nda
         model = ort_session(model)
     if hasattr(model, "get_inputs") and hasattr(model, "run"):
         names = [i.name for i in model.get_inputs()]
-        missing = sorted(set(names) - set(INPUT_NAMES))
+        missing = sorted(set(names) - set(INPUT_NAMES) - {LEXICAL_INPUT})
         if missing:
             raise ValueError(f"the ONNX graph takes inputs {missing} besides {list(INPUT_NAMES)}; export it "
                              "with export_onnx")
@@ -98,6 +101,9 @@ def _runner(model) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.nda
         fetch = ["logits"] + (["latent"] if "latent" in outs else [])
 
         def run_ort(batch):
+            if LEXICAL_INPUT in names and LEXICAL_INPUT not in batch:
+                raise ValueError("the ONNX graph takes the pairs' lexical features: pass lexical_tables (the "
+                                 "student's lexical.json, relkd.lexical.LexicalTables.load(student folder))")
             res = model.run(fetch, {k: batch[k] for k in names})
             return res[0], (res[1] if len(res) > 1 else np.zeros((len(res[0]), 0), np.float32))
         return run_ort
@@ -110,13 +116,22 @@ def _runner(model) -> Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.nda
 
     def run_torch(batch):
         with torch.inference_mode():
-            logits, latent = model(*(torch.from_numpy(batch[k]) for k in INPUT_NAMES))
+            logits, latent = model(*(torch.from_numpy(batch[k]) for k in _feed_names(batch)))
         return logits.float().numpy(), latent.float().numpy()
     return run_torch
 
 
+def _feed_names(arrays: dict) -> tuple[str, ...]:
+    return INPUT_NAMES + ((LEXICAL_INPUT,) if LEXICAL_INPUT in arrays else ())
+
+
+def _tables(model, lexical_tables):
+    """The lexical tables a feed needs: those given, else a torch student's own (None: a tokens-only model)."""
+    return lexical_tables if lexical_tables is not None else getattr(model, "lexical_tables", None)
+
+
 def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int = 64,
-                buckets: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                buckets: bool = True, lexical_tables=None) -> tuple[np.ndarray, np.ndarray]:
     """(logits, latent) for every pair, in input order, from an ONNX file/session or a torch module.
 
     With `buckets`, pairs are sorted by length and each batch is padded to its own longest; without,
@@ -124,7 +139,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], max_length: 
     """
     run = _runner(model)
     logits = latent = None
-    for idx, arrays in input_batches(tokenizer, pairs, max_length, batch_size, buckets):
+    for idx, arrays in input_batches(tokenizer, pairs, max_length, batch_size, buckets, _tables(model, lexical_tables)):
         lo, la = run(arrays)
         if logits is None:
             logits = np.empty((len(pairs), lo.shape[1]), np.float32)
@@ -134,17 +149,28 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], max_length: 
 
 
 def input_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int,
-                  buckets: bool = True) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+                  buckets: bool = True, lexical_tables=None) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """(positions in `pairs`, input arrays) per batch: length-bucketed and padded to each batch's longest, or
-    (``buckets=False``) in input order padded to `max_length`."""
+    (``buckets=False``) in input order padded to `max_length`; with `lexical_tables`, each batch's ``lexical``
+    features too."""
     ids, types = tokenize(tokenizer, pairs, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    feats = None
+    if lexical_tables is not None:
+        from relkd import lexical
+
+        feats = lexical.features([p[0] for p in pairs], [p[1] for p in pairs], lexical_tables).astype(np.float32)
     if buckets:
         batches = length_buckets([len(x) for x in ids], batch_size)
     else:
         batches = [np.arange(i, min(i + batch_size, len(ids))) for i in range(0, len(ids), batch_size)]
-    return [(idx, pad_batch([ids[i] for i in idx], [types[i] for i in idx], pad_id, None if buckets else max_length))
-            for idx in batches]
+    out = []
+    for idx in batches:
+        arrays = pad_batch([ids[i] for i in idx], [types[i] for i in idx], pad_id, None if buckets else max_length)
+        if feats is not None:
+            arrays[LEXICAL_INPUT] = feats[idx]
+        out.append((idx, arrays))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -152,7 +178,7 @@ def _torch_outputs(module, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, n
     import torch
 
     with torch.inference_mode():
-        out = module(*(torch.from_numpy(arrays[k]) for k in INPUT_NAMES))
+        out = module(*(torch.from_numpy(arrays[k]) for k in _feed_names(arrays)))
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError(f"the module must return (logits, latent), got {type(out).__name__}; wrap the student "
                         "in relkd.student.model.InferenceWrapper")
@@ -189,17 +215,25 @@ def export_onnx(module, tokenizer, out_path: str | Path, max_length: int,
     if checks[1]["input_ids"].shape[1] == trace["input_ids"].shape[1]:
         raise ValueError(f"max_length={max_length} equals the samples' longest tokenised pair: pass "
                          "shorter samples or a larger max_length so a second sequence length is checked")
+    tables = _tables(module, None)
+    if tables is not None:  # the student's fourth input: its lexical features, a (batch, F) float32 array
+        from relkd import lexical
+
+        x = lexical.features([p[0] for p in sample_texts], [p[1] for p in sample_texts], tables).astype(np.float32)
+        trace[LEXICAL_INPUT], checks[1][LEXICAL_INPUT] = x, x[:-1]
+    names = _feed_names(trace)
 
     axes = {0: "batch", 1: "sequence"}
+    shapes = {k: ({0: "batch"} if k == LEXICAL_INPUT else axes) for k in names}
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp, warnings.catch_warnings():
         # The exporter warns that the two axis names share one constraint (they do: all inputs have
         # the same shape) and about deprecated pytree classes inside torch; neither is actionable.
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, tuple(torch.from_numpy(trace[k]) for k in INPUT_NAMES), dynamo=True, opset_version=OPSET,
-            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={k: axes for k in INPUT_NAMES}, external_data=False, verbose=False)
+            module, tuple(torch.from_numpy(trace[k]) for k in names), dynamo=True, opset_version=OPSET,
+            input_names=list(names), output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=shapes, external_data=False, verbose=False)
         program.save(str(tmp), external_data=False)
         session = ort_session(tmp)
         diffs = {"logits": 0.0, "latent": 0.0}
@@ -248,10 +282,10 @@ def encoder_weight_matmuls(model) -> list[str]:
 
 
 def calibration_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
-                        batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+                        batch_size: int = 32, lexical_tables=None) -> list[dict[str, np.ndarray]]:
     """The model's input arrays for `pairs` in length-bucketed batches: calibration data for static
     quantisation (:func:`quantize_int8` with ``calibration``), e.g. from the training split."""
-    return [arrays for _, arrays in input_batches(tokenizer, pairs, max_length, batch_size)]
+    return [arrays for _, arrays in input_batches(tokenizer, pairs, max_length, batch_size, True, lexical_tables)]
 
 
 class _Feeds:
@@ -333,7 +367,7 @@ def optimize(onnx_path: str | Path, out_path: str | Path) -> Path:
 
 
 def agreement_rate(onnx_a, onnx_b_or_torch, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
-                   batch_size: int = 64) -> dict:
+                   batch_size: int = 64, lexical_tables=None) -> dict:
     """How often two versions of a model (ONNX file/session or torch module each) pick the same class.
 
     Both score the same length-bucketed batches. Returns {agreement (share of equal argmax),
@@ -341,8 +375,9 @@ def agreement_rate(onnx_a, onnx_b_or_torch, tokenizer, pairs: Sequence[tuple[str
     """
     from scipy.special import softmax
 
-    la, _ = score_pairs(onnx_a, tokenizer, pairs, max_length, batch_size)
-    lb, _ = score_pairs(onnx_b_or_torch, tokenizer, pairs, max_length, batch_size)
+    tables = _tables(onnx_b_or_torch, lexical_tables)
+    la, _ = score_pairs(onnx_a, tokenizer, pairs, max_length, batch_size, lexical_tables=tables)
+    lb, _ = score_pairs(onnx_b_or_torch, tokenizer, pairs, max_length, batch_size, lexical_tables=tables)
     if la.shape != lb.shape:
         raise ValueError(f"the two models return logits of shapes {la.shape} and {lb.shape}: they do not "
                          "share a label set")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from relkd import lexical
 from relkd.io import write_text
 from relkd.serving import triton_model
 from relkd.serving.triton_model import check_serving_info
@@ -20,8 +21,9 @@ _ONNX_INLINE_LIMIT = 1_800_000_000  # protobuf's 2 GB cap, with room: bigger gra
 
 def write_version(repo_dir, model_name: str, version: int, onnx_path, tokenizer_dir, serving_info: dict,
                   explain: dict | None = None) -> Path:
-    """Write ``repo_dir/model_name/version/`` (model.py, model.onnx, tokenizer, serving.json and,
-    with `explain` = {ids, texts, vectors}, explain.npz) and return its path.
+    """Write ``repo_dir/model_name/version/`` (model.py, model.onnx, tokenizer, serving.json, for a student with
+    a lexical head its lexical.json (from `tokenizer_dir`, the student folder) and lexical.py, and, with
+    `explain` = {ids, texts, vectors}, explain.npz) and return its path.
 
     The folder is built beside its final place and renamed in, so a server (or a killed export)
     never sees a half-written version; an existing folder of the same version is replaced.
@@ -47,6 +49,9 @@ def write_version(repo_dir, model_name: str, version: int, onnx_path, tokenizer_
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).is_file():
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
+        if (tokenizer_dir / lexical.TABLES_FILE).is_file():  # a student with a lexical head: the stub computes them
+            shutil.copyfile(tokenizer_dir / lexical.TABLES_FILE, tmp / lexical.TABLES_FILE)
+            shutil.copyfile(lexical.__file__, tmp / "lexical.py")
         info = dict(serving_info)
         if explain is not None:
             info["explain"] = {"file": "explain.npz", "count": _write_explain(tmp / "explain.npz", explain)}

@@ -15,9 +15,10 @@ import pandas as pd
 
 
 try:  # the one torch-free scorer, shared with the Triton model
-    from relkd.serving.triton_model import encode, load_tokenizer, onnx_inputs, run_bucketed, softmax
+    from relkd.serving.triton_model import (LEXICAL_INPUT, encode, lexical_module, load_tokenizer, onnx_inputs,
+                                            run_bucketed, softmax)
 except ImportError:  # loaded from the registry where relkd is not installed: the copy logged beside (code_paths)
-    from triton_model import encode, load_tokenizer, onnx_inputs, run_bucketed, softmax
+    from triton_model import LEXICAL_INPUT, encode, lexical_module, load_tokenizer, onnx_inputs, run_bucketed, softmax
 
 
 class StudentPyfunc(mlflow.pyfunc.PythonModel):
@@ -42,6 +43,8 @@ class StudentPyfunc(mlflow.pyfunc.PythonModel):
         self.session = ort.InferenceSession(str(context.artifacts["onnx"]), sess_options=opts,
                                             providers=["CPUExecutionProvider"])
         self.input_names, self.int_dtype = onnx_inputs(self.session)
+        # A student with a lexical head saved its tables (lexical.json) in its folder.
+        self.lexical = lexical_module().LexicalTables.load(folder) if LEXICAL_INPUT in self.input_names else None
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         missing = [c for c in ("query", "title") if c not in model_input.columns]
@@ -52,7 +55,7 @@ class StudentPyfunc(mlflow.pyfunc.PythonModel):
         if not queries:
             logits = np.zeros((0, len(self.labels)), np.float64)
         else:  # every row tokenised at once, then run in token-length buckets of batch_size
-            feeds = encode(self.tokenizer, queries, titles, self.input_names, self.int_dtype)
+            feeds = encode(self.tokenizer, queries, titles, self.input_names, self.int_dtype, self.lexical)
             logits = run_bucketed(self.session, ["logits"], feeds, self.batch_size)[0].astype(np.float64)
         probs = softmax(logits)
         out = pd.DataFrame({"label": np.asarray([self.labels[i] for i in probs.argmax(axis=1)], dtype=object)})

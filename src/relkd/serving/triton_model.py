@@ -5,9 +5,11 @@ the *server's* environment (numpy<2, onnxruntime, tokenizers; no torch, no relkd
 nothing from this package. The pure helpers (`text_problem`, `check_serving_info`, `relevance`)
 import without Triton, so the writer and the client apply the very same rules.
 
-A version folder holds ``model.onnx`` (inputs input_ids, attention_mask[, token_type_ids]; outputs
+A version folder holds ``model.onnx`` (inputs input_ids, attention_mask[, token_type_ids][, lexical]; outputs
 ``logits`` (B, C) and optionally ``latent`` (B, D)), ``tokenizer.json``, ``serving.json`` and
-optionally ``explain.npz`` (ids, texts, vectors of training rationales in the latent space).
+optionally ``explain.npz`` (ids, texts, vectors of training rationales in the latent space). A graph with the
+``lexical`` input comes with ``lexical.json`` (the student's tables) and ``lexical.py`` (a copy of
+relkd.lexical, which imports only numpy): the stub computes the pairs' lexical features itself.
 """
 from __future__ import annotations
 
@@ -91,13 +93,37 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+LEXICAL_INPUT = "lexical"
+
+
+def lexical_module():
+    """relkd.lexical: the package's module where relkd is installed (the writer, the client, tests), else the copy
+    beside this file (``lexical.py`` in a version folder, inside the Triton stub)."""
+    try:
+        from relkd import lexical
+    except ImportError:
+        import importlib.util
+        import sys
+
+        path = Path(__file__).with_name("lexical.py")
+        if not path.is_file():
+            raise ImportError(f"{path} is missing: a graph with lexical features needs lexical.py beside model.py "
+                              "(write the version with relkd.serving.repository.write_version)") from None
+        spec = importlib.util.spec_from_file_location("relkd_lexical", path)
+        lexical = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = lexical  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(lexical)
+    return lexical
+
+
 def onnx_inputs(session) -> tuple[list[str], type]:
-    """The graph's token inputs (input_ids, attention_mask[, token_type_ids]) and their integer dtype; a graph
-    with other inputs is refused, naming them."""
+    """The graph's inputs (input_ids, attention_mask[, token_type_ids][, lexical]) and the token inputs' integer
+    dtype; a graph with other inputs is refused, naming them."""
     inputs = {i.name: i for i in session.get_inputs()}
-    unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+    unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids", LEXICAL_INPUT}
     if unknown or "input_ids" not in inputs:
-        raise ValueError(f"model.onnx: inputs must be input_ids, attention_mask[, token_type_ids]; got {sorted(inputs)}")
+        raise ValueError("model.onnx: inputs must be input_ids, attention_mask[, token_type_ids][, lexical]; got "
+                         f"{sorted(inputs)}")
     return list(inputs), np.int32 if inputs["input_ids"].type == "tensor(int32)" else np.int64
 
 
@@ -158,7 +184,8 @@ def run_bucketed(session, names: list[str], feed: dict[str, np.ndarray], rows: i
     outs = None
     for idx in length_buckets(lengths, rows or len(lengths)):
         width = max(int(lengths[idx].max()), 1)
-        part = session.run(names, {k: v[idx, :width] for k, v in feed.items()})
+        # Token arrays are cut to the sub-batch's longest pair; the per-pair lexical features are rows only.
+        part = session.run(names, {k: v[idx] if k == LEXICAL_INPUT else v[idx, :width] for k, v in feed.items()})
         if outs is None:
             outs = [np.empty((len(lengths), *p.shape[1:]), p.dtype) for p in part]
         for out, p in zip(outs, part):
@@ -166,11 +193,19 @@ def run_bucketed(session, names: list[str], feed: dict[str, np.ndarray], rows: i
     return outs
 
 
-def encode(tok, queries: list[str], titles: list[str], input_names, int_dtype=np.int64) -> dict:
-    """ONNX feed for (query, title) pairs; only the inputs the graph declares."""
+def encode(tok, queries: list[str], titles: list[str], input_names, int_dtype=np.int64, lexical_tables=None) -> dict:
+    """ONNX feed for (query, title) pairs; only the inputs the graph declares (``lexical``: the features from
+    `lexical_tables`, a relkd.lexical.LexicalTables)."""
     enc = tok.encode_batch(list(zip(queries, titles)))
     cols = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-    return {name: np.array([getattr(e, cols[name]) for e in enc], dtype=int_dtype) for name in input_names}
+    feed = {name: np.array([getattr(e, cols[name]) for e in enc], dtype=int_dtype)
+            for name in input_names if name != LEXICAL_INPUT}
+    if LEXICAL_INPUT in input_names:
+        if lexical_tables is None:
+            raise ValueError("model.onnx takes lexical features: load the version's lexical.json "
+                             "(lexical_module().LexicalTables.load(version folder)) and pass it as lexical_tables")
+        feed[LEXICAL_INPUT] = lexical_module().features(queries, titles, lexical_tables).astype(np.float32)
+    return feed
 
 
 class TritonPythonModel:
@@ -195,6 +230,7 @@ class TritonPythonModel:
         if "logits" not in outputs:
             raise ValueError(f"{self.dir}/model.onnx: needs an output named 'logits', got {outputs}")
         self.output_names = ["logits"] + (["latent"] if "latent" in outputs else [])
+        self.lexical = lexical_module().LexicalTables.load(self.dir) if LEXICAL_INPUT in self.input_names else None
         self.bucket_rows = self.info.get("bucket_rows")  # None (versions exported before it): the whole batch
         self.explain = self._load_explain()
 
@@ -238,7 +274,7 @@ class TritonPythonModel:
             titles += t
         if not spans:
             return responses
-        feed = encode(self.tok, queries, titles, self.input_names, self.int_dtype)
+        feed = encode(self.tok, queries, titles, self.input_names, self.int_dtype, self.lexical)
         # The latent output and the explanation lookup cost only when some request asks for them.
         need_latent = any(w & LATENT_OUTPUTS for *_, w in spans)
         names = [n for n in self.output_names if n == "logits" or need_latent]

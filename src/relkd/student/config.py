@@ -96,6 +96,12 @@ class StudentConfig(Section):
         "mean", description="h_cls, the head's view of the pair: the raw [CLS] state (paper) or the masked mean "
         "of the token states (how sentence-transformers backbones such as all-MiniLM-L6-v2 were trained; "
         "their [CLS] state and pooler carry little before fine-tuning)")
+    lexical: bool = Field(
+        True, description="add a linear head over the pair's lexical features (relkd.lexical: overlap, TF-IDF, "
+        "BM25, numbers; tables fitted on the training split), warm-started from the lexical peer's logistic "
+        "regression, the token head from zero: the student starts as that peer and learns what the tokens add. "
+        "On Home Depot the cross-encoder alone stayed below the lexical LR at every recipe tried (paper: none, "
+        "a plain cross-encoder)")
     lam: float = Field(0.1, ge=0, description="guidance loss weight lambda (paper: 0.1)")
     guidance_normalize: bool = Field(
         True,

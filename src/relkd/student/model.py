@@ -1,13 +1,17 @@
 """The LRKD student (BERT cross-encoder + latent reasoning extractor + linear head): build, save, load.
 
 The student reads "[CLS] query [SEP] title [SEP]" and returns class logits and the latent reasoning
-vector r. Only what inference needs is part of :class:`Student` (backbone, extractor, head and, for
+vector r. With ``lexical`` features (:mod:`relkd.lexical`: overlap, TF-IDF, BM25, numbers of the pair) a
+second linear head over their standardised values adds its logits: the student then holds the lexical
+logistic regression inside it and learns from the tokens what the lexical features miss. Only what
+inference needs is part of :class:`Student` (backbone, extractor, head and, for
 the no-extractor ablation, the guidance projection); the training-only heads of the CED-KD, MKD and
 CRSD baselines live in :mod:`relkd.student.objectives` and are never saved into a student folder.
 
 A saved student folder holds ``model.safetensors`` (the whole Student state dict), the backbone's
 ``config.json``, the tokenizer, and ``relkd_student.json`` (labels, variant, max_length, d_out,
-extractor sizes) so serving and evaluation can rebuild it with :func:`load_student` alone.
+extractor sizes) so serving and evaluation can rebuild it with :func:`load_student` alone; a student with
+lexical features also ``lexical.json`` (:class:`relkd.lexical.LexicalTables`, the features' idf tables).
 """
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from relkd import lexical
+from relkd.lexical import FEATURES as LEXICAL_FEATURES
 from relkd.student.config import VariantConfig
 from relkd.student.extractors import make_extractor
 
@@ -43,10 +50,15 @@ class Student(nn.Module):
     ``guide_proj(h_cls)``, a linear map to the rationale encoder's width d_out (the identity when
     d_out equals the backbone width, so then r is h_cls itself). The plain student has neither
     extractor nor guidance: logits = Linear(h_cls), and ``r`` is reported as h_cls.
+
+    ``lexical_tables`` (a :class:`relkd.lexical.LexicalTables`) adds ``lexical_head``, Linear over the pair's
+    lexical features standardised by the buffers ``lexical_mean`` / ``lexical_scale``, to the logits; the
+    features are a fourth input, ``lexical`` (B, len(relkd.lexical.FEATURES)).
     """
 
     def __init__(self, backbone: nn.Module, labels: tuple[str, ...], variant: VariantConfig, d_out: int,
-                 hidden: int = 128, codes: int = 32, max_length: int = 128, pooling: str = "cls"):
+                 hidden: int = 128, codes: int = 32, max_length: int = 128, pooling: str = "cls",
+                 lexical_tables=None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -71,14 +83,28 @@ class Student(nn.Module):
             if variant.r_from_cls:
                 self.guide_proj = nn.Identity() if self.d_out == self.d_model else nn.Linear(self.d_model, self.d_out)
         self.head = nn.Linear(head_in, len(self.labels))
+        self.lexical_tables = lexical_tables
+        self.lexical_head = None
+        if lexical_tables is not None:
+            n = len(LEXICAL_FEATURES)
+            self.register_buffer("lexical_mean", torch.zeros(n))
+            self.register_buffer("lexical_scale", torch.ones(n))
+            self.lexical_head = nn.Linear(n, len(self.labels))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> StudentOutput:
+                token_type_ids: torch.Tensor | None = None, lexical: torch.Tensor | None = None) -> StudentOutput:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         H = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return self.read_out(H, attention_mask)
+        return self.read_out(H, attention_mask, lexical)
 
-    def read_out(self, H: torch.Tensor, attention_mask: torch.Tensor) -> StudentOutput:
+    def lexical_features(self, queries, titles) -> np.ndarray:
+        """The (N, F) float32 lexical features of pairs, from this student's tables (its fourth input)."""
+        if self.lexical_tables is None:
+            raise ValueError("this student has no lexical head (trained with student.lexical: false)")
+        return lexical.features(queries, titles, self.lexical_tables).astype(np.float32)
+
+    def read_out(self, H: torch.Tensor, attention_mask: torch.Tensor,
+                 lexical_x: torch.Tensor | None = None) -> StudentOutput:
         """Everything after the backbone: the extractor (or the guidance projection) and the head. ``h_cls`` is
         the [CLS] state (paper) or, with ``pooling="mean"``, the masked mean of the token states, the
         pooling a sentence-transformers backbone such as all-MiniLM-L6-v2 was trained with."""
@@ -93,7 +119,26 @@ class Student(nn.Module):
         else:
             r = self.guide_proj(h_cls) if self.guide_proj is not None else h_cls
             logits = self.head(h_cls)
+        if self.lexical_head is not None:
+            if lexical_x is None:
+                raise ValueError("this student has a lexical head: pass the pairs' lexical features "
+                                 "(Student.lexical_features(queries, titles)) as `lexical`")
+            logits = logits + self.lexical_head((lexical_x.to(H.dtype) - self.lexical_mean) / self.lexical_scale)
         return StudentOutput(logits=logits, h_cls=h_cls, r=r, hidden=H)
+
+    @torch.no_grad()
+    def warm_start_lexical(self, mean, scale, coef, intercept) -> None:
+        """The lexical head set to a fitted logistic regression on standardised features (mean, scale: its
+        scaler; coef (C, F), intercept (C,)) and the token head to zero: the untrained student predicts what
+        the lexical LR predicts, and training learns what the tokens add."""
+        if self.lexical_head is None:
+            raise ValueError("this student has no lexical head to warm-start (build it with lexical_tables)")
+        self.lexical_mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        self.lexical_scale.copy_(torch.as_tensor(np.asarray(scale), dtype=torch.float32))
+        self.lexical_head.weight.copy_(torch.as_tensor(np.asarray(coef), dtype=torch.float32))
+        self.lexical_head.bias.copy_(torch.as_tensor(np.asarray(intercept), dtype=torch.float32))
+        self.head.weight.zero_()
+        self.head.bias.zero_()
 
     @property
     def r_dim(self) -> int:
@@ -112,20 +157,26 @@ class Student(nn.Module):
             "hidden": self.hidden_size,
             "codes": self.codes,
             "pooling": self.pooling,
+            "lexical": self.lexical_tables is not None,
             "backbone_config": self.backbone.config.to_dict(),
         }
 
 
 class InferenceWrapper(nn.Module):
-    """The student with the plain tensor signature an ONNX export needs: (logits, r)."""
+    """The student with the plain tensor signature an ONNX export needs: (logits, r); a student with a lexical
+    head takes the features as a fourth input."""
 
     def __init__(self, student: Student):
         super().__init__()
         self.student = student
 
+    @property
+    def lexical_tables(self):
+        return self.student.lexical_tables
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.student(input_ids, attention_mask, token_type_ids)
+                token_type_ids: torch.Tensor, lexical: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.student(input_ids, attention_mask, token_type_ids, lexical)
         return out.logits, out.r
 
 
@@ -151,11 +202,12 @@ def _load_backbone(path_or_config, from_config: bool = False):
 
 
 def build_student(backbone: str, labels: tuple[str, ...], variant: VariantConfig, d_out: int | None = None,
-                  hidden: int = 128, codes: int = 32, max_length: int = 128, pooling: str = "cls"):
+                  hidden: int = 128, codes: int = 32, max_length: int = 128, pooling: str = "cls",
+                  lexical_tables=None):
     """A fresh student on pretrained backbone weights, with its tokenizer.
 
     ``backbone`` is a folder or a name for :func:`relkd.models.resolve`; ``d_out`` is the rationale
-    encoder's width (None: the backbone's width).
+    encoder's width (None: the backbone's width); ``lexical_tables`` adds the lexical head.
     """
     from transformers import AutoTokenizer
 
@@ -165,7 +217,7 @@ def build_student(backbone: str, labels: tuple[str, ...], variant: VariantConfig
     model = _load_backbone(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     d_out = int(model.config.hidden_size) if d_out is None else int(d_out)
-    return Student(model, labels, variant, d_out, hidden, codes, max_length, pooling), tokenizer
+    return Student(model, labels, variant, d_out, hidden, codes, max_length, pooling, lexical_tables), tokenizer
 
 
 def save_student(model: Student, tokenizer, folder: str | Path) -> Path:
@@ -179,6 +231,8 @@ def save_student(model: Student, tokenizer, folder: str | Path) -> Path:
     model.backbone.config.save_pretrained(folder)
     tokenizer.model_max_length = model.max_length
     tokenizer.save_pretrained(folder)
+    if model.lexical_tables is not None:
+        model.lexical_tables.save(folder)
     (folder / STUDENT_FILE).write_text(json.dumps(model.describe(), indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -197,8 +251,9 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{meta_path} has format_version {meta.get('format_version')!r}; this code reads "
                          f"{FORMAT_VERSION}: retrain the student or use the matching relkd version")
     backbone = _load_backbone(AutoConfig.from_pretrained(folder), from_config=True)
+    tables = lexical.LexicalTables.load(folder) if meta.get("lexical") else None
     model = Student(backbone, tuple(meta["labels"]), VariantConfig(**meta["variant"]), meta["d_out"],
-                    meta["hidden"], meta["codes"], meta["max_length"], meta.get("pooling", "cls"))
+                    meta["hidden"], meta["codes"], meta["max_length"], meta.get("pooling", "cls"), tables)
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model.to(device).eval(), tokenizer

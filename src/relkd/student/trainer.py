@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from relkd import lexical
 from relkd.student.config import StudentConfig, VariantConfig
 from relkd.student.model import Student, build_student, save_student, tokenize_pairs
 from relkd.student.objectives import (
@@ -47,7 +48,8 @@ class TrainingModule(nn.Module):
         return torch.cat([out.h_cls, out.r], dim=-1) if self.student.extractor is not None else out.h_cls
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        out = self.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                           batch.get("lexical"))
         y = batch["labels"]
         ce = F.cross_entropy(out.logits, y)
         zero = ce.new_zeros(())
@@ -66,7 +68,8 @@ class TrainingModule(nn.Module):
             aux = self.crf(out.hidden, batch["bio"])
             aux_w = self.variant.aux_weight
         elif self.variant.aux == "crsd":
-            aug = self.student(batch["aug_input_ids"], batch["aug_attention_mask"], batch.get("aug_token_type_ids"))
+            aug = self.student(batch["aug_input_ids"], batch["aug_attention_mask"], batch.get("aug_token_type_ids"),
+                               batch.get("lexical"))
             # The augmented view is the teacher: detached in InfoNCE, and trained to classify with the
             # rationale in view so that it has something worth teaching.
             aux = (info_nce(self._fused(out), self._fused(aug).detach(), self.variant.crsd_temperature)
@@ -88,14 +91,17 @@ def _label_ids(df, labels: tuple[str, ...]) -> list[int]:
 
 def encode_rows(df, labels, tokenizer, max_length: int, variant: VariantConfig | None = None,
                 rationale_embeddings: np.ndarray | None = None, rationales=None,
-                rationale_max_length: int = 48) -> list[dict]:
-    """One dict of token ids (and whatever the variant's losses need) per row of df."""
+                rationale_max_length: int = 48, lexical_x: np.ndarray | None = None) -> list[dict]:
+    """One dict of token ids (the lexical features when given, and whatever the variant's losses need) per row
+    of df."""
     enc = tokenize_pairs(tokenizer, df["query"], df["title"], max_length)
     ys = _label_ids(df, labels)
     rows = []
     for i in range(len(df)):
         row = {k: enc[k][i] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
         row["labels"] = ys[i]
+        if lexical_x is not None:
+            row["lexical"] = lexical_x[i]
         if rationale_embeddings is not None:
             row["e_cot"] = rationale_embeddings[i]
             # A pair the teacher did not annotate has a NaN row: no guidance target for it.
@@ -141,7 +147,7 @@ def make_collate(pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]
                 batch[key] = torch.tensor(vals, dtype=torch.long)
             elif key == "has_cot":
                 batch[key] = torch.tensor(vals, dtype=torch.float32)
-            elif key == "e_cot":
+            elif key in ("e_cot", "lexical"):
                 batch[key] = torch.from_numpy(np.stack(vals).astype(np.float32))
             elif key == "bio":
                 batch[key] = pad(vals, IGNORE)
@@ -186,6 +192,31 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int
             "macro_f1": macro_f1_from_codes(y_true, y_pred, n_labels)}
 
 
+def lexical_warm_start(student: Student, x: np.ndarray, y: np.ndarray, seed: int, C: float = 1.0,
+                       max_iter: int = 5000) -> None:
+    """Fit the lexical peer's logistic regression (:func:`relkd.eval.peers.feature_classifier`, standardised
+    features) on the training pairs' features `x` and labels `y` (codes) and start the student's lexical head
+    from it (:meth:`Student.warm_start_lexical`). A class absent from the training pairs gets a bias far below
+    the others; with one class only the head starts at the scaler and zero weights."""
+    from relkd.eval.peers import feature_classifier
+
+    n_labels, n_feat = len(student.labels), x.shape[1]
+    coef, intercept = np.zeros((n_labels, n_feat)), np.zeros(n_labels)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        mean, scale = x.mean(0), x.std(0)
+    else:
+        clf = feature_classifier("lr", seed, C, max_iter).fit(x, y)
+        scaler, lr = clf[0], clf[-1]
+        mean, scale = scaler.mean_, scaler.scale_
+        w, b = lr.coef_, lr.intercept_
+        if len(lr.classes_) == 2:  # scikit-learn's binary LR has one row: the logit of the second class
+            w, b = np.vstack([np.zeros_like(w), w]), np.concatenate([[0.0], b])
+        intercept[:] = b.min() - 10.0
+        coef[lr.classes_], intercept[lr.classes_] = w, b
+    student.warm_start_lexical(mean, np.where(scale > 0, scale, 1.0), coef, intercept)
+
+
 def module_lam(module) -> float:
     return float(getattr(module, "module", module).lam)
 
@@ -199,8 +230,12 @@ def kept_epoch(history: list[dict]) -> dict:
 
 
 def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, variant: VariantConfig,
-                  cfg: StudentConfig, seed: int, out_dir=None, log=None):
+                  cfg: StudentConfig, seed: int, out_dir=None, log=None, lexical_recipe=None):
     """Train one student; returns (Student, tokenizer, history).
+
+    With ``cfg.lexical`` the student gets lexical tables fitted on train_df and a lexical head warm-started
+    from the logistic regression on them (``lexical_recipe``: the lexical peer's C and max_iter, e.g.
+    params ``peers.lexical``; None: scikit-learn's defaults), the token head starting at zero.
 
     ``history`` holds one dict per epoch: epoch, train_loss, train_ce, train_guidance, train_aux (means
     over the epoch's steps and processes), valid_accuracy and valid_macro_f1 (when valid_df is given),
@@ -215,20 +250,29 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(seed)
     d_out = None if rationale_embeddings is None else int(np.asarray(rationale_embeddings).shape[1])
+    tables = lexical.fit_tables(train_df["query"].tolist(), train_df["title"].tolist()) if cfg.lexical else None
     student, tokenizer = build_student(cfg.backbone, labels, variant, d_out, cfg.hidden, cfg.codes, cfg.max_length,
-                                       cfg.pooling)
+                                       cfg.pooling, tables)
+    x_train = x_valid = None
+    if tables is not None:
+        x_train = student.lexical_features(train_df["query"].tolist(), train_df["title"].tolist())
+        recipe = {} if lexical_recipe is None else {"C": lexical_recipe.C, "max_iter": lexical_recipe.max_iter}
+        lexical_warm_start(student, x_train.astype(np.float64), np.asarray(_label_ids(train_df, labels)), seed,
+                           **recipe)
     module = TrainingModule(student, variant, cfg.lam_for(variant), cfg.guidance_normalize)
 
     emb = None if rationale_embeddings is None else np.asarray(rationale_embeddings, dtype=np.float32)
     train_rows = encode_rows(train_df, labels, tokenizer, cfg.max_length, variant, emb, rationales,
-                             cfg.rationale_max_length)
+                             cfg.rationale_max_length, x_train)
     collate = make_collate(tokenizer.pad_token_id)
     train_loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                               generator=torch.Generator().manual_seed(seed))
     has_valid = valid_df is not None and len(valid_df) > 0
     valid_loader = None
     if has_valid:
-        valid_rows = encode_rows(valid_df, labels, tokenizer, cfg.max_length)
+        if tables is not None:
+            x_valid = student.lexical_features(valid_df["query"].tolist(), valid_df["title"].tolist())
+        valid_rows = encode_rows(valid_df, labels, tokenizer, cfg.max_length, lexical_x=x_valid)
         valid_loader = DataLoader(valid_rows, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate)
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
 
@@ -298,7 +342,8 @@ def _evaluate(accelerator, module, loader, n_labels: int) -> dict[str, float]:
     preds, ys = [], []
     with torch.no_grad():
         for batch in loader:
-            logits = student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+            logits = student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                             batch.get("lexical")).logits
             p, y = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"]))
             preds.append(p.cpu())
             ys.append(y.cpu())
@@ -322,8 +367,11 @@ def predict(model: Student, tokenizer, df, batch_size: int = 64):
         chunk = df.iloc[start:start + batch_size]
         enc = tokenize_pairs(tokenizer, chunk["query"], chunk["title"], model.max_length, padding=True,
                              return_tensors="pt")
+        x = None
+        if model.lexical_tables is not None:
+            x = torch.from_numpy(model.lexical_features(chunk["query"].tolist(), chunk["title"].tolist())).to(device)
         out = model(enc["input_ids"].to(device), enc["attention_mask"].to(device),
-                    enc["token_type_ids"].to(device) if "token_type_ids" in enc else None)
+                    enc["token_type_ids"].to(device) if "token_type_ids" in enc else None, x)
         probs.append(torch.softmax(out.logits.float(), dim=-1).cpu())
         rs.append(out.r.float().cpu())
         clss.append(out.h_cls.float().cpu())

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import Field, ValidationError, model_validator
 
 from relkd.section import ConfigError, Section, format_errors, read_yaml
+from relkd import lexical
 from relkd.serving import student_pyfunc, triton_model
 from relkd.serving.student_pyfunc import StudentPyfunc
 from relkd.tracking.runs import flatten, log_metrics, stage_run
@@ -88,7 +89,7 @@ def log_student(student_dir, onnx_path, metrics: dict, variant: str, registered_
     def _log() -> tuple[str, str]:
         log_metrics(metrics)
         info = mlflow.pyfunc.log_model(name="student", python_model=student_pyfunc.__file__, artifacts=artifacts,
-                                       code_paths=[triton_model.__file__], signature=signature,
+                                       code_paths=[triton_model.__file__, lexical.__file__], signature=signature,
                                        input_example=example, pip_requirements=serving_requirements())
         return info.model_uri, mlflow.active_run().info.run_id
 
