@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from relkd.io import atomic_path
-from relkd.serving.triton_model import length_buckets
+from relkd.serving.triton_model import LEXICAL_INPUT, length_buckets
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-LEXICAL_INPUT = "lexical"
 OUTPUT_NAMES = ("logits", "latent")
 OPSET = 18
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX and PyTorch outputs (float32 reorderings stay ~1e-6)
@@ -125,6 +124,13 @@ def _feed_names(arrays: dict) -> tuple[str, ...]:
     return INPUT_NAMES + ((LEXICAL_INPUT,) if LEXICAL_INPUT in arrays else ())
 
 
+def _lexical_array(pairs: Sequence[tuple[str, str]], tables) -> np.ndarray:
+    """The graph's ``lexical`` input for `pairs`: relkd.lexical's features as float32 (B, F)."""
+    from relkd import lexical
+
+    return lexical.features([p[0] for p in pairs], [p[1] for p in pairs], tables).astype(np.float32)
+
+
 def _tables(model, lexical_tables):
     """The lexical tables a feed needs: those given, else a torch student's own (None: a tokens-only model)."""
     return lexical_tables if lexical_tables is not None else getattr(model, "lexical_tables", None)
@@ -155,11 +161,7 @@ def input_batches(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int, 
     features too."""
     ids, types = tokenize(tokenizer, pairs, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    feats = None
-    if lexical_tables is not None:
-        from relkd import lexical
-
-        feats = lexical.features([p[0] for p in pairs], [p[1] for p in pairs], lexical_tables).astype(np.float32)
+    feats = None if lexical_tables is None else _lexical_array(pairs, lexical_tables)
     if buckets:
         batches = length_buckets([len(x) for x in ids], batch_size)
     else:
@@ -217,9 +219,7 @@ def export_onnx(module, tokenizer, out_path: str | Path, max_length: int,
                          "shorter samples or a larger max_length so a second sequence length is checked")
     tables = _tables(module, None)
     if tables is not None:  # the student's fourth input: its lexical features, a (batch, F) float32 array
-        from relkd import lexical
-
-        x = lexical.features([p[0] for p in sample_texts], [p[1] for p in sample_texts], tables).astype(np.float32)
+        x = _lexical_array(sample_texts, tables)
         trace[LEXICAL_INPUT], checks[1][LEXICAL_INPUT] = x, x[:-1]
     names = _feed_names(trace)
 

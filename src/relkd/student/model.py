@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from relkd import lexical
-from relkd.lexical import FEATURES as LEXICAL_FEATURES
 from relkd.student.config import VariantConfig
 from relkd.student.extractors import make_extractor
 
@@ -86,7 +85,7 @@ class Student(nn.Module):
         self.lexical_tables = lexical_tables
         self.lexical_head = None
         if lexical_tables is not None:
-            n = len(LEXICAL_FEATURES)
+            n = len(lexical.FEATURES)
             self.register_buffer("lexical_mean", torch.zeros(n))
             self.register_buffer("lexical_scale", torch.ones(n))
             self.lexical_head = nn.Linear(n, len(self.labels))
