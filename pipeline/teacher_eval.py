@@ -1,6 +1,7 @@
 """Stage `teacher_eval`: few-shot / SFT / SFT+DPO teachers on test pairs, MPCoT and single perspectives."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from pipeline.common import read_labels, read_split, setup, stage_command
@@ -12,6 +13,7 @@ from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
 from relkd.teacher.judge import judge, judge_perspectives, majority, prompts_for
+from relkd.teacher.parsing import error_kind
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective, load_perspectives
 
 
@@ -24,7 +26,8 @@ def row(records: list[dict], labels, stage: str, teacher: str, perspective: str 
     return {"stage": stage, "teacher": teacher, "perspective": perspective, "n": rep["n"],
             "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
             "unparseable_rate": parsed["unparseable_rate"],
-            "accuracy_parsed": parsed["accuracy"], "accuracy_scored": scored["accuracy"]}
+            "accuracy_parsed": parsed["accuracy"], "accuracy_scored": scored["accuracy"],
+            "parse_errors": dict(Counter(error_kind(r["error"]) for r in first if r["error"]))}
 
 
 def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unified, cache_dir) -> tuple[list, list]:
@@ -80,7 +83,8 @@ def run(params_path, prepared, fewshot, sft, dpo, final, prompts_dir, out, cache
     metrics = {"n_test_pairs": len(test),
                "table": {r["model"]: {k: r[k] for k in ("accuracy", "macro_f1", "unparseable_rate")} for r in table},
                "single_perspective": {f"{r['stage']}/{r['perspective']}": {
-                   k: r[k] for k in ("accuracy", "macro_f1", "unparseable_rate", "accuracy_parsed", "accuracy_scored")}
+                   k: r[k] for k in ("accuracy", "macro_f1", "unparseable_rate", "accuracy_parsed", "accuracy_scored",
+                                     "parse_errors")}
                    for r in rows if r["perspective"]}}
     write_json(metrics_path, metrics)
     return metrics

@@ -10,7 +10,7 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge_perspectives, unified_examples
+from relkd.teacher.judge import judge_perspectives, prompts_for
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective, load_perspectives
 
 
@@ -36,8 +36,7 @@ def run(params_path, prepared, fewshot, sft_adapter, prompts_dir, out, cache_dir
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
     by_id = search.set_index("pair_id", drop=False)
     rows = by_id.loc[[p["pair_id"] for p in pairs]].reset_index(drop=True) if pairs else by_id.iloc[:0]
-    prompts = [e["prompt"] for e in unified_examples(backend.tokenizer, unified, rows, labels,
-                                                     [""] * len(rows), list(rows["label"]))]
+    prompts = prompts_for(backend.tokenizer, unified, rows, labels)
     Path(out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(out) / "generations.jsonl", records)
     write_jsonl(Path(out) / "pairs.jsonl", [dict(p, prompt=q) for p, q in zip(pairs, prompts)])

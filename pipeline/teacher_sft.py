@@ -15,8 +15,8 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import hinted_rationales, judge, prompts_for, unified_examples
-from relkd.teacher.prompts import UNIFIED, load_perspective
+from relkd.teacher.judge import hinted_rationales, judge, prompted_examples, prompts_for
+from relkd.teacher.prompts import UNIFIED, Shot, load_perspective, load_perspectives, sft_prompt_names
 from relkd.tracking import log_metrics, stage_run
 
 
@@ -38,19 +38,25 @@ def hint_pool(train: pd.DataFrame, have: set, n_consistent: int, cap: int | None
     return pool.reset_index(drop=True)
 
 
-def format_check(cfg, model_path, adapter, valid: pd.DataFrame, labels, unified, cache_dir) -> dict:
-    """The trained teacher answers `cfg.sft.check_pairs` validation pairs under the unified prompt (greedy):
-    how many answers parse, and how many are right."""
+def format_check(cfg, model_path, adapter, valid: pd.DataFrame, labels, prompts: dict, shots, cache_dir) -> dict:
+    """The trained teacher answers `cfg.sft.check_pairs` validation pairs (greedy) under each prompt in
+    ``prompts`` (name -> Perspective; shots for the perspective prompts, as teacher_pairs asks): per prompt,
+    how many answers parse and how many are right."""
     backend = make_backend(cfg, model_path, adapter)
     pairs = balanced_sample(valid, cfg.sft.check_pairs, cfg.fewshot.seed)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     greedy = cfg.sampling.model_copy(update={"temperature": 0.0})
-    records = judge(backend, cache, model_id(model_path, adapter), pairs,
-                    prompts_for(backend.tokenizer, unified, pairs, labels), UNIFIED, labels, 1, greedy,
-                    cfg.sampling.seed, "parse", cfg.batch_size)
-    rep = classification_report([r["gold"] for r in records], [r["parsed_label"] for r in records], labels)
-    return {"n": len(records), "unparseable_rate": rep["unparseable_rate"], "accuracy": rep["accuracy"],
-            "macro_f1": rep["macro_f1"], "example": records[0]["text"] if records else ""}
+    out = {}
+    for name, prompt in prompts.items():
+        records = judge(backend, cache, model_id(model_path, adapter), pairs,
+                        prompts_for(backend.tokenizer, prompt, pairs, labels, () if name == UNIFIED else shots),
+                        name, labels, 1, greedy, cfg.sampling.seed, "parse", cfg.batch_size)
+        rep = classification_report([r["gold"] for r in records], [r["parsed_label"] for r in records], labels)
+        failed = next((r["text"] for r in records if r["parsed_label"] is None), "")
+        out[name] = {"n": len(records), "unparseable_rate": rep["unparseable_rate"], "accuracy": rep["accuracy"],
+                     "macro_f1": rep["macro_f1"], "example": records[0]["text"] if records else "",
+                     "failed_example": failed}
+    return out
 
 
 def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, metrics_path) -> dict:
@@ -82,10 +88,14 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
                          "teacher.sampling.k")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pairs = train.loc[[e["pair_id"] for e in examples]].reset_index(drop=True)
-    sft_data = unified_examples(tokenizer, unified, pairs, labels, [e["rationale"] for e in examples],
-                                [e["label"] for e in examples])
+    prompts = {UNIFIED: unified, **(load_perspectives(prompts_dir) if cfg.sft.perspective_share else {})}
+    shots = [Shot(**s) for s in read_jsonl(Path(fewshot) / "shots.jsonl")]
+    names = sft_prompt_names(len(examples), cfg.sft.perspective_share, cfg.sft.seed)
+    examples = [dict(e, prompt_name=n) for e, n in zip(examples, names)]
+    sft_data = prompted_examples(tokenizer, [prompts[n] for n in names], pairs, labels,
+                                 [e["rationale"] for e in examples], [e["label"] for e in examples], shots)
     # A pair whose prompt + answer is over teacher.sft.max_length would be cut before its label line: left out,
-    # and counted (a long product title under the unified prompt), rather than failing the whole stage.
+    # and counted (a long product title), rather than failing the whole stage.
     from relkd.teacher.training import MetricsCallback, over_length, sft
 
     cut = set(over_length(tokenizer, sft_data, cfg.sft.max_length))
@@ -100,7 +110,7 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
     with stage_run("teacher_sft", {"teacher": cfg.model_dump(include={"model", "sft", "label_decision"})},
                    inputs=[fewshot, prompts_dir], experiment=params.tracking.experiment):
         train_metrics = sft(model_path, sft_data, out, cfg.sft, callbacks=[MetricsCallback(log_metrics)])
-        check = format_check(cfg, model_path, out, read_split(prepared, "valid"), labels, unified, cache_dir)
+        check = format_check(cfg, model_path, out, read_split(prepared, "valid"), labels, prompts, shots, cache_dir)
         metrics = {
             "n_generations": len(records), "n_consistent": len(kept),
             "consistent_by_class": selection.class_balance(kept, labels), "n_examples": len(examples),
@@ -108,20 +118,25 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
             "n_too_long": too_long,
             "hinted_dropped": dict(dropped),
             "examples_by_class": {lab: sum(e["label"] == lab for e in examples) for lab in labels},
-            "train": train_metrics, "valid_format": check,
+            "examples_by_prompt": dict(Counter(e["prompt_name"] for e in examples)),
+            "train": train_metrics, "valid_format": check[UNIFIED],
+            "valid_format_perspectives": {k: v for k, v in check.items() if k != UNIFIED},
         }
         log_metrics({k: v for k, v in metrics.items() if k not in ("consistent_by_class", "hinted_dropped")})
         import mlflow
 
         mlflow.log_artifacts(out, artifact_path="adapter")
     write_json(metrics_path, metrics)
-    if check["unparseable_rate"] > cfg.sft.max_unparseable:
+    over = {k: v for k, v in check.items() if v["unparseable_rate"] > cfg.sft.max_unparseable}
+    if over:
+        name, worst = max(over.items(), key=lambda kv: kv[1]["unparseable_rate"])
         raise SystemExit(
-            f"teacher_sft: after SFT, {100 * check['unparseable_rate']:.0f}% of the unified answers on {check['n']} "
-            f"validation pairs have no parseable label (limit teacher.sft.max_unparseable = "
-            f"{cfg.sft.max_unparseable}): the answer format was not learned (loss {train_metrics.get('first_loss')} -> "
-            f"{train_metrics.get('last_loss')} over {train_metrics.get('steps')} steps). Raise teacher.sft.epochs or "
-            f"teacher.sft.lr, or give it more examples. One answer: {check['example'][:160]!r}")
+            f"teacher_sft: after SFT, {100 * worst['unparseable_rate']:.0f}% of the answers under the {name} prompt "
+            f"on {worst['n']} validation pairs have no parseable label (limit teacher.sft.max_unparseable = "
+            f"{cfg.sft.max_unparseable}; over it: {sorted(over)}): the answer format was not learned (loss "
+            f"{train_metrics.get('first_loss')} -> {train_metrics.get('last_loss')} over {train_metrics.get('steps')} "
+            f"steps). Raise teacher.sft.epochs or teacher.sft.lr, give it more examples, or (a perspective prompt) "
+            f"raise teacher.sft.perspective_share. One answer: {worst['failed_example'][:160]!r}")
     return metrics
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from relkd.teacher.parsing import Parsed, answer_end, cut_answer, parse
+from relkd.teacher.parsing import Parsed, answer_end, cut_answer, error_kind, parse
 from relkd.teacher.prompts import answer_text
 
 CAT = ("strongly relevant", "brand mismatch", "category mismatch", "model mismatch", "attribute mismatch",
@@ -102,3 +102,12 @@ def test_bad_label_sets_are_the_callers_error():
         parse("Label: exact", ())
     with pytest.raises(ValueError, match="same after normalising"):
         parse("Label: exact", ("brand-mismatch", "brand mismatch"))
+
+
+def test_error_kind_drops_the_quoted_text():
+    """teacher_eval counts failed answers by kind; the kind is the error without the answer's own words."""
+    labels = ["exact", "substitute", "irrelevant"]
+    assert error_kind(parse("Reasoning: fine.\nLabel: exact", labels).error) is None
+    assert error_kind(parse("It is fine.", labels).error) == "no label line"
+    assert error_kind(parse("Label: size mismatch", labels).error) == "unknown label"
+    assert error_kind(parse("Label: exact or substitute", labels).error) == "ambiguous label"

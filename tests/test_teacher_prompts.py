@@ -164,3 +164,35 @@ def test_bad_perspective_files_name_the_problem(tmp_path):
         prompts.load_perspectives(tmp_path, ["user_intent"])
     with pytest.raises(FileNotFoundError, match="business_rules.yaml"):
         prompts.load_perspectives(tmp_path, ["business_rules"])
+
+
+def test_sft_prompt_names_share_is_seeded_and_cycles_the_perspectives():
+    """teacher.sft.perspective_share of the SFT examples go to the perspective prompts in turn, the rest to the
+    unified prompt; the paper's 0 keeps every example unified."""
+    assert prompts.sft_prompt_names(10, 0.0, 13) == [prompts.UNIFIED] * 10
+    names = prompts.sft_prompt_names(12, 0.25, 13)
+    assert names == prompts.sft_prompt_names(12, 0.25, 13)
+    assert names.count(prompts.UNIFIED) == 9
+    assert [n for n in names if n != prompts.UNIFIED] == list(prompts.PERSPECTIVES)
+    assert names != prompts.sft_prompt_names(12, 0.25, 14)
+    assert prompts.sft_prompt_names(3, 1.0, 0) == list(prompts.PERSPECTIVES)
+    with pytest.raises(ValueError, match="perspective_share must be in"):
+        prompts.sft_prompt_names(4, 1.5, 0)
+
+
+def test_prompted_examples_pose_each_example_as_the_teacher_is_asked_later(perspectives, tokenizer):
+    """SFT examples under the unified prompt carry no shots (as teacher_eval's MPCoT row and annotate ask);
+    under a perspective prompt they carry the few-shot stage's shots (as teacher_pairs asks)."""
+    from relkd.teacher.judge import prompted_examples, prompts_for
+
+    pairs = pd.DataFrame({"query": ["sony wh-1000 headphones", "makita drill 18v"],
+                          "title": ["Sony WH-1000 Headphones, Black", "Makita Drill Bit Set"]})
+    chosen = [perspectives[prompts.UNIFIED], perspectives["structured_analysis"]]
+    got = prompted_examples(tokenizer, chosen, pairs, CAT, ["It is the product.", "A bit set, not a drill."],
+                            ["strongly relevant", "accessory mismatch"], SHOTS)
+    assert got[0]["prompt"] == prompts_for(tokenizer, chosen[0], pairs.iloc[:1], CAT)[0]
+    assert got[1]["prompt"] == prompts_for(tokenizer, chosen[1], pairs.iloc[1:], CAT, SHOTS)[0]
+    assert SHOTS[0].title in got[1]["prompt"] and SHOTS[0].title not in got[0]["prompt"]
+    assert parse(got[1]["completion"], CAT).label == "accessory mismatch"
+    with pytest.raises(ValueError, match="pass one of each per example"):
+        prompted_examples(tokenizer, chosen[:1], pairs, CAT, ["a", "b"], ["exact", "exact"])

@@ -22,7 +22,7 @@ from relkd.teacher.cache import GenerationCache, cached_generate
 from relkd.teacher.config import SamplingConfig
 from relkd.teacher.generation import label_distribution
 from relkd.teacher.parsing import LABEL_KEY, REASONING_KEY, normalise, parse
-from relkd.teacher.prompts import Perspective, render, render_messages
+from relkd.teacher.prompts import UNIFIED, Perspective, answer_text, render, render_messages
 
 
 def prompts_for(tokenizer, perspective: Perspective, pairs: pd.DataFrame, labels: Sequence[str],
@@ -194,13 +194,17 @@ def hinted_rationales(backend, cache: GenerationCache, model_id: str, pairs: pd.
     return [clean_hinted(row[0], labels) for row in texts]
 
 
-def unified_examples(tokenizer, unified: Perspective, pairs: pd.DataFrame, labels: Sequence[str],
-                     rationales: Sequence[str], answers: Sequence[str]) -> list[dict]:
-    """Prompt-completion examples under the unified "think, then answer" prompt (SFT data, DPO prompts)."""
-    from relkd.teacher.prompts import answer_text
-
-    prompts = prompts_for(tokenizer, unified, pairs, labels)
-    return [{"prompt": p, "completion": answer_text(r, y)} for p, r, y in zip(prompts, rationales, answers)]
+def prompted_examples(tokenizer, prompts: Sequence[Perspective], pairs: pd.DataFrame, labels: Sequence[str],
+                      rationales: Sequence[str], answers: Sequence[str], shots=()) -> list[dict]:
+    """SFT prompt-completion examples, example i under ``prompts[i]``, each rendered as the trained teacher is
+    asked later: the unified prompt without shots (teacher_eval's MPCoT row, annotate), a perspective prompt
+    with the few-shot stage's shots (teacher_pairs, teacher_eval's single-perspective rows)."""
+    if not len(prompts) == len(pairs) == len(rationales) == len(answers):
+        raise ValueError(f"{len(prompts)} prompts, {len(pairs)} pairs, {len(rationales)} rationales and "
+                         f"{len(answers)} answers: pass one of each per example")
+    return [{"prompt": render(tokenizer, render_messages(p, q, t, labels, () if p.name == UNIFIED else shots)),
+             "completion": answer_text(r, y)}
+            for p, q, t, r, y in zip(prompts, pairs["query"], pairs["title"], rationales, answers)]
 
 
 def judge_perspectives(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, perspectives: dict,

@@ -125,6 +125,12 @@ def cut_answer(text: str) -> str:
     return text if end is None else text[:end].rstrip("\r\n")
 
 
+def error_kind(error: str | None) -> str | None:
+    """The kind of a ``Parsed.error`` without the quoted text: "no label line", "unknown label" or
+    "ambiguous label" (None for a parsed answer), to count why answers failed."""
+    return None if error is None else error.split(" '", 1)[0]
+
+
 def parse(text: str, labels: Sequence[str]) -> Parsed:
     """Parse a generated answer against the dataset's label set (see the module grammar)."""
     _class_table(labels)  # a bad label set is the caller's error, whatever the text says

@@ -216,3 +216,19 @@ def draw_shots(train, n: int, seed: int, exclude: Iterable[str] = ()) -> tuple[S
                 shots.append(Shot(*map(str, by_label[label].pop())))
     rng.shuffle(shots)
     return tuple(shots)
+
+
+def sft_prompt_names(n: int, perspective_share: float, seed: int) -> list[str]:
+    """The prompt each of ``n`` SFT examples is posed under: a seeded ``perspective_share`` of them under the
+    perspective prompts (PERSPECTIVES in turn), the rest under the unified prompt (the paper: all unified).
+
+    The trained teacher is asked under every perspective prompt too (teacher_pairs' conflict set, the
+    single-perspective rows), and a small teacher trained on the unified prompt alone does not always carry
+    its answer format over to them."""
+    if not 0 <= perspective_share <= 1:
+        raise ValueError(f"perspective_share must be in [0, 1], got {perspective_share}")
+    chosen = sorted(random.Random(seed).sample(range(n), round(perspective_share * n)))
+    names = [UNIFIED] * n
+    for k, i in enumerate(chosen):
+        names[i] = PERSPECTIVES[k % len(PERSPECTIVES)]
+    return names
