@@ -15,7 +15,7 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import hinted_rationales, judge, prompted_examples, prompts_for
+from relkd.teacher.judge import asked_shots, hinted_rationales, judge, prompted_examples, prompts_for
 from relkd.teacher.prompts import UNIFIED, Shot, load_perspective, load_perspectives, sft_prompt_names
 from relkd.tracking import log_metrics, stage_run
 
@@ -49,7 +49,7 @@ def format_check(cfg, model_path, adapter, valid: pd.DataFrame, labels, prompts:
     out = {}
     for name, prompt in prompts.items():
         records = judge(backend, cache, model_id(model_path, adapter), pairs,
-                        prompts_for(backend.tokenizer, prompt, pairs, labels, () if name == UNIFIED else shots),
+                        prompts_for(backend.tokenizer, prompt, pairs, labels, asked_shots(prompt, shots)),
                         name, labels, 1, greedy, cfg.sampling.seed, "parse", cfg.batch_size)
         rep = classification_report([r["gold"] for r in records], [r["parsed_label"] for r in records], labels)
         failed = next((r["text"] for r in records if r["parsed_label"] is None), "")

@@ -194,6 +194,12 @@ def hinted_rationales(backend, cache: GenerationCache, model_id: str, pairs: pd.
     return [clean_hinted(row[0], labels) for row in texts]
 
 
+def asked_shots(perspective: Perspective, shots) -> tuple:
+    """The shots a prompt is asked with: none under the unified prompt (the trained teacher's MPCoT, annotate),
+    the few-shot stage's under a perspective prompt (teacher_pairs, the single-perspective rows)."""
+    return () if perspective.name == UNIFIED else tuple(shots)
+
+
 def prompted_examples(tokenizer, prompts: Sequence[Perspective], pairs: pd.DataFrame, labels: Sequence[str],
                       rationales: Sequence[str], answers: Sequence[str], shots=()) -> list[dict]:
     """SFT prompt-completion examples, example i under ``prompts[i]``, each rendered as the trained teacher is
@@ -202,7 +208,7 @@ def prompted_examples(tokenizer, prompts: Sequence[Perspective], pairs: pd.DataF
     if not len(prompts) == len(pairs) == len(rationales) == len(answers):
         raise ValueError(f"{len(prompts)} prompts, {len(pairs)} pairs, {len(rationales)} rationales and "
                          f"{len(answers)} answers: pass one of each per example")
-    return [{"prompt": render(tokenizer, render_messages(p, q, t, labels, () if p.name == UNIFIED else shots)),
+    return [{"prompt": render(tokenizer, render_messages(p, q, t, labels, asked_shots(p, shots))),
              "completion": answer_text(r, y)}
             for p, q, t, r, y in zip(prompts, pairs["query"], pairs["title"], rationales, answers)]
 
