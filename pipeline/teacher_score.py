@@ -76,7 +76,7 @@ def run(params_path, batch, prepared, teacher_adapter, prompts_dir, out, cache_d
     greedy = cfg.sampling.model_copy(update={"temperature": 0.0})  # one rationale per pair: the greedy one
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     mid = model_id(model_path, teacher_adapter)
-    hits = sum(generation_key(mid, p, 1, greedy, cfg.sampling.seed) in cache for p in prompts)
+    hits = sum(generation_key(mid, p, 1, greedy, cfg.sampling.seed, labels) in cache for p in prompts)
     start = time.perf_counter()
     records = judge(backend, cache, mid, pairs, prompts, UNIFIED, labels, 1, greedy, cfg.sampling.seed,
                     cfg.label_decision, cfg.batch_size) if len(pairs) else []

@@ -20,11 +20,11 @@ class CountingBackend(TransformersBackend):
         self.calls: list[list[str]] = []
         self.die_on_call = die_on_call
 
-    def generate(self, prompts, n, sampling, seed):
+    def generate(self, prompts, n, sampling, seed, labels=()):
         if self.die_on_call is not None and len(self.calls) + 1 == self.die_on_call:
             raise KeyboardInterrupt("simulated kill")
         self.calls.append(list(prompts))
-        return super().generate(prompts, n, sampling, seed)
+        return super().generate(prompts, n, sampling, seed, labels)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +55,15 @@ def test_key_changes_with_everything_that_decides_the_output():
         generation_key("m", "p", 3, SAMPLING, 1), generation_key("m", "p", 2, SAMPLING, 2),
         generation_key("m", "p", 2, SAMPLING.model_copy(update={"temperature": 0.5}), 1),
         generation_key("m", "p", 2, SAMPLING.model_copy(update={"max_new_tokens": 5}), 1),
+        generation_key("m", "p", 2, SAMPLING.model_copy(update={"no_repeat_ngram": 3}), 1),
+        generation_key("m", "p", 2, SAMPLING.model_copy(update={"label_choice": not SAMPLING.label_choice}), 1),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
     assert generation_key("m", "p", 2, SAMPLING.model_copy(update={"k": 9}), 1) == base
+    # The label set decides the output only when the label is chosen from it.
+    chosen, free = SAMPLING.model_copy(update={"label_choice": True}), SAMPLING.model_copy(update={"label_choice": False})
+    assert generation_key("m", "p", 2, chosen, 1, ["a", "b"]) != generation_key("m", "p", 2, chosen, 1, ["a", "c"])
+    assert generation_key("m", "p", 2, free, 1, ["a", "b"]) == generation_key("m", "p", 2, free, 1)
 
 
 def test_cached_generate_sends_only_missing_prompts(tmp_path, llama):

@@ -6,8 +6,9 @@ import torch
 from relkd.models import resolve
 from relkd.teacher.config import SamplingConfig, TeacherConfig
 from relkd.teacher.generation import (
-    TransformersBackend, label_distribution, make_backend, model_id, resolve_backend,
+    TransformersBackend, _label_choice, label_distribution, label_sequences, make_backend, model_id, resolve_backend,
 )
+from relkd.teacher.parsing import answer_end, parse
 
 PROMPTS = [
     "Query: red running shoes\nTitle: Nike Pegasus 40 road running shoe, red\nLabel:",
@@ -196,3 +197,37 @@ def test_no_repeat_ngram_stops_a_greedy_loop():
     assert any(ngrams(o[0], 3) for o in looped)
     banned = backend.generate(PROMPTS[:2], 1, loose.model_copy(update={"no_repeat_ngram": 3}), seed=0)
     assert [ngrams(o[0], 3) for o in banned] == [0, 0]
+
+
+CATALOGUE = ["exact", "substitute", "brand mismatch", "model mismatch", "size mismatch", "irrelevant"]
+
+
+def test_label_choice_writes_a_class_from_the_label_set(backend):
+    """sampling.label_choice: once the answer reaches "Label:", greedy decoding under the processor writes one
+    of the labels and the newline that ends the line, whatever the model's logits favour; before that point
+    the logits pass untouched."""
+    tok = backend.tokenizer
+    prompt = tok("Query: q\nTitle: t\n")["input_ids"]
+    answer = tok("Reasoning: same brand.\nLabel:", add_special_tokens=False)["input_ids"]
+    processor = _label_choice(tok, CATALOGUE, len(prompt))
+    before = torch.randn(1, backend.model.config.vocab_size)
+    assert torch.equal(processor(torch.tensor([prompt + answer[:3]]), before.clone()), before)
+    ids, written = list(prompt + answer), []
+    for _ in range(12):
+        with torch.inference_mode():
+            logits = backend.model(input_ids=torch.tensor([ids])).logits[:, -1].float()
+            nxt = int(processor(torch.tensor([ids]), logits).argmax())
+        ids.append(nxt)
+        written.append(nxt)
+        text = tok.decode(ids[len(prompt):], skip_special_tokens=True)
+        if answer_end(text) is not None:
+            break
+    assert tuple(written) in label_sequences(tok, CATALOGUE)
+    assert parse(text, CATALOGUE).label in CATALOGUE and parse(text, CATALOGUE).error is None
+
+
+def test_label_choice_leaves_answers_without_a_label_key_alone(backend):
+    """The random model never writes "Label:", so its greedy answers are the same with and without the choice."""
+    free = GREEDY.model_copy(update={"label_choice": False, "max_new_tokens": 12})
+    chosen = free.model_copy(update={"label_choice": True})
+    assert backend.generate(PROMPTS, 1, chosen, seed=0, labels=LABELS) == backend.generate(PROMPTS, 1, free, seed=0)

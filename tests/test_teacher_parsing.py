@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from relkd.teacher.parsing import Parsed, answer_end, cut_answer, error_kind, parse
+from relkd.teacher.parsing import Parsed, answer_end, awaits_label, cut_answer, error_kind, parse
 from relkd.teacher.prompts import answer_text
 
 CAT = ("strongly relevant", "brand mismatch", "category mismatch", "model mismatch", "attribute mismatch",
@@ -73,6 +73,19 @@ def test_first_label_line_ends_the_answer():
 ])
 def test_answer_end_is_the_end_of_the_first_complete_label_line(text, end):
     assert answer_end(text) == end
+
+
+@pytest.mark.parametrize("text, waits", [
+    ("Reasoning: r\nLabel:", True),
+    ("Reasoning: r\n**Label:** ", True),
+    ("Reasoning: r\n**Label:**\n\n", True),          # a bare key line: the label comes on the next line
+    ("Reasoning: r\nLabel: ex", False),              # the label has begun
+    ("Reasoning: r\nLabel: exact\nLabel:", False),   # only the first label line is the answer's
+    ("Reasoning: the label", False),
+    ("", False),
+])
+def test_awaits_label_is_the_point_a_guided_decoder_chooses_the_label(text, waits):
+    assert awaits_label(text) is waits
 
 
 def test_cut_answer_drops_what_follows_the_label_line():

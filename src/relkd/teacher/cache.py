@@ -31,11 +31,21 @@ T = TypeVar("T")
 STOP_RULE = "first-label-line-v1"
 
 
-def generation_key(model_id: str, prompt: str, n: int, sampling: SamplingConfig, seed: int) -> str:
-    """sha256 of what decides the outputs (sampling.k is not among them: `n` is the sample count)."""
+# The sampling fields that decide a generated text (sampling.k and sampling.seed do not: `n` and `seed` do).
+DECODING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens", "no_repeat_ngram", "label_choice")
+
+
+def decoding(sampling: SamplingConfig) -> dict:
+    return {k: getattr(sampling, k) for k in DECODING_FIELDS}
+
+
+def generation_key(model_id: str, prompt: str, n: int, sampling: SamplingConfig, seed: int,
+                   labels: Sequence[str] = ()) -> str:
+    """sha256 of what decides the outputs (sampling.k is not among them: `n` is the sample count; the label
+    set is, when sampling.label_choice chooses the label from it)."""
     payload = {
         "model": model_id, "prompt": prompt, "n": n, "seed": seed, "stop": STOP_RULE,
-        "sampling": {k: getattr(sampling, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+        "sampling": decoding(sampling), "labels": list(labels) if sampling.label_choice else [],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -130,7 +140,8 @@ class GenerationCache:
 
 
 def cached_generate(backend, cache: GenerationCache, prompts: Sequence[str], n: int, sampling: SamplingConfig,
-                    seed: int, model_id: str, batch_size: int, progress: bool = True) -> list[list[str]]:
+                    seed: int, model_id: str, batch_size: int, progress: bool = True,
+                    labels: Sequence[str] = ()) -> list[list[str]]:
     """``backend.generate`` for the prompts the cache lacks, one batch at a time, each batch stored before
     the next starts; returns n outputs per prompt, in the order of `prompts`.
 
@@ -138,18 +149,17 @@ def cached_generate(backend, cache: GenerationCache, prompts: Sequence[str], n: 
     after a kill forms the same batches as an uninterrupted one and (with the backends' per-batch seeding)
     gets the same outputs.
     """
-    keys = [generation_key(model_id, p, n, sampling, seed) for p in prompts]
+    keys = [generation_key(model_id, p, n, sampling, seed, labels) for p in prompts]
     missing: dict[str, str] = {}
     for k, p in zip(keys, prompts):
         if k not in cache and k not in missing:
             missing[k] = p
     todo = list(missing.items())
-    meta = {"model_id": model_id, "n": n, "seed": seed, **{
-        f"sampling.{k}": getattr(sampling, k) for k in ("temperature", "top_p", "top_k", "max_new_tokens")}}
+    meta = {"model_id": model_id, "n": n, "seed": seed, **{f"sampling.{k}": v for k, v in decoding(sampling).items()}}
     with tqdm(total=len(todo), desc=f"generating x{n}", unit="prompt", disable=not progress or not todo) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            outputs = backend.generate([p for _, p in batch], n, sampling, seed)
+            outputs = backend.generate([p for _, p in batch], n, sampling, seed, labels)
             if len(outputs) != len(batch) or any(len(o) != n for o in outputs):
                 raise RuntimeError(f"backend returned {[len(o) for o in outputs]} outputs for {len(batch)} "
                                    f"prompts x {n} samples")

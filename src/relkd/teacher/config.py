@@ -27,6 +27,12 @@ class SamplingConfig(Section):
         8, ge=0, description="ban a token that would repeat an n-gram of this size within the answer (0 = off): "
         "stops a small model's greedy loops before its token cap (transformers backend; vllm needs 0); "
         "paper: off")
+    label_choice: bool = Field(
+        True, description="once an answer has written its label key ('Label:'), its label is chosen from the "
+        "label set, token by token, then the line ends (guided choice, as vLLM's guided decoding): a small "
+        "teacher that writes the label line but a near-miss name ('strong relevance') or the product title "
+        "after it still answers a class; an answer that never writes the line stays unparseable "
+        "(transformers backend; vllm needs false); paper: free-form")
     k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
     seed: int = Field(13, description="sampling seed (with the prompt and sample index it fixes every output)")
 
@@ -53,10 +59,10 @@ class SFTSection(Section):
         description="module names LoRA wraps (Llama/Qwen attention names); 'all-linear' wraps every linear layer",
     )
     epochs: float = Field(2, gt=0, description="paper: 3")
-    lr: float = Field(2e-4, gt=0, description="peak learning rate; high for tiny CPU data; paper: 5e-5")
+    lr: float = Field(4e-4, gt=0, description="peak learning rate; high for tiny CPU data; paper: 5e-5")
     batch_size: int = Field(8, ge=1, description="per-device batch")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: global batch 32")
-    max_length: int = Field(384, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
+    max_length: int = Field(448, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name; paper: cosine")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up linearly")
     logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
@@ -72,7 +78,7 @@ class SFTSection(Section):
         256, ge=1, description="cap on SFT examples (consistent ones first, then hinted ones, seeded); None = "
         "every training pair")
     perspective_share: float = Field(
-        0.25, ge=0, le=1, description="share of the SFT examples posed under a perspective prompt (with the "
+        0.4, ge=0, le=1, description="share of the SFT examples posed under a perspective prompt (with the "
         "few-shot shots, as teacher_pairs and teacher_eval ask), the rest under the unified prompt: at 135M the "
         "format learned under the unified prompt alone did not always carry over (6.25% unparseable under "
         "structured analysis); paper: 0 (one unified prompt for all samples)")

@@ -27,12 +27,12 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from relkd.teacher.config import SamplingConfig, TeacherConfig
-from relkd.teacher.parsing import answer_end, cut_answer
+from relkd.teacher.parsing import LABEL_KEY, answer_end, awaits_label, cut_answer
 
 
 class Backend(Protocol):
     def generate(
-        self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int
+        self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int, labels: Sequence[str] = ()
     ) -> list[list[str]]: ...
 
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray: ...
@@ -181,6 +181,54 @@ def _no_repeat(n: int, start: int):
     return NoRepeatInAnswer()
 
 
+def label_sequences(tokenizer, labels: Sequence[str]) -> list[tuple[int, ...]]:
+    """The token ids an answer writes after its label key for each label: " <label>" and the newline that
+    ends the line, tokenised in context (after LABEL_KEY, as a model writes them)."""
+    head = tokenizer(LABEL_KEY)["input_ids"]
+    seqs = []
+    for label in labels:
+        full = tokenizer(f"{LABEL_KEY} {label}\n")["input_ids"]
+        common = 0
+        while common < min(len(head), len(full)) and head[common] == full[common]:
+            common += 1
+        seqs.append(tuple(full[common:]))
+    return seqs
+
+
+def _label_choice(tokenizer, labels: Sequence[str], start: int):
+    """A logits processor for sampling.label_choice: once a row's answer (tokens from `start`) awaits its
+    label (parsing.awaits_label), only tokens that continue one of the labels' sequences stay possible,
+    down to the newline that ends the line; before that point the row is left alone."""
+    import torch
+    from transformers import LogitsProcessor
+
+    seqs = label_sequences(tokenizer, labels)
+
+    class LabelChoice(LogitsProcessor):
+        def __init__(self):
+            self.marks: dict[int, int] = {}  # row -> answer length when its label began
+
+        def __call__(self, input_ids, scores):
+            for b, row in enumerate(input_ids[:, start:].tolist()):
+                mark = self.marks.get(b)
+                if mark is None:
+                    if not awaits_label(tokenizer.decode(row, skip_special_tokens=True)):
+                        continue
+                    self.marks[b] = mark = len(row)
+                done = tuple(row[mark:])
+                allowed = sorted({s[len(done)] for s in seqs if len(s) > len(done) and s[:len(done)] == done})
+                if not allowed:
+                    continue  # the line is complete: the stopping criterion ends the row
+                keep = scores[b, allowed].clone()
+                if torch.isinf(keep).all():  # another processor (no_repeat) banned every label token
+                    keep.zero_()
+                scores[b] = -float("inf")
+                scores[b, allowed] = keep
+            return scores
+
+    return LabelChoice()
+
+
 class TransformersBackend:
     """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation.
 
@@ -237,7 +285,10 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
         return ids, mask
 
-    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int) -> list[list[str]]:
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
+                 labels: Sequence[str] = ()) -> list[list[str]]:
+        """n answers per prompt, each cut at its first complete label line; with sampling.label_choice and
+        a label set, the label on that line is one of `labels`."""
         import torch
         from transformers import GenerationConfig
 
@@ -268,6 +319,8 @@ class TransformersBackend:
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leave the caller's RNG alone
                 torch.manual_seed(_stable_seed(seed, batch))
                 processors = [_no_repeat(sampling.no_repeat_ngram, ids.shape[1])] if sampling.no_repeat_ngram else []
+                if sampling.label_choice and labels:
+                    processors.append(_label_choice(self.tokenizer, labels, ids.shape[1]))
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                                            stopping_criteria=[_answer_done(self.tokenizer, ids.shape[1])],
                                            logits_processor=processors, **extra)
@@ -356,13 +409,17 @@ class VLLMBackend:
         self.lora = LoRARequest("teacher", 1, str(adapter_path)) if adapter_path is not None else None
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int) -> list[list[str]]:
+    def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
+                 labels: Sequence[str] = ()) -> list[list[str]]:
         from vllm import SamplingParams
 
         _check_lengths(self.tokenizer(list(prompts))["input_ids"], prompts, self.max_prompt_tokens)
         if sampling.no_repeat_ngram:
             raise ValueError(f"teacher.sampling.no_repeat_ngram = {sampling.no_repeat_ngram} is applied by the "
                              "transformers backend only; set it to 0 with teacher.backend vllm (profiles/paper.yaml does)")
+        if sampling.label_choice and labels:
+            raise ValueError("teacher.sampling.label_choice = true is applied by the transformers backend only; set "
+                             "it to false with teacher.backend vllm (profiles/paper.yaml does)")
         greedy = sampling.temperature == 0
         params = [
             SamplingParams(n=1 if greedy else n, temperature=sampling.temperature, top_p=sampling.top_p,

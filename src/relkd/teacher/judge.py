@@ -63,7 +63,7 @@ def judge(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, p
     """n samples per pair under the given rendered prompts; one record per sample."""
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts for {len(pairs)} pairs")
-    texts = cached_generate(backend, cache, prompts, n, sampling, seed, model_id, batch_size)
+    texts = cached_generate(backend, cache, prompts, n, sampling, seed, model_id, batch_size, labels=labels)
     parsed = [[parse(t, labels) for t in row] for row in texts]
     prefixes = [score_prefix(p, a.rationale) for p, row in zip(prompts, parsed) for a in row]
     probs = label_distribution(cached_scores(backend, cache, prefixes, labels, model_id, batch_size))
@@ -190,7 +190,7 @@ def hinted_rationales(backend, cache: GenerationCache, model_id: str, pairs: pd.
     ("", why it was dropped)."""
     prompts = hinted_prompts(backend.tokenizer, perspective, pairs, labels)
     greedy = sampling.model_copy(update={"temperature": 0.0})
-    texts = cached_generate(backend, cache, prompts, 1, greedy, seed, model_id, batch_size)
+    texts = cached_generate(backend, cache, prompts, 1, greedy, seed, model_id, batch_size, labels=labels)
     return [clean_hinted(row[0], labels) for row in texts]
 
 

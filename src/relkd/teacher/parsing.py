@@ -119,6 +119,18 @@ def answer_end(text: str) -> int | None:
     return None
 
 
+def awaits_label(text: str) -> bool:
+    """True when `text` (an answer being written) has reached its first label line but no label text yet:
+    it ends in "Label:" (or "**Label:** "), or in a bare label line and blank lines after it. This is where
+    a guided decoder chooses the label (generation.TransformersBackend with sampling.label_choice)."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        m = _LABEL_LINE.match(line.rstrip("\r\n"))
+        if m:
+            return not normalise(m.group("rest")) and not any(nxt.strip() for nxt in lines[i + 1:])
+    return False
+
+
 def cut_answer(text: str) -> str:
     """`text` up to the end of its first complete label line (see :func:`answer_end`), without the newline."""
     end = answer_end(text)
