@@ -79,6 +79,15 @@ def _check_lengths(ids: list[list[int]], texts: Sequence[str], limit: int | None
     return ids
 
 
+def _parting(head: Sequence[int], full: Sequence[int]) -> int:
+    """Where the tokenisations of a text and of that text plus a continuation part: the continuation's tokens
+    start there (as trl finds completions), since a merge at the seam can re-tokenise the text's last token."""
+    common = 0
+    while common < min(len(head), len(full)) and head[common] == full[common]:
+        common += 1
+    return common
+
+
 def _label_spans(tokenizer, prefixes: Sequence[str], labels: Sequence[str],
                  limit: int | None) -> list[tuple[list[int], int]]:
     """(token ids of prefix + " " + label, number of label tokens at the end) per prefix, then label."""
@@ -90,9 +99,7 @@ def _label_spans(tokenizer, prefixes: Sequence[str], labels: Sequence[str],
     prefix_ids = _check_lengths(tokenizer(list(prefixes))["input_ids"], prefixes, limit)
     for p, pids in zip(prefixes, prefix_ids):
         for f in tokenizer([p + " " + lab for lab in labels])["input_ids"]:
-            common = 0  # the label starts where the two tokenisations part (as trl finds completions)
-            while common < min(len(pids), len(f)) and pids[common] == f[common]:
-                common += 1
+            common = _parting(pids, f)
             if common == len(f):
                 raise ValueError(f"a label in {list(labels)} tokenises to nothing after prefix {p[-40:]!r}")
             combos.append((f, len(f) - common))
@@ -185,14 +192,7 @@ def label_sequences(tokenizer, labels: Sequence[str]) -> list[tuple[int, ...]]:
     """The token ids an answer writes after its label key for each label: " <label>" and the newline that
     ends the line, tokenised in context (after LABEL_KEY, as a model writes them)."""
     head = tokenizer(LABEL_KEY)["input_ids"]
-    seqs = []
-    for label in labels:
-        full = tokenizer(f"{LABEL_KEY} {label}\n")["input_ids"]
-        common = 0
-        while common < min(len(head), len(full)) and head[common] == full[common]:
-            common += 1
-        seqs.append(tuple(full[common:]))
-    return seqs
+    return [tuple(full[_parting(head, full):]) for full in tokenizer([f"{LABEL_KEY} {lab}\n" for lab in labels])["input_ids"]]
 
 
 def _label_choice(tokenizer, labels: Sequence[str], start: int):

@@ -96,26 +96,33 @@ def _rationale(lines: list[str]) -> str:
     return _REASONING.sub("", text, count=1).strip()
 
 
+def _first_label_line(lines: list[str]) -> tuple[int, str] | None:
+    """(index, normalised text after the colon) of the first label line among `lines`, or None."""
+    for i, line in enumerate(lines):
+        m = _LABEL_LINE.match(line.rstrip("\r\n"))
+        if m:
+            return i, normalise(m.group("rest"))
+    return None
+
+
 def answer_end(text: str) -> int | None:
     """The length of the answer in `text`: up to the end of its first complete label line (the newline
     included), or None while no label line is complete. A label line is complete once a newline follows
     text after its colon, or, for a bare "**Label:**", once a newline follows the next non-empty line.
     Generation stops there, and every backend cuts its outputs there, so a budget of new tokens is a cap,
     not the way an answer ends."""
-    pos = 0
     lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        pos += len(line)
-        m = _LABEL_LINE.match(line.rstrip("\r\n"))
-        if not m:
-            continue
-        if normalise(m.group("rest")):
-            return pos if line.endswith(("\n", "\r")) else None
-        for nxt in lines[i + 1:]:
-            pos += len(nxt)
-            if nxt.strip():
-                return pos if nxt.endswith(("\n", "\r")) else None
+    first = _first_label_line(lines)
+    if first is None:
         return None
+    i, rest = first
+    pos = sum(len(line) for line in lines[:i + 1])
+    if rest:
+        return pos if lines[i].endswith(("\n", "\r")) else None
+    for nxt in lines[i + 1:]:
+        pos += len(nxt)
+        if nxt.strip():
+            return pos if nxt.endswith(("\n", "\r")) else None
     return None
 
 
@@ -124,11 +131,8 @@ def awaits_label(text: str) -> bool:
     it ends in "Label:" (or "**Label:** "), or in a bare label line and blank lines after it. This is where
     a guided decoder chooses the label (generation.TransformersBackend with sampling.label_choice)."""
     lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        m = _LABEL_LINE.match(line.rstrip("\r\n"))
-        if m:
-            return not normalise(m.group("rest")) and not any(nxt.strip() for nxt in lines[i + 1:])
-    return False
+    first = _first_label_line(lines)
+    return first is not None and not first[1] and not any(nxt.strip() for nxt in lines[first[0] + 1:])
 
 
 def cut_answer(text: str) -> str:
