@@ -13,9 +13,10 @@ from relkd.eval.metrics import classification_report
 from relkd.io import read_jsonl, write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher import selection
-from relkd.teacher.cache import GenerationCache
+from relkd.teacher.cache import GenerationCache, cached_generate
 from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import asked_shots, hinted_rationales, judge, prompted_examples, prompts_for
+from relkd.teacher.judge import asked_shots, hinted_rationales, prompted_examples, prompts_for
+from relkd.teacher.parsing import parse
 from relkd.teacher.prompts import UNIFIED, Shot, load_perspective, load_perspectives, sft_prompt_names
 from relkd.tracking import log_metrics, stage_run
 
@@ -41,21 +42,22 @@ def hint_pool(train: pd.DataFrame, have: set, n_consistent: int, cap: int | None
 def format_check(cfg, model_path, adapter, valid: pd.DataFrame, labels, prompts: dict, shots, cache_dir) -> dict:
     """The trained teacher answers `cfg.sft.check_pairs` validation pairs (greedy) under each prompt in
     ``prompts`` (name -> Perspective; shots for the perspective prompts, as teacher_pairs asks): per prompt,
-    how many answers parse and how many are right."""
+    how many answers parse and how many of their labels are right (parsed, not scored: the check is about the
+    answer format)."""
     backend = make_backend(cfg, model_path, adapter)
     pairs = balanced_sample(valid, cfg.sft.check_pairs, cfg.fewshot.seed)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     greedy = cfg.sampling.model_copy(update={"temperature": 0.0})
     out = {}
     for name, prompt in prompts.items():
-        records = judge(backend, cache, model_id(model_path, adapter), pairs,
-                        prompts_for(backend.tokenizer, prompt, pairs, labels, asked_shots(prompt, shots)),
-                        name, labels, 1, greedy, cfg.sampling.seed, "parse", cfg.batch_size)
-        rep = classification_report([r["gold"] for r in records], [r["parsed_label"] for r in records], labels)
-        failed = next((r["text"] for r in records if r["parsed_label"] is None), "")
-        out[name] = {"n": len(records), "unparseable_rate": rep["unparseable_rate"], "accuracy": rep["accuracy"],
-                     "macro_f1": rep["macro_f1"], "example": records[0]["text"] if records else "",
-                     "failed_example": failed}
+        texts = [row[0] for row in cached_generate(
+            backend, cache, prompts_for(backend.tokenizer, prompt, pairs, labels, asked_shots(prompt, shots)), 1,
+            greedy, cfg.sampling.seed, model_id(model_path, adapter), cfg.batch_size, labels=labels)]
+        got = [parse(t, labels).label for t in texts]
+        rep = classification_report(list(pairs["label"]), got, labels)
+        failed = next((t for t, g in zip(texts, got) if g is None), "")
+        out[name] = {"n": len(texts), "unparseable_rate": rep["unparseable_rate"], "accuracy": rep["accuracy"],
+                     "macro_f1": rep["macro_f1"], "example": texts[0] if texts else "", "failed_example": failed}
     return out
 
 
@@ -96,7 +98,7 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
                                  [e["rationale"] for e in examples], [e["label"] for e in examples], shots)
     # A pair whose prompt + answer is over teacher.sft.max_length would be cut before its label line: left out,
     # and counted (a long product title), rather than failing the whole stage.
-    from relkd.teacher.training import MetricsCallback, over_length, sft
+    from relkd.teacher.training import over_length, sft
 
     cut = set(over_length(tokenizer, sft_data, cfg.sft.max_length))
     too_long = len(cut)
@@ -109,7 +111,9 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
 
     with stage_run("teacher_sft", {"teacher": cfg.model_dump(include={"model", "sft", "label_decision"})},
                    inputs=[fewshot, prompts_dir], experiment=params.tracking.experiment):
-        train_metrics = sft(model_path, sft_data, out, cfg.sft, callbacks=[MetricsCallback(log_metrics)])
+        # A batch holds the examples of one prompt, whose shared instructions then run once (training.sft).
+        train_metrics = sft(model_path, [dict(d, group=e["prompt_name"]) for e, d in zip(examples, sft_data)], out,
+                            cfg.sft, log=log_metrics)
         check = format_check(cfg, model_path, out, read_split(prepared, "valid"), labels, prompts, shots, cache_dir)
         metrics = {
             "n_generations": len(records), "n_consistent": len(kept),

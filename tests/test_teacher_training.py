@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     sft_logs, dpo_logs = [], []
     # A high lr so the SFT adapter moves the model visibly: the DPO reference check below depends on it.
     sft_metrics = sft(llama, EXAMPLES, root / "sft", SFTSection(batch_size=4, epochs=2, lr=5e-3, logging_steps=1),
-                      callbacks=[MetricsCallback(lambda m, s: sft_logs.append((s, m)), prefix="sft.")])
+                      log=lambda m, s: sft_logs.append((s, {f"sft.{k}": v for k, v in m.items()})))
     dpo_metrics = dpo(llama, root / "sft", PAIRS, root / "dpo", DPOSection(batch_size=2, lr=5e-3, logging_steps=1),
                       callbacks=[MetricsCallback(lambda m, s: dpo_logs.append((s, m)), prefix="dpo.")])
     return dict(llama=llama, root=root, sft=sft_metrics, dpo=dpo_metrics, sft_logs=sft_logs, dpo_logs=dpo_logs)
@@ -176,3 +176,51 @@ def test_sft_teaches_a_tiny_model_the_answer_format(tmp_path):
                                                       target_modules="all-linear"))
     labels = parsed(tmp_path / "fmt")
     assert sum(label is not None for label in labels) >= 5, labels
+
+
+def test_shared_prefix_loss_equals_the_full_sequence_loss_and_gradients():
+    """SFT runs a batch's shared prompt tokens once and feeds their KV cache (gradient attached) to every row: the
+    loss, token accuracy and LoRA gradients must be those of each whole sequence run on its own (trl's way)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from relkd.teacher.training import shared_prefix_loss, tokenize_examples
+
+    llama = resolve("tiny:llama")
+    tok = AutoTokenizer.from_pretrained(llama)
+    head = "You judge relevance. Read the query and the title, think, then answer with one label.\n"
+    examples = [{"prompt": head + e["prompt"], "completion": e["completion"]} for e in EXAMPLES[:3]]
+    examples[1]["prompt"] += "A longer pair with more words of its own.\n"
+    rows = tokenize_examples(tok, examples)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                                      init_lora_weights=False))  # non-zero B: gradients reach the prefix
+    loss, acc = shared_prefix_loss(model, rows, tok.pad_token_id)
+    loss.backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    total, right, count = 0.0, 0, 0
+    for ids, start in rows:  # each whole sequence alone, summed over its completion tokens
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+        target = torch.tensor(ids[start:])
+        total = total + torch.nn.functional.cross_entropy(logits[start - 1:-1], target, reduction="sum")
+        right += int((logits[start - 1:-1].argmax(-1) == target).sum())
+        count += len(target)
+    (total / count).backward()
+    assert loss.item() == pytest.approx((total / count).item(), abs=1e-5)
+    assert acc.item() == pytest.approx(right / count)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(fast[n], p.grad, atol=1e-5), n
+
+
+def test_prompt_batches_hold_one_prompt_each_and_every_example_once():
+    from relkd.teacher.training import prompt_batches
+
+    groups = ["unified"] * 7 + ["user_intent"] * 3 + ["business_rules"] * 2
+    batches = prompt_batches(groups, 4, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    assert all(len({groups[i] for i in b}) == 1 and len(b) <= 4 for b in batches)
+    assert prompt_batches(groups, 4, seed=1) == batches != prompt_batches(groups, 4, seed=2)

@@ -17,7 +17,6 @@ or resumed (the cache relies on this); vLLM seeds each prompt from ``seed`` and 
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -151,20 +150,6 @@ def shared_prefix(rows: Sequence[Sequence[int]]) -> int:
     return k
 
 
-def _answer_done(tokenizer, start: int):
-    """A transformers stopping criterion: a row is done once its new text (after position `start`) holds a
-    complete label line."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class AnswerDone(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-            return torch.tensor([answer_end(t) is not None for t in texts], device=input_ids.device)
-
-    return AnswerDone()
-
-
 def _no_repeat(n: int, start: int):
     """A logits processor that bans the token completing an n-gram the answer (tokens from `start`) already
     holds: a small model's greedy loop ("x 1-1/4 in. x 1-1/4 in. ...") runs to the token cap without
@@ -208,6 +193,10 @@ def _label_choice(tokenizer, labels: Sequence[str], start: int):
         def __init__(self):
             self.marks: dict[int, int] = {}  # row -> answer length when its label began
 
+        def select(self, keep: Sequence[int]) -> None:
+            """The batch now holds only rows `keep` (in that order): their marks follow them."""
+            self.marks = {new: self.marks[old] for new, old in enumerate(keep) if old in self.marks}
+
         def __call__(self, input_ids, scores):
             for b, row in enumerate(input_ids[:, start:].tolist()):
                 mark = self.marks.get(b)
@@ -229,8 +218,28 @@ def _label_choice(tokenizer, labels: Sequence[str], start: int):
     return LabelChoice()
 
 
+def _pick(scores, sampling: SamplingConfig):
+    """The next token of each row: the argmax when greedy; else a sample after temperature, top-k, then top-p
+    (transformers' order), drawn among the top-k candidates only instead of sorting and sampling the whole
+    vocabulary (the same distribution; the sort and multinomial over 49k entries were a fifth of a step)."""
+    import torch
+
+    if sampling.temperature == 0:
+        return scores.argmax(dim=-1)
+    scores = scores / sampling.temperature
+    k = min(sampling.top_k or scores.shape[-1], scores.shape[-1])
+    top, index = scores.topk(k, dim=-1)  # sorted, largest first
+    probs = torch.softmax(top, dim=-1)
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        before = probs.cumsum(dim=-1) - probs  # the mass of the better candidates
+        probs = probs.masked_fill(before >= sampling.top_p, 0.0)  # the best candidate always stays
+    choice = torch.multinomial(probs, 1)
+    return index.gather(-1, choice).squeeze(-1)
+
+
 class TransformersBackend:
-    """transformers ``generate`` in left-padded batches; the CPU path and the reference implementation.
+    """transformers models in left-padded batches, decoded by its own loop (``_decode``); the CPU path and the
+    reference implementation.
 
     Shared prefix: the prompts of one batch share their perspective's instructions and shots (hundreds of
     tokens), then differ in the pair (tens). With ``share_prefix`` the shared tokens are run once per batch
@@ -290,106 +299,162 @@ class TransformersBackend:
         """n answers per prompt, each cut at its first complete label line; with sampling.label_choice and
         a label set, the label on that line is one of `labels`."""
         import torch
-        from transformers import GenerationConfig
 
         greedy = sampling.temperature == 0
-        gen = GenerationConfig(
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else sampling.top_k,
-            max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=1 if greedy else n,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
-        )
         per = 1 if greedy else n
         out: list[list[str]] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = list(prompts[start:start + self.batch_size])
             rows = self._encode(batch)
             shared = shared_prefix(rows) if self.share_prefix else 0
-            if shared >= self.min_shared:
-                ids, mask, cache = self._prefix_batch(rows, shared, per)
-                extra, config = {"past_key_values": cache}, copy.copy(gen)
-                config.num_return_sequences = 1  # the rows are already repeated `per` times
-            else:
-                (ids, mask), extra, config = self._left_pad(rows), {}, gen
             cuda = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # leave the caller's RNG alone
                 torch.manual_seed(_stable_seed(seed, batch))
-                processors = [_no_repeat(sampling.no_repeat_ngram, ids.shape[1])] if sampling.no_repeat_ngram else []
-                if sampling.label_choice and labels:
-                    processors.append(_label_choice(self.tokenizer, labels, ids.shape[1]))
-                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                           stopping_criteria=[_answer_done(self.tokenizer, ids.shape[1])],
-                                           logits_processor=processors, **extra)
-            texts = [cut_answer(t) for t in self.tokenizer.batch_decode(seqs[:, ids.shape[1]:],
-                                                                        skip_special_tokens=True)]
+                answers = self._decode(rows, shared if shared >= self.min_shared else 0, per, sampling, labels)
+            texts = [cut_answer(t) for t in self.tokenizer.batch_decode(answers, skip_special_tokens=True)]
             for i in range(len(batch)):
                 got = texts[i * per:(i + 1) * per]
                 out.append(got * n if greedy else got)
         return out
 
-    def _prefill(self, rows: Sequence[Sequence[int]]):
-        """One forward over every row, for scoring: (mask, KV cache, last position's logits). Rows sharing a
-        prefix of ``min_shared`` tokens or more run it once (layout ``[prefix][padding][own tokens]``);
-        otherwise they are left-padded."""
+    def _decode(self, rows: Sequence[Sequence[int]], shared: int, per: int, sampling: SamplingConfig,
+                labels: Sequence[str]) -> list[list[int]]:
+        """The new tokens of every row x `per` copies. One prefill (the `shared` prefix once, when given), then
+        one token a step for the rows still writing: a row leaves the batch (and its KV cache) as soon as its
+        label line is complete, it writes EOS, or it reaches the cap, so a batch costs its answers' tokens,
+        not its longest answer times its rows (transformers ``generate`` runs every row to the longest)."""
         import torch
 
-        shared = shared_prefix(rows) if self.share_prefix else 0
-        if shared < self.min_shared:
+        if shared:
+            ids, mask, cache = self._prefix_batch(rows, shared, per)
+            feed = ids[:, shared:]
+        else:
+            from transformers import DynamicCache
+
             ids, mask = self._left_pad(rows)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                             use_cache=True, logits_to_keep=1)
-            return mask, out.past_key_values, out.logits[:, -1]
-        cache = self._prefix_cache(rows[0][:shared], len(rows))
-        own_ids, own_mask = self._left_pad([list(r[shared:]) for r in rows])
-        mask = torch.cat([torch.ones(len(rows), shared, dtype=own_mask.dtype, device=self.device), own_mask], dim=1)
-        out = self.model(input_ids=own_ids, attention_mask=mask,
-                         position_ids=(mask.cumsum(-1) - 1)[:, shared:].clamp(min=0), past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        return mask, out.past_key_values, out.logits[:, -1]
+            ids, mask, cache = ids.repeat_interleave(per, 0), mask.repeat_interleave(per, 0), DynamicCache()
+            feed = ids
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=feed, attention_mask=mask, position_ids=pos[:, -feed.shape[1]:],
+                            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        nxt_pos = pos[:, -1] + 1
+        processors = [_no_repeat(sampling.no_repeat_ngram, 0)] if sampling.no_repeat_ngram else []
+        if sampling.label_choice and labels:
+            processors.append(_label_choice(self.tokenizer, labels, 0))
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos if eos is not None else self.tokenizer.eos_token_id])
+        alive = list(range(len(feed)))
+        answers: list[list[int]] = [[] for _ in alive]
+        written = torch.empty(len(alive), 0, dtype=torch.long, device=self.device)  # the alive rows' answers
+        for step in range(sampling.max_new_tokens):
+            scores = logits.float()
+            for proc in processors:
+                scores = proc(written, scores)
+            tokens = _pick(scores, sampling)
+            written = torch.cat([written, tokens[:, None]], dim=1)
+            keep = []
+            for i, (row, tok) in enumerate(zip(alive, tokens.tolist())):
+                if tok in eos:
+                    continue
+                answers[row].append(tok)
+                if answer_end(self.tokenizer.decode(answers[row], skip_special_tokens=True)) is None:
+                    keep.append(i)
+            if not keep or step + 1 == sampling.max_new_tokens:
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, nxt_pos, tokens, written = mask[index], nxt_pos[index], tokens[index], written[index]
+                alive = [alive[i] for i in keep]
+                for proc in processors:
+                    if hasattr(proc, "select"):
+                        proc.select(keep)
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            logits = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=nxt_pos[:, None],
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+            nxt_pos = nxt_pos + 1
+        return answers
 
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-        """One forward pass over each prefix (its KV cache then reused by every label), instead of one
-        pass per (prefix, label): the prefix is a whole few-shot prompt plus a rationale, the labels a
-        few tokens each, so this is about len(labels) times cheaper."""
+        """One forward pass per batch of prefixes scores every label: each row holds its own tokens (after the
+        batch's shared prefix, whose KV cache is run once) and then every label's tail side by side, each tail
+        attending to the row and to itself only (a tree of continuations under a 4D mask). The prefix is a
+        whole prompt plus a rationale, the labels a few tokens each, so this costs about one prefill of the
+        rows, with no copy of their KV cache per label and the vocabulary projected only at the tails."""
         import torch
 
         combos = _label_spans(self.tokenizer, prefixes, labels, self.max_prompt_tokens)
         n_lab = len(labels)
-        scores = np.empty(len(combos))
-        step = max(1, self.batch_size // 2)
-        for start in range(0, len(prefixes), step):
-            rows = range(start, min(start + step, len(prefixes)))
+        scores = np.empty((len(prefixes), n_lab))
+        for start in range(0, len(prefixes), self.batch_size):
+            rows = range(start, min(start + self.batch_size, len(prefixes)))
             full = [[combos[i * n_lab + j][0] for j in range(n_lab)] for i in rows]
             # The shared part of a prefix's tokenisations; each label's tail (>= 1 token) follows it.
-            shared = []
+            heads = []
             for fs in full:
                 k = min(len(f) for f in fs) - 1
                 while any(f[:k] != fs[0][:k] for f in fs):
                     k -= 1
-                shared.append(fs[0][:k])
+                heads.append(fs[0][:k])
             with torch.inference_mode():
-                mask, cache, last = self._prefill(shared)
-                first = torch.log_softmax(last.float(), dim=-1)  # (B, vocab): the tail's 1st token
-                cache.batch_repeat_interleave(n_lab)
-                tails = [f[len(sh):] for sh, fs in zip(shared, full) for f in fs]
-                width = max(len(t) for t in tails)
-                pad = self.tokenizer.pad_token_id
-                tail_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=self.device)
-                tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=self.device)
-                full_mask = torch.cat([mask.repeat_interleave(n_lab, 0), tail_mask], dim=1)
-                pos = mask.sum(-1).repeat_interleave(n_lab, 0)[:, None] + torch.arange(width, device=self.device)
-                logp = torch.log_softmax(self.model(input_ids=tail_ids, attention_mask=full_mask, position_ids=pos,
-                                                    past_key_values=cache).logits.float(), dim=-1)
-            for r, t in enumerate(tails):
-                i, j = divmod(r, n_lab)
-                m = combos[(start + i) * n_lab + j][1]  # label tokens: the last m of the tail
-                token_logp = [first[i, t[0]].item()] + [logp[r, q - 1, t[q]].item() for q in range(1, len(t))]
-                scores[(start + i) * n_lab + j] = sum(token_logp[-m:])
-        return scores.reshape(len(prefixes), len(labels))
+                logp, spans = self._tail_logprobs(heads, [[f[len(h):] for f in fs] for h, fs in zip(heads, full)])
+            for r, i in enumerate(rows):
+                for j, (where, tail) in enumerate(spans[r]):
+                    m = combos[i * n_lab + j][1]  # label tokens: the last m of the tail
+                    scores[i, j] = sum(logp[r, where[q], tail[q]].item() for q in range(len(tail) - m, len(tail)))
+        return scores
+
+    def _tail_logprobs(self, heads: Sequence[Sequence[int]], tails: Sequence[Sequence[Sequence[int]]]):
+        """Log-probabilities of every tail token after its row's head, in one forward pass.
+
+        Layout per row: ``[shared prefix: KV cache][own head tokens, left-padded][tail 1][tail 2]...[padding]``.
+        Returns (logp, spans): logp (rows, kept positions, vocab), and per row and tail (the kept position that
+        predicts each of its tokens, the tail's tokens)."""
+        import torch
+        from transformers import DynamicCache
+
+        shared = shared_prefix(heads) if self.share_prefix else 0
+        shared = shared if shared >= self.min_shared else 0
+        own = [list(h[shared:]) for h in heads]
+        width_own = max(len(o) for o in own)
+        width_tail = max(sum(len(t) for t in ts) for ts in tails)
+        width, n = width_own + width_tail, len(heads)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((n, width), pad, dtype=torch.long)
+        pos = torch.zeros((n, width), dtype=torch.long)
+        see = torch.zeros((n, width, shared + width), dtype=torch.bool)  # query -> key
+        see[:, :, :shared] = True
+        spans = []
+        for r, (o, ts) in enumerate(zip(own, tails)):
+            first = width_own - len(o)  # own tokens right-aligned before the tails
+            ids[r, first:width_own] = torch.tensor(o, dtype=torch.long)
+            pos[r, first:width_own] = shared + torch.arange(len(o))
+            own_keys = shared + torch.arange(first, width_own)
+            for q in range(first, width_own):
+                see[r, q, shared + first:shared + q + 1] = True
+            at, row_spans = width_own, []
+            for t in ts:
+                ids[r, at:at + len(t)] = torch.tensor(t, dtype=torch.long)
+                pos[r, at:at + len(t)] = shared + len(o) + torch.arange(len(t))
+                for q in range(len(t)):
+                    see[r, at + q, own_keys] = True
+                    see[r, at + q, shared + at:shared + at + q + 1] = True
+                # Kept positions start at the head's last token, which predicts every tail's first token;
+                # tail token q > 0 is predicted at tail token q - 1.
+                row_spans.append(([0] + [at + q - 1 - (width_own - 1) for q in range(1, len(t))], list(t)))
+                at += len(t)
+            spans.append(row_spans)
+        idx = torch.arange(width)
+        see[:, idx, shared + idx] = True  # every position sees itself: padding rows never attend to nothing
+        if shared:
+            cache = self._prefix_cache(heads[0][:shared], n)
+        else:
+            cache = DynamicCache()
+        keep = width - (width_own - 1)  # the head's last position and every tail position
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=see[:, None].to(self.device),
+                            position_ids=pos.to(self.device), past_key_values=cache, use_cache=True,
+                            logits_to_keep=keep).logits
+        return torch.log_softmax(logits.float(), dim=-1).cpu(), spans
 
 
 class VLLMBackend:
