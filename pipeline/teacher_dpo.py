@@ -27,11 +27,18 @@ def run(params_path, pairs_dir, sft_adapter, out, metrics_path) -> dict:
             shutil.copytree(sft_adapter, out)
             metrics = {"n_pairs": 0, "skipped": 1}
         else:
-            from relkd.teacher.training import MetricsCallback, dpo
+            from transformers import AutoTokenizer
 
-            metrics = {"n_pairs": len(pairs), "skipped": 0,
-                       "train": dpo(resolve(cfg.model), sft_adapter, pairs, out, cfg.dpo,
-                                    callbacks=[MetricsCallback(log_metrics)])}
+            from relkd.teacher.training import dpo, over_length
+
+            # A pair whose prompt + answer is over teacher.dpo.max_length would be cut before its label line:
+            # left out and counted, as teacher_sft does.
+            tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.model))
+            long = set(over_length(tokenizer, [{"prompt": p["prompt"], "completion": p[side]} for p in pairs
+                                               for side in ("chosen", "rejected")], cfg.dpo.max_length))
+            kept = [p for i, p in enumerate(pairs) if not {2 * i, 2 * i + 1} & long]
+            metrics = {"n_pairs": len(kept), "n_too_long": len(pairs) - len(kept), "skipped": 0,
+                       "train": dpo(resolve(cfg.model), sft_adapter, kept, out, cfg.dpo, log=log_metrics)}
         log_metrics(metrics)
         import mlflow
 

@@ -7,7 +7,7 @@ import torch
 from relkd.models import resolve
 from relkd.teacher.config import DPOSection, SamplingConfig, SFTSection
 from relkd.teacher.generation import TransformersBackend, load_teacher
-from relkd.teacher.training import MetricsCallback, dpo, over_length, sft, warmup_steps
+from relkd.teacher.training import dpo, over_length, sft, warmup_steps
 
 LABELS = ["exact", "substitute", "irrelevant"]
 EXAMPLES = [
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
     sft_metrics = sft(llama, EXAMPLES, root / "sft", SFTSection(batch_size=4, epochs=2, lr=5e-3, logging_steps=1),
                       log=lambda m, s: sft_logs.append((s, {f"sft.{k}": v for k, v in m.items()})))
     dpo_metrics = dpo(llama, root / "sft", PAIRS, root / "dpo", DPOSection(batch_size=2, lr=5e-3, logging_steps=1),
-                      callbacks=[MetricsCallback(lambda m, s: dpo_logs.append((s, m)), prefix="dpo.")])
+                      log=lambda m, s: dpo_logs.append((s, {f"dpo.{k}": v for k, v in m.items()})))
     return dict(llama=llama, root=root, sft=sft_metrics, dpo=dpo_metrics, sft_logs=sft_logs, dpo_logs=dpo_logs)
 
 
@@ -69,7 +69,6 @@ def test_dpo_continues_from_the_sft_model_as_reference(trained):
     assert first["dpo.loss"] == pytest.approx(math.log(2), abs=1e-4)
     adapter = trained["root"] / "dpo"
     assert (adapter / "adapter_model.safetensors").is_file()
-    assert not (adapter / "ref").exists()  # trl's frozen reference copy is not saved
     sft_model, tok = load_teacher(trained["llama"], trained["root"] / "sft")
     dpo_model, _ = load_teacher(trained["llama"], adapter)
     p = PAIRS[0]
@@ -184,7 +183,7 @@ def test_shared_prefix_loss_equals_the_full_sequence_loss_and_gradients():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from relkd.teacher.training import shared_prefix_loss, tokenize_examples
+    from relkd.teacher.training import completion_logps, shared_prefix_loss, tokenize_examples
 
     llama = resolve("tiny:llama")
     tok = AutoTokenizer.from_pretrained(llama)
@@ -201,16 +200,19 @@ def test_shared_prefix_loss_equals_the_full_sequence_loss_and_gradients():
     fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
 
-    total, right, count = 0.0, 0, 0
+    total, right, count, sums = 0.0, 0, 0, []
     for ids, start in rows:  # each whole sequence alone, summed over its completion tokens
         logits = model(input_ids=torch.tensor([ids])).logits[0].float()
         target = torch.tensor(ids[start:])
-        total = total + torch.nn.functional.cross_entropy(logits[start - 1:-1], target, reduction="sum")
+        row = torch.nn.functional.cross_entropy(logits[start - 1:-1], target, reduction="sum")
+        total, sums = total + row, sums + [-row.item()]
         right += int((logits[start - 1:-1].argmax(-1) == target).sum())
         count += len(target)
     (total / count).backward()
     assert loss.item() == pytest.approx((total / count).item(), abs=1e-5)
     assert acc.item() == pytest.approx(right / count)
+    with torch.no_grad():  # DPO's per-answer log-probabilities, from the same shared-prefix pass
+        assert completion_logps(model, rows, tok.pad_token_id).tolist() == pytest.approx(sums, abs=1e-4)
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(fast[n], p.grad, atol=1e-5), n

@@ -1,22 +1,23 @@
-"""LoRA SFT and DPO of the teacher with trl + peft, on CPU or GPU.
+"""LoRA SFT and DPO of the teacher (peft), on CPU or GPU.
 
-SFT trains a fresh LoRA adapter (peft) on prompt-completion examples, loss on the completion only, with its
-own loop instead of trl's SFTTrainer: the examples of one prompt share hundreds of tokens of instructions and
-worked examples and differ in the pair and the answer (tens of tokens each), so a batch is drawn from one prompt
-and its shared tokens are run once, their KV cache (with its gradient) feeding every row
-(:func:`shared_prefix_loss`); trl runs every example's whole prompt. The loss is the same function (a test
-compares it and its gradients with the full-sequence loss); on the embedded catalogue a step costs ~2.5x less.
+Both train with an own loop instead of trl's SFTTrainer / DPOTrainer: the examples of one prompt share hundreds
+of tokens of instructions and worked examples and differ in the pair and the answer (tens of tokens each), so a
+batch is drawn from one prompt and its shared tokens run once, their KV cache (gradient attached) feeding every
+row (:func:`_completion_logits`); trl runs every example's whole prompt, and DPO's twice more (chosen, rejected,
+and the reference's pass over both). The losses are the same functions (tests compare the SFT loss and its
+gradients with the full-sequence loss, and check DPO's first step against the reference); on the embedded
+catalogue an SFT step costs 3.6x less. trl stays for GRPO (teacher/grpo.py), which samples while it trains.
 
-DPO continues training that same adapter. The reference model is the SFT model exactly: given a
-PeftModel that already carries a trained adapter and ``ref_model=None``, trl 1.16 (with peft >= 0.20)
-copies the adapter into a frozen second adapter named "ref" and computes the reference log-probs
-through it (``trl/trainer/dpo_trainer.py``: ``model.add_adapter("ref", ...)`` and ``use_adapter(model,
-"ref")``). The alternatives were worse: a fresh DPO adapter with the adapter-disabled base as reference
-would pull towards the untrained base, not the SFT model; merging SFT into the base and stacking a new
-DPO adapter on it gives a reference equal to SFT too, but the final teacher would then be base + merged
-SFT + adapter, which must either be saved whole (520 MB here, 28 GB for a 14B teacher) or rebuilt from
-two adapters, and vLLM serves one LoRA per request. Continuing the adapter keeps the final teacher a
-single adapter over the untouched base: ``relkd.teacher.generation.load_teacher(model_path, dpo_adapter)``.
+SFT trains a fresh LoRA adapter on prompt-completion examples, loss on the completion only (+ EOS, as trl).
+
+DPO continues training that same adapter, and the reference is the SFT model exactly: the log-probabilities
+of every chosen and rejected answer under the SFT adapter are computed once before the first step. The
+alternatives were worse: a fresh DPO adapter with the adapter-disabled base as reference would pull towards the
+untrained base, not the SFT model; merging SFT into the base and stacking a new DPO adapter on it gives the same
+reference, but the final teacher would then be base + merged SFT + adapter, which must either be saved whole
+(520 MB here, 28 GB for a 14B teacher) or rebuilt from two adapters, and vLLM serves one LoRA per request.
+Continuing the adapter keeps the final teacher a single adapter over the untouched base:
+``relkd.teacher.generation.load_teacher(model_path, dpo_adapter)``.
 
 Only the adapter (and tokenizer) is saved, into a temporary folder renamed into place when complete.
 """
@@ -187,9 +188,9 @@ def prompt_batches(groups: Sequence, batch_size: int, seed: int) -> list[list[in
     return batches
 
 
-def shared_prefix_loss(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int):
-    """Mean cross-entropy over the completion tokens of `rows` ((ids, completion start) each), and the share of
-    them the model's argmax gets right.
+def _completion_logits(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int):
+    """(logits, targets) over the completion positions of `rows` ((ids, completion start) each): logits
+    (rows, K, vocab) float32 and targets (rows, K), -100 where a position predicts no completion token.
 
     The rows' common prefix (within their prompts) runs once; its KV cache, gradient attached, is repeated
     for every row, and each row's own tokens follow it left-padded (``[prefix][padding][own tokens]``,
@@ -220,66 +221,59 @@ def shared_prefix_loss(model, rows: Sequence[tuple[Sequence[int], int]], pad_id:
         targets[i, keep - 1 - n:keep - 1] = torch.tensor(r[start:], device=device)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, shared:],
                    past_key_values=cache, use_cache=True, logits_to_keep=keep).logits.float()
+    return logits, targets
+
+
+def shared_prefix_loss(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int):
+    """Mean cross-entropy over the completion tokens of `rows` ((ids, completion start) each), and the share of
+    them the model's argmax gets right (:func:`_completion_logits`: the shared prefix runs once)."""
+    import torch
+
+    logits, targets = _completion_logits(model, rows, pad_id)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              ignore_index=-100)
     scored = targets != -100
-    accuracy = (logits.argmax(-1)[scored] == targets[scored]).float().mean()
-    return loss, accuracy
+    return loss, (logits.argmax(-1)[scored] == targets[scored]).float().mean()
 
 
-def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFTSection,
-        log: Callable[[dict, int], object] | None = None) -> dict:
-    """LoRA SFT on ``[{"prompt": str, "completion": str[, "group": prompt name]}, ...]`` (a batch holds one
-    group's examples; see the module docstring); saves the adapter to `out_dir`; returns metrics (train_loss,
-    first/last logged loss and mean_token_accuracy, steps, how far the adapter moved, ...). ``log(metrics,
-    step)`` gets loss, mean_token_accuracy, learning_rate and epoch every ``cfg.logging_steps`` steps (or
-    once per epoch)."""
+def completion_logps(model, rows: Sequence[tuple[Sequence[int], int]], pad_id: int):
+    """The summed log-probability of each row's completion tokens, shape (rows,) (the shared prefix runs once)."""
+    import torch
+
+    logits, targets = _completion_logits(model, rows, pad_id)
+    scored = targets != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return (logp * scored).sum(-1)
+
+
+def _train_loop(model, plan: Sequence[Sequence[Sequence[int]]], cfg, n_examples: int, batch_step: Callable,
+                desc: str, log: Callable[[dict, int], object] | None) -> tuple[list[dict], int]:
+    """AdamW over the LoRA weights (transformers' defaults: no weight decay, gradients clipped at 1.0), the
+    `cfg.lr_scheduler` schedule with whole warmup steps, `cfg.grad_accum` batches a step. ``plan`` holds each
+    epoch's batches (positions); ``batch_step(batch) -> (loss, {name: float})``. Every ``cfg.logging_steps``
+    steps (or at each epoch's end) the named values are averaged into one history entry (with learning_rate
+    and epoch) and handed to ``log(entry, step)``. Returns (history + a last entry with train_loss and
+    train_runtime, optimiser steps), trl's log_history layout."""
     import time
 
     import torch
-    from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
-    from transformers import get_scheduler, set_seed
+    from transformers import get_scheduler
 
-    if not examples:
-        raise ValueError("sft() got no examples: the consistency filter kept nothing; check the few-shot "
-                         "accuracy, or enable teacher.sft.label_hinted_fallback")
-    bad = [i for i, e in enumerate(examples) if not (e.get("prompt") and e.get("completion"))]
-    if bad:
-        raise ValueError(f"SFT examples {bad[:5]} lack a non-empty 'prompt' or 'completion'")
-    model, tokenizer = _load_base(model_path)
-    cut = over_length(tokenizer, examples, cfg.max_length)
-    if cut:
-        longest = max(len(tokenizer(examples[i]["prompt"] + examples[i]["completion"])["input_ids"]) for i in cut)
-        raise ValueError(f"{len(cut)} of {len(examples)} SFT examples are longer than teacher.sft.max_length = "
-                         f"{cfg.max_length} tokens (longest {longest}): their answers, label line last, would be cut "
-                         "and SFT could not teach the format; leave them out (over_length), raise "
-                         "teacher.sft.max_length or shorten the prompt")
-    rows = tokenize_examples(tokenizer, examples)
-    groups = [e.get("group", "") for e in examples]
-    set_seed(cfg.seed)  # the LoRA init
-    model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                             target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM"))
-    epochs = math.ceil(cfg.epochs)
-    plan = [prompt_batches(groups, cfg.batch_size, cfg.seed + e) for e in range(epochs)]
-    if cfg.epochs != epochs:  # a fractional last epoch: its first share of batches
-        plan[-1] = plan[-1][:math.ceil(len(plan[-1]) * (cfg.epochs - epochs + 1))]
     n_batches = sum(len(p) for p in plan)
     steps = math.ceil(n_batches / cfg.grad_accum)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)  # transformers' defaults
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup_steps(
-        len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio), num_training_steps=steps)
-    before = trainable_snapshot(model)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_training_steps=steps, num_warmup_steps=warmup_steps(
+        n_examples, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio))
     history, window, losses, step, seen, started = [], [], [], 0, 0, time.time()
-    model.train()
-    with tqdm(total=steps, desc="SFT", unit="step") as bar:
+    with tqdm(total=steps, desc=desc, unit="step") as bar:
         for epoch, batches in enumerate(plan):
             for k, batch in enumerate(batches):
-                loss, accuracy = shared_prefix_loss(model, [rows[i] for i in batch], tokenizer.pad_token_id)
+                loss, values = batch_step(batch)
                 (loss / cfg.grad_accum).backward()
-                window.append((loss.item(), accuracy.item()))
-                losses.append(loss.item())
+                window.append(values)
+                losses.append(values["loss"])
                 seen += 1
                 if seen % cfg.grad_accum and seen != n_batches:
                     continue
@@ -289,18 +283,69 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                epoch_end = k == len(batches) - 1 and (seen % cfg.grad_accum == 0 or seen == n_batches)
-                if (cfg.logging_steps and step % cfg.logging_steps == 0) or (not cfg.logging_steps and epoch_end):
-                    entry = {"loss": sum(w[0] for w in window) / len(window),
-                             "mean_token_accuracy": sum(w[1] for w in window) / len(window),
-                             "learning_rate": scheduler.get_last_lr()[0], "epoch": epoch + (k + 1) / len(batches)}
+                bar.set_postfix(loss=f"{values['loss']:.3f}")
+                if (step % cfg.logging_steps == 0) if cfg.logging_steps else k == len(batches) - 1:
+                    entry = {key: sum(w[key] for w in window) / len(window) for key in window[0]}
+                    entry.update(learning_rate=scheduler.get_last_lr()[0], epoch=epoch + (k + 1) / len(batches))
                     history.append(entry)
                     window = []
                     if log is not None:
                         log(entry, step)
     history.append({"train_loss": sum(losses) / len(losses), "train_runtime": time.time() - started})
-    metrics = {**summarise(history, step, cfg.epochs, len(examples), ("mean_token_accuracy",)),
+    return history, step
+
+
+def _epoch_plan(groups: Sequence, batch_size: int, epochs: float, seed: int) -> list[list[list[int]]]:
+    """Each epoch's batches (:func:`prompt_batches`, reshuffled per epoch); a fractional last epoch keeps the
+    first share of its batches."""
+    whole = math.ceil(epochs)
+    plan = [prompt_batches(groups, batch_size, seed + e) for e in range(whole)]
+    if epochs != whole:
+        plan[-1] = plan[-1][:math.ceil(len(plan[-1]) * (epochs - whole + 1))]
+    return plan
+
+
+def _refuse_over_length(tokenizer, texts: Sequence[dict], max_length: int, what: str, key: str) -> None:
+    cut = over_length(tokenizer, texts, max_length)
+    if cut:
+        longest = max(len(tokenizer(texts[i]["prompt"] + texts[i]["completion"])["input_ids"]) for i in cut)
+        raise ValueError(f"{len(cut)} of {len(texts)} {what} are longer than {key}.max_length = {max_length} "
+                         f"tokens (longest {longest}): their answers, label line last, would be cut; leave them "
+                         f"out (over_length), raise {key}.max_length or shorten the prompt")
+
+
+def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFTSection,
+        log: Callable[[dict, int], object] | None = None) -> dict:
+    """LoRA SFT on ``[{"prompt": str, "completion": str[, "group": prompt name]}, ...]`` (a batch holds one
+    group's examples; see the module docstring); saves the adapter to `out_dir`; returns metrics (train_loss,
+    first/last logged loss and mean_token_accuracy, steps, how far the adapter moved, ...). ``log(metrics,
+    step)`` gets loss, mean_token_accuracy, learning_rate and epoch every ``cfg.logging_steps`` steps (or
+    once per epoch)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    if not examples:
+        raise ValueError("sft() got no examples: the consistency filter kept nothing; check the few-shot "
+                         "accuracy, or enable teacher.sft.label_hinted_fallback")
+    bad = [i for i, e in enumerate(examples) if not (e.get("prompt") and e.get("completion"))]
+    if bad:
+        raise ValueError(f"SFT examples {bad[:5]} lack a non-empty 'prompt' or 'completion'")
+    model, tokenizer = _load_base(model_path)
+    _refuse_over_length(tokenizer, examples, cfg.max_length, "SFT examples", "teacher.sft")
+    rows = tokenize_examples(tokenizer, examples)
+    set_seed(cfg.seed)  # the LoRA init
+    model = get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                             target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM"))
+    model.train()
+
+    def batch_step(batch):
+        loss, accuracy = shared_prefix_loss(model, [rows[i] for i in batch], tokenizer.pad_token_id)
+        return loss, {"loss": loss.item(), "mean_token_accuracy": accuracy.item()}
+
+    before = trainable_snapshot(model)
+    plan = _epoch_plan([e.get("group", "") for e in examples], cfg.batch_size, cfg.epochs, cfg.seed)
+    history, steps = _train_loop(model, plan, cfg, len(examples), batch_step, "SFT", log)
+    metrics = {**summarise(history, steps, cfg.epochs, len(examples), ("mean_token_accuracy",)),
                **weight_change(before, model)}
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"SFT loss is {metrics.get('train_loss')}; lower teacher.sft.lr ({cfg.lr})")
@@ -309,15 +354,21 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
     return metrics
 
 
+DPO_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen")
+
+
 def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir: str | Path, cfg: DPOSection,
-        callbacks: Sequence[TrainerCallback] = ()) -> dict:
-    """DPO on ``[{"prompt", "chosen", "rejected"}, ...]``, continuing the SFT adapter against the SFT model as
-    reference (see the module docstring); saves the adapter to `out_dir`; returns metrics (train_loss,
-    first/last rewards/accuracies and rewards/margins, ...)."""
-    from datasets import Dataset
+        log: Callable[[dict, int], object] | None = None) -> dict:
+    """DPO (the sigmoid loss of Rafailov et al., trl's default) on ``[{"prompt", "chosen", "rejected"}, ...]``,
+    continuing the SFT adapter; the reference is the SFT model exactly: its log-probabilities of every chosen
+    and rejected answer are computed once before the first step, with the adapter as loaded. Dropout is off
+    (trl's ``disable_dropout``), so at the first step the policy is the reference (rewards 0, loss log 2).
+    A batch's pairs share the unified prompt, which runs once for its chosen and rejected rows. Saves the
+    adapter to `out_dir`; returns metrics (train_loss, first/last rewards/accuracies and rewards/margins, ...);
+    ``log(metrics, step)`` as in :func:`sft`, with trl's names (rewards/chosen, rewards/rejected, ...)."""
+    import torch
     from peft import PeftModel
     from transformers import set_seed
-    from trl import DPOConfig, DPOTrainer
 
     if not pairs:
         raise ValueError("dpo() got no preference pairs: the conflict set had no sample with both a correct "
@@ -326,28 +377,39 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
     if bad:
         raise ValueError(f"preference pairs {bad[:5]} lack a non-empty 'prompt', 'chosen' or 'rejected'")
     base, tokenizer = _load_base(model_path)
+    texts = [{"prompt": p["prompt"], "completion": p[side]} for p in pairs for side in ("chosen", "rejected")]
+    _refuse_over_length(tokenizer, texts, cfg.max_length, "preference answers", "teacher.dpo")
+    rows = tokenize_examples(tokenizer, texts)  # pair i: rows 2i (chosen) and 2i + 1 (rejected)
     model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
-    data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    with tempfile.TemporaryDirectory(prefix="relkd-dpo-") as scratch:
-        args = DPOConfig(
-            output_dir=scratch, num_train_epochs=cfg.epochs, learning_rate=cfg.lr, beta=cfg.beta,
-            per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-            lr_scheduler_type=cfg.lr_scheduler, max_length=cfg.max_length, seed=cfg.seed,
-            warmup_steps=warmup_steps(len(pairs), cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.warmup_ratio),
-            **_device_args(cfg.logging_steps),
-        )
-        set_seed(cfg.seed)
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data,
-                             processing_class=tokenizer, callbacks=list(callbacks))
-        if "ref" not in trainer.model.peft_config:
-            raise RuntimeError("trl did not add the frozen 'ref' adapter, so the DPO reference would be the "
-                               "base model, not the SFT model; check the trl/peft versions (trl 1.16, peft>=0.20)")
-        before = trainable_snapshot(trainer.model)
-        trainer.train()
-    metrics = {**train_summary(trainer, len(pairs), ("rewards/accuracies", "rewards/margins", "rewards/chosen")),
-               **weight_change(before, trainer.model)}
+    model.eval()  # no dropout: the policy equals the reference until the first update
+    plan = _epoch_plan([""] * len(pairs), cfg.batch_size, cfg.epochs, cfg.seed)
+    pad = tokenizer.pad_token_id
+
+    def logps(batch):
+        return completion_logps(model, [rows[2 * i + side] for side in (0, 1) for i in batch], pad)
+
+    with torch.no_grad():
+        ref = torch.zeros(2 * len(pairs))
+        for batch in plan[0]:
+            got = logps(batch)
+            ref[[2 * i for i in batch]], ref[[2 * i + 1 for i in batch]] = got[:len(batch)], got[len(batch):]
+
+    def batch_step(batch):
+        got = logps(batch)
+        chosen = cfg.beta * (got[:len(batch)] - ref[[2 * i for i in batch]])
+        rejected = cfg.beta * (got[len(batch):] - ref[[2 * i + 1 for i in batch]])
+        loss = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+        return loss, {"loss": loss.item(), "rewards/chosen": chosen.mean().item(),
+                      "rewards/rejected": rejected.mean().item(),
+                      "rewards/accuracies": (chosen > rejected).float().mean().item(),
+                      "rewards/margins": (chosen - rejected).mean().item()}
+
+    set_seed(cfg.seed)
+    before = trainable_snapshot(model)
+    history, steps = _train_loop(model, plan, cfg, len(pairs), batch_step, "DPO", log)
+    metrics = {**summarise(history, steps, cfg.epochs, len(pairs), DPO_KEYS), **weight_change(before, model)}
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"DPO loss is {metrics.get('train_loss')}; lower teacher.dpo.lr ({cfg.lr})")
     _require_change(metrics, "DPO", cfg.lr, "teacher.dpo")
-    _save_adapter(trainer.model, tokenizer, out_dir)
+    _save_adapter(model, tokenizer, out_dir)
     return metrics
