@@ -28,12 +28,12 @@ def main() -> None:
 
     from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import LABELS, generate_catalogue
-    from relkd.student.config import default_variants
+    from relkd.student.config import named_variants
     from relkd.student.model import build_student, tokenize_pairs
 
     pairs = generate_catalogue(CatalogueConfig(n_queries=a.batch, pairs_per_query=1), seed=3).iloc[:a.batch]
     models = {}
-    for name, variant in default_variants().items():
+    for name, variant in named_variants().items():
         model, tok = build_student(a.backbone, LABELS, variant, 384, 128, 32, a.max_length)
         enc = tokenize_pairs(tok, list(pairs["query"]), list(pairs["title"]), a.max_length, padding="max_length",
                              return_tensors="pt")

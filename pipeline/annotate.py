@@ -32,7 +32,7 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     mid = model_id(model_path, teacher_adapter)
     records = judge(backend, cache, mid, train, prompts_for(backend.tokenizer, unified, train, labels), UNIFIED,
-                    labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size)
+                    labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size, cfg.scores_labels)
     if cfg.annotate.hint == "gold":
         # The rationale is a label-hinted one (which never names a class); the teacher's own answer, label and
         # distribution stay in the record, so the metrics below still measure the teacher.

@@ -22,11 +22,12 @@ def row(records: list[dict], labels, stage: str, teacher: str, perspective: str 
     gold = [r["gold"] for r in first]
     rep = classification_report(gold, [r["label"] for r in first], labels)
     parsed = classification_report(gold, [r["parsed_label"] for r in first], labels)
-    scored = classification_report(gold, [r["scored_label"] for r in first], labels)
+    scored = (classification_report(gold, [r["scored_label"] for r in first], labels)["accuracy"]
+              if all(r["scored_label"] is not None for r in first) else None)  # None: teacher.label_scores off
     return {"stage": stage, "teacher": teacher, "perspective": perspective, "n": rep["n"],
             "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],
             "unparseable_rate": parsed["unparseable_rate"],
-            "accuracy_parsed": parsed["accuracy"], "accuracy_scored": scored["accuracy"],
+            "accuracy_parsed": parsed["accuracy"], "accuracy_scored": scored,
             "parse_errors": dict(Counter(error_kind(r["error"]) for r in first if r["error"]))}
 
 
@@ -39,7 +40,7 @@ def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unifie
     records, rows = [], []
     if adapter is None or cfg.eval.single_after_training:
         per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
-                                 cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+                                 cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
         records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
         rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
     if adapter is None:
@@ -47,7 +48,7 @@ def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unifie
         mp = majority(records, labels)
     else:
         mp = judge(backend, cache, mid, test, prompts_for(backend.tokenizer, unified, test, labels), UNIFIED,
-                   labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+                   labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
     records += [dict(r, stage=stage) for r in mp]
     rows.append(row(mp, labels, stage, MPCOT, None))
     return rows, records
@@ -76,7 +77,8 @@ def run(params_path, prepared, fewshot, sft, dpo, final, prompts_dir, out, cache
                f"# Teacher on {len(test)} test pairs ({cfg.model})\n\n"
                + to_markdown(table, ["model", "perspective", *TEACHER_COLUMNS[1:]]) + "\n\n"
                "All rows (accuracy_parsed: label from the answer's Label line; accuracy_scored: highest "
-               "label likelihood after the rationale; `label_decision` picks which one ACC uses):\n\n"
+               "label likelihood after the rationale, empty with teacher.label_scores off; `label_decision` picks "
+               "which one ACC uses):\n\n"
                + to_markdown(rows, ["stage", "teacher", "perspective", "accuracy", "macro_f1",
                                     "unparseable_rate", "accuracy_parsed", "accuracy_scored"]) + "\n")
     write_json(Path(out) / "rows.json", rows)

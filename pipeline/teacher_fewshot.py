@@ -27,7 +27,8 @@ def perspective_metrics(records: list[dict], labels, k: int) -> dict:
             "accuracy": selection.accuracy_by_perspective(first)[p],
             "macro_f1": macro_f1(gold, [r["label"] for r in first], labels),
             "accuracy_parsed": sum(r["parsed_label"] == r["gold"] for r in first) / len(first),
-            "accuracy_scored": sum(r["scored_label"] == r["gold"] for r in first) / len(first),
+            **({"accuracy_scored": sum(r["scored_label"] == r["gold"] for r in first) / len(first)}
+               if all(r["scored_label"] is not None for r in first) else {}),
             "unparseable_rate": selection.unparseable_rate([dict(r, label=r["parsed_label"]) for r in rs]),
             f"pass@{k}": selection.pass_at_k(rs, p, k),
         }
@@ -51,7 +52,8 @@ def run(params_path: str, prepared: str, prompts_dir: str, out: str, cache_dir: 
     mid = model_id(model_path)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     per = judge_perspectives(backend, cache, mid, seed_set, perspectives, PERSPECTIVES, labels, shots,
-                             cfg.sampling.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+                             cfg.sampling.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size,
+                             cfg.scores_labels)
     records = [r for name in PERSPECTIVES for r in per[name]]
     Path(out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(out) / "generations.jsonl", records)

@@ -39,7 +39,7 @@ def probe(cfg, model_path: str, adapter, pairs, labels, unified, cache_dir) -> t
     prompts = prompts_for(backend.tokenizer, unified, pairs, labels)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     records = judge(backend, cache, model_id(model_path, adapter), pairs, prompts, UNIFIED, labels, cfg.grpo.k,
-                    cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+                    cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
     del backend  # the inference copy of the teacher; GRPO loads its own trainable one
     gc.collect()
     return prompts, records

@@ -28,7 +28,8 @@ def run(params_path, prepared, fewshot, sft_adapter, prompts_dir, out, cache_dir
     mid = model_id(model_path, sft_adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
     per = judge_perspectives(backend, cache, mid, search, perspectives, PERSPECTIVES, labels, shots,
-                             cfg.pairs.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size)
+                             cfg.pairs.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size,
+                             cfg.scores_labels)
     records = [r for name in PERSPECTIVES for r in per[name]]
     conflicts = selection.conflict_set(records)
     pairs = selection.preference_pairs(records, cfg.sampling.seed, cfg.pairs.max_pairs_per_sample)

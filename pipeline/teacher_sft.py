@@ -109,7 +109,7 @@ def run(params_path, prepared, fewshot, prompts_dir, out, data_out, cache_dir, m
                          f"{cfg.sft.max_length} tokens; raise it or shorten prompts/{UNIFIED}.yaml")
     write_jsonl(data_out, [dict(e, **d) for e, d in zip(examples, sft_data)])
 
-    with stage_run("teacher_sft", {"teacher": cfg.model_dump(include={"model", "sft", "label_decision"})},
+    with stage_run("teacher_sft", {"teacher": cfg.model_dump(include={"model", "sft"})},
                    inputs=[fewshot, prompts_dir], experiment=params.tracking.experiment):
         # A batch holds the examples of one prompt, whose shared instructions then run once (training.sft).
         train_metrics = sft(model_path, [dict(d, group=e["prompt_name"]) for e, d in zip(examples, sft_data)], out,

@@ -94,3 +94,21 @@ def test_ops_commands_take_their_defaults_from_params(tmp_path):
     for cmd, opt in (("score", "default: score.shard_size"), ("promote", "default: registry.name")):
         out = " ".join(CliRunner().invoke(main, [cmd, "--help"]).output.split())
         assert opt in out
+
+
+def test_profiles_define_named_variants_as_the_code_does():
+    """A profile that names a student variant (profiles/ablations.yaml, profiles/paper.yaml) defines it as
+    relkd.student.config.named_variants() does: one definition, wherever it is switched on."""
+    import yaml
+
+    from relkd.student.config import VariantConfig, named_variants
+
+    named = named_variants()
+    seen = 0
+    for path in sorted(Path("profiles").glob("*.yaml")):
+        variants = ((yaml.safe_load(path.read_text()) or {}).get("student") or {}).get("variants") or {}
+        for name, spec in variants.items():
+            assert name in named, f"{path}: variant {name!r} is not one of named_variants()"
+            assert VariantConfig(**spec) == named[name], f"{path}: {name!r} differs from named_variants()"
+            seen += 1
+    assert seen >= 3

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from relkd.student.config import StudentConfig, default_variants
+from relkd.student.config import StudentConfig, named_variants
 from relkd.student.model import (
     STUDENT_FILE, WEIGHTS_FILE, InferenceWrapper, Student, build_student, load_student, save_student,
 )
@@ -33,7 +33,7 @@ def tok():
 
 def _student(name, d_out=D_OUT, seed=0):
     torch.manual_seed(seed)
-    return build_student("tiny:bert", LABELS, default_variants()[name], d_out=d_out, hidden=8, codes=4,
+    return build_student("tiny:bert", LABELS, named_variants()[name], d_out=d_out, hidden=8, codes=4,
                          max_length=32)
 
 
@@ -77,7 +77,7 @@ def test_save_load_gives_identical_logits(tmp_path, tok, name):
     save_student(model, tokenizer, tmp_path / "student")
     meta = json.loads((tmp_path / "student" / STUDENT_FILE).read_text())
     assert meta["labels"] == list(LABELS) and meta["d_out"] == D_OUT and meta["max_length"] == 32
-    assert meta["variant"] == default_variants()[name].model_dump()
+    assert meta["variant"] == named_variants()[name].model_dump()
     loaded, tok2 = load_student(tmp_path / "student")
     assert not loaded.training and loaded.labels == LABELS and loaded.max_length == 32
     enc2 = tok2(["red shoe", "usb c cable 2m"], ["red running shoe size 42", "phone case"], padding=True,
@@ -97,7 +97,7 @@ def test_load_names_a_folder_that_is_not_a_student(tmp_path):
 def test_training_only_heads_stay_out_of_the_inference_folder(tmp_path, name, aux_attr):
     model, tokenizer = _student(name)
     cfg = StudentConfig()
-    training = TrainingModule(model, default_variants()[name], cfg.lam_for(default_variants()[name]))
+    training = TrainingModule(model, named_variants()[name], cfg.lam_for(named_variants()[name]))
     aux = getattr(training, aux_attr)
     assert aux is not None and sum(p.numel() for p in aux.parameters()) > 0
     assert any(k.startswith(f"{aux_attr}.") for k in training.state_dict())
@@ -124,4 +124,4 @@ def test_inference_wrapper_returns_logits_and_r(tok):
 def test_a_student_needs_two_labels():
     backbone = _student("plain")[0].backbone
     with pytest.raises(ValueError, match="at least 2 labels"):
-        Student(backbone, ("only",), default_variants()["plain"], d_out=32)
+        Student(backbone, ("only",), named_variants()["plain"], d_out=32)

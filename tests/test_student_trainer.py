@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relkd.student.config import StudentConfig, VariantConfig, default_variants
+from relkd.student.config import StudentConfig, VariantConfig, default_variants, named_variants
 from relkd.student.model import load_student
 from relkd.student.trainer import kept_epoch, predict, train_student
 
@@ -47,7 +47,7 @@ CFG = StudentConfig(backbone="tiny:bert", max_length=24, epochs=2, batch_size=8,
 @pytest.mark.parametrize("name", ["lrkd_poly", "ced_kd", "mkd", "lrkd_gat+crsd"])
 def test_short_run_returns_finite_losses_and_history(data, name):
     train, valid, emb, rationales = data
-    variant = default_variants()[name]
+    variant = named_variants()[name]
     logged = []
     student, tok, history = train_student(train, valid, LABELS, emb, rationales, variant, CFG, seed=3,
                                           log=lambda m, step: logged.append((step, m)))
@@ -71,7 +71,7 @@ def test_short_run_returns_finite_losses_and_history(data, name):
 
 def test_same_seed_same_student_and_saved_folder_reloads(data, tmp_path):
     train, valid, emb, _ = data
-    variant = default_variants()["lrkd_gat"]
+    variant = named_variants()["lrkd_gat"]
     cfg = CFG.model_copy(update={"epochs": 1})
     a, tok, hist_a = train_student(train, valid, LABELS, emb, None, variant, cfg, seed=5, out_dir=tmp_path / "s")
     b, _, hist_b = train_student(train, valid, LABELS, emb, None, variant, cfg, seed=5)
@@ -87,14 +87,14 @@ def test_same_seed_same_student_and_saved_folder_reloads(data, tmp_path):
 def test_inputs_a_variant_needs_are_demanded(data):
     train, valid, emb, rationales = data
     with pytest.raises(ValueError, match="rationale_embeddings"):
-        train_student(train, valid, LABELS, None, None, default_variants()["lrkd_gat"], CFG, seed=1)
+        train_student(train, valid, LABELS, None, None, named_variants()["lrkd_gat"], CFG, seed=1)
     with pytest.raises(ValueError, match="'mkd'"):
-        train_student(train, valid, LABELS, None, None, default_variants()["mkd"], CFG, seed=1)
+        train_student(train, valid, LABELS, None, None, named_variants()["mkd"], CFG, seed=1)
     with pytest.raises(ValueError, match="aligned"):
-        train_student(train, valid, LABELS, emb[:5], None, default_variants()["lrkd_gat"], CFG, seed=1)
+        train_student(train, valid, LABELS, emb[:5], None, named_variants()["lrkd_gat"], CFG, seed=1)
     with pytest.raises(ValueError, match="'exact'"):
         bad = train.assign(label=["exact"] + list(train["label"][1:]))
-        train_student(bad, valid, LABELS, None, None, default_variants()["plain"], CFG, seed=1)
+        train_student(bad, valid, LABELS, None, None, named_variants()["plain"], CFG, seed=1)
 
 
 def test_variant_table_rejects_contradictions():
@@ -102,10 +102,12 @@ def test_variant_table_rejects_contradictions():
         VariantConfig(extractor="gat", r_from_cls=True)
     with pytest.raises(ValueError, match="guidance needs a latent vector"):
         VariantConfig(extractor="none", guidance=True)
-    assert set(default_variants()) == {"plain", "lrkd_mlp", "lrkd_poly", "lrkd_gat", "no_extractor",
-                                       "no_guidance", "ced_kd", "mkd", "crsd", "lrkd_gat+crsd"}
-    assert StudentConfig().lam_for(default_variants()["no_guidance"]) == 0.0
-    assert StudentConfig().lam_for(default_variants()["lrkd_gat"]) == 0.1
+    assert set(named_variants()) == {"plain", "lrkd_mlp", "lrkd_poly", "lrkd_gat", "no_extractor",
+                                     "no_guidance", "ced_kd", "mkd", "crsd", "lrkd_gat+crsd"}
+    assert set(default_variants()) == {"plain", "lrkd_mlp", "lrkd_poly", "lrkd_gat", "ced_kd", "mkd", "crsd"}
+    assert all(default_variants()[n] == named_variants()[n] for n in default_variants())
+    assert StudentConfig().lam_for(named_variants()["no_guidance"]) == 0.0
+    assert StudentConfig().lam_for(named_variants()["lrkd_gat"]) == 0.1
 
 
 @pytest.mark.integration
@@ -149,7 +151,7 @@ def test_guidance_and_ce_are_of_comparable_size_at_initialisation(data, name):
     from relkd.student.trainer import TrainingModule, encode_rows, make_collate
 
     train, _, emb, rationales = data
-    variant = default_variants()[name]
+    variant = named_variants()[name]
     torch.manual_seed(0)
     student, tok = build_student("tiny:bert", LABELS, variant, emb.shape[1], 8, 4, 24)
     module = TrainingModule(student, variant, lam=0.1)
@@ -173,7 +175,7 @@ def test_pairs_without_a_rationale_get_no_guidance(data):
     train, valid, emb, _ = data
     holes = emb.copy()
     holes[::2] = np.nan  # every other pair unannotated: training still runs, finite, on every pair
-    _, _, history = train_student(train, valid, LABELS, holes, None, default_variants()["lrkd_gat"], CFG, seed=3)
+    _, _, history = train_student(train, valid, LABELS, holes, None, named_variants()["lrkd_gat"], CFG, seed=3)
     assert all(math.isfinite(h["train_guidance"]) and h["train_guidance"] > 0 for h in history)
 
 
@@ -182,7 +184,7 @@ def test_the_best_validation_epoch_is_the_one_kept(data):
 
     train, valid, _, _ = data
     cfg = CFG.model_copy(update={"epochs": 4, "lr": 3e-3})
-    student, tok, history = train_student(train, valid, LABELS, None, None, default_variants()["plain"], cfg, seed=5)
+    student, tok, history = train_student(train, valid, LABELS, None, None, named_variants()["plain"], cfg, seed=5)
     f1s = [h["valid_macro_f1"] for h in history]
     best = int(np.argmax(f1s)) + 1  # the first of equal maxima
     assert all(h["best_epoch"] == best for h in history)
@@ -204,7 +206,7 @@ def test_the_lexical_head_starts_as_the_lexical_peers_logistic_regression(data):
 
     train, valid, _, _ = data
     tables = fit_tables(train["query"].tolist(), train["title"].tolist())
-    student, tok = build_student("tiny:bert", LABELS, default_variants()["plain"], max_length=24,
+    student, tok = build_student("tiny:bert", LABELS, named_variants()["plain"], max_length=24,
                                  lexical_tables=tables)
     x = student.lexical_features(train["query"].tolist(), train["title"].tolist()).astype(np.float64)
     y = np.array([LABELS.index(v) for v in train["label"]])
@@ -215,7 +217,7 @@ def test_the_lexical_head_starts_as_the_lexical_peers_logistic_regression(data):
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert float(torch.count_nonzero(student.head.weight)) == 0  # the token head starts at zero
 
-    trained, _, history = train_student(train, valid, LABELS, None, None, default_variants()["plain"], CFG, seed=0)
+    trained, _, history = train_student(train, valid, LABELS, None, None, named_variants()["plain"], CFG, seed=0)
     assert trained.lexical_tables is not None and history[-1]["train_loss"] < 10
     assert float(trained.head.weight.detach().abs().sum()) > 0  # the tokens' head learned something
 
@@ -223,7 +225,7 @@ def test_the_lexical_head_starts_as_the_lexical_peers_logistic_regression(data):
 def test_lexical_off_gives_a_tokens_only_student(data, tmp_path):
     train, valid, _, _ = data
     cfg = CFG.model_copy(update={"lexical": False, "epochs": 1})
-    model, tok, _ = train_student(train, valid, LABELS, None, None, default_variants()["plain"], cfg, seed=0,
+    model, tok, _ = train_student(train, valid, LABELS, None, None, named_variants()["plain"], cfg, seed=0,
                                   out_dir=tmp_path / "s")
     assert model.lexical_head is None and not (tmp_path / "s" / "lexical.json").exists()
     assert (tmp_path / "s" / "relkd_student.json").is_file()

@@ -231,3 +231,35 @@ def test_label_choice_leaves_answers_without_a_label_key_alone(backend):
     free = GREEDY.model_copy(update={"label_choice": False, "max_new_tokens": 12})
     chosen = free.model_copy(update={"label_choice": True})
     assert backend.generate(PROMPTS, 1, chosen, seed=0, labels=LABELS) == backend.generate(PROMPTS, 1, free, seed=0)
+
+
+def test_decode_loop_equals_transformers_generate_when_greedy(sharp_llama):
+    """The backend's own loop (rows leave the batch when done, a preallocated KV cache) writes what transformers'
+    generate writes, one prompt at a time and unpadded, whatever the batch and the shared prefix."""
+    from relkd.teacher.parsing import cut_answer
+
+    plain = GREEDY.model_copy(update={"max_new_tokens": 12, "no_repeat_ngram": 0, "label_choice": False})
+    ref = TransformersBackend(sharp_llama, batch_size=1)
+    tok, model = ref.tokenizer, ref.model
+    want = []
+    for p in PREFIXED:
+        ids = torch.tensor([tok(p)["input_ids"]])
+        with torch.inference_mode():
+            seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=12, pad_token_id=tok.pad_token_id)
+        want.append(cut_answer(tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True)))
+    for share in (True, False):
+        got = TransformersBackend(sharp_llama, batch_size=4, share_prefix=share).generate(PREFIXED, 1, plain, seed=0)
+        assert [o[0] for o in got] == want
+
+
+def test_pick_samples_within_top_k_and_top_p():
+    from relkd.teacher.generation import _pick
+
+    scores = torch.tensor([[0.0, 3.0, 2.9, -1.0, 1.0]]).repeat(400, 1)
+    torch.manual_seed(0)
+    assert set(_pick(scores, SAMPLE.model_copy(update={"top_k": 2, "top_p": 1.0})).tolist()) == {1, 2}
+    assert set(_pick(scores, SAMPLE.model_copy(update={"top_k": 5, "top_p": 0.01})).tolist()) == {1}
+    assert _pick(scores[:1], GREEDY).tolist() == [1]
+    wide = set(_pick(scores, SAMPLE.model_copy(update={"top_k": 5, "top_p": 1.0, "temperature": 5.0})).tolist())
+    assert wide == {0, 1, 2, 3, 4}

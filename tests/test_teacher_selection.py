@@ -162,6 +162,54 @@ def test_the_few_shot_vote_counts_a_pair_no_perspective_parsed_as_unparseable():
     assert votes["b"]["label"] == "substitute" and votes["b"]["scored_label"] == "exact"
 
 
+def test_the_few_shot_vote_without_label_scores():
+    """teacher.label_scores off: no probs, no scored label; the vote is decided by the parsed labels alone, ties to
+    the label set's order."""
+    from relkd.teacher.judge import majority
+
+    labels = ["exact", "substitute", "irrelevant"]
+
+    def rec(pid, persp, parsed):
+        return {"pair_id": pid, "perspective": persp, "sample": 0, "parsed_label": parsed, "scored_label": None,
+                "label": parsed, "probs": None, "gold": "exact"}
+
+    records = [rec("a", "u", "substitute"), rec("a", "s", "exact"), rec("a", "b", None)]
+    records += [rec("b", "u", "irrelevant"), rec("b", "s", "irrelevant"), rec("b", "b", "exact")]
+    votes = {v["pair_id"]: v for v in majority(records, labels)}
+    assert votes["a"]["label"] == "exact" and votes["a"]["probs"] is None and votes["a"]["scored_label"] is None
+    assert votes["b"]["label"] == "irrelevant"
+
+
+def test_judge_without_label_scores_scores_nothing():
+    """scored=False never calls the scorer (the generating stages' ~30%) and leaves probs and scored_label None; a
+    decision by the scores needs them."""
+    import pandas as pd
+
+    from relkd.teacher.cache import GenerationCache
+    from relkd.teacher.config import SamplingConfig
+    from relkd.teacher.judge import judge
+
+    class Fake:
+        def generate(self, prompts, n, sampling, seed, labels=()):
+            return [["Reasoning: same item.\nLabel: exact"] * n for _ in prompts]
+
+        def score_labels(self, prefixes, labels):
+            raise AssertionError("scored although scored=False")
+
+    pairs = pd.DataFrame({"pair_id": ["p1", "p2"], "query": ["q1", "q2"], "title": ["t1", "t2"],
+                          "label": ["exact", "irrelevant"]})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        args = (Fake(), GenerationCache(d), "m", pairs, ["a", "b"], "u", ["exact", "irrelevant"], 1,
+                SamplingConfig(), 0)
+        records = judge(*args, "parse", 2, scored=False)
+        assert [r["label"] for r in records] == ["exact", "exact"]
+        assert all(r["probs"] is None and r["scored_label"] is None for r in records)
+        with pytest.raises(ValueError, match="scored=True"):
+            judge(*args, "score", 2, scored=False)
+
+
 @pytest.mark.parametrize("completion, ok", [
     (' asks for a Sony camera, but the title is a Canon EOS R10 camera body.', True),
     (' asks for a Sony camera. The correct label is: brand mismatch.', True),   # the echo is cut, the reason stays

@@ -4,7 +4,8 @@ Every sample becomes one record (a plain dict, one JSONL line in the stages' out
 ``pair_id, perspective, sample, text, rationale, parsed_label, error, probs, scored_label, label, gold``.
 ``parsed_label`` is what the answer's ``Label:`` line says (None when unparseable, never guessed);
 ``probs`` is the teacher's distribution over the label set after its own rationale (log-likelihood
-of each label string, softmaxed), so ``scored_label`` always exists; ``label`` is whichever of the
+of each label string, softmaxed) and ``scored_label`` its argmax, both None when the judge was asked not to
+score (``scored=False``: teacher.label_scores off with label_decision 'parse'); ``label`` is whichever of the
 two ``label_decision`` picks, and is what the selection functions and metrics read.
 """
 from __future__ import annotations
@@ -59,25 +60,30 @@ def cached_scores(backend, cache: GenerationCache, prefixes: Sequence[str], labe
 
 def judge(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, prompts: Sequence[str],
           perspective: str, labels: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
-          decision: str, batch_size: int) -> list[dict]:
-    """n samples per pair under the given rendered prompts; one record per sample."""
+          decision: str, batch_size: int, scored: bool = True) -> list[dict]:
+    """n samples per pair under the given rendered prompts; one record per sample. With ``scored`` false
+    (TeacherConfig.scores_labels) no label is scored: probs and scored_label are None."""
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts for {len(pairs)} pairs")
+    if decision == "score" and not scored:
+        raise ValueError("label_decision 'score' decides by the label scores: judge needs scored=True")
     texts = cached_generate(backend, cache, prompts, n, sampling, seed, model_id, batch_size, labels=labels)
     parsed = [[parse(t, labels) for t in row] for row in texts]
-    prefixes = [score_prefix(p, a.rationale) for p, row in zip(prompts, parsed) for a in row]
-    probs = label_distribution(cached_scores(backend, cache, prefixes, labels, model_id, batch_size))
+    probs = None
+    if scored:
+        prefixes = [score_prefix(p, a.rationale) for p, row in zip(prompts, parsed) for a in row]
+        probs = label_distribution(cached_scores(backend, cache, prefixes, labels, model_id, batch_size))
     records, i = [], 0
     for (_, pair), row_texts, row_parsed in zip(pairs.iterrows(), texts, parsed):
         for s, (text, a) in enumerate(zip(row_texts, row_parsed)):
-            p = probs[i]
+            p = None if probs is None else probs[i]
             i += 1
-            scored = labels[int(np.argmax(p))]
+            best = None if p is None else labels[int(np.argmax(p))]
             records.append({
                 "pair_id": pair["pair_id"], "perspective": perspective, "sample": s, "text": text,
                 "rationale": a.rationale, "parsed_label": a.label, "error": a.error,
-                "probs": [round(float(x), 6) for x in p], "scored_label": scored,
-                "label": a.label if decision == "parse" else scored, "gold": pair["label"],
+                "probs": None if p is None else [round(float(x), 6) for x in p], "scored_label": best,
+                "label": a.label if decision == "parse" else best, "gold": pair["label"],
             })
     return records
 
@@ -87,9 +93,10 @@ def majority(records: list[dict], labels: Sequence[str]) -> list[dict]:
     the untrained model combined without training.
 
     Decided like every other row of the teacher table: ``parsed_label`` is the vote of the parsed labels
-    (ties to the highest summed probability), None when no perspective parsed (then the pair is
-    unparseable and counts as wrong, never rescued by the label scores); ``scored_label`` is the vote of
-    the scored labels; ``label`` is the one ``records``' own ``label`` fields were decided by.
+    (ties to the highest summed probability when the records were scored, else to the label set's order),
+    None when no perspective parsed (then the pair is unparseable and counts as wrong, never rescued by the
+    label scores); ``scored_label`` is the vote of the scored labels (None unscored); ``label`` is the one
+    ``records``' own ``label`` fields were decided by.
     """
     by_pair: dict[str, list[dict]] = {}
     for r in records:
@@ -97,7 +104,8 @@ def majority(records: list[dict], labels: Sequence[str]) -> list[dict]:
             by_pair.setdefault(r["pair_id"], []).append(r)
     out = []
     for pair_id, rs in by_pair.items():
-        mass = np.sum([np.asarray(r["probs"]) for r in rs], axis=0)
+        unscored = any(r["probs"] is None for r in rs)
+        mass = np.zeros(len(labels)) if unscored else np.sum([np.asarray(r["probs"]) for r in rs], axis=0)
 
         def vote(field: str) -> str | None:
             votes = {lab: 0 for lab in labels}
@@ -112,7 +120,8 @@ def majority(records: list[dict], labels: Sequence[str]) -> list[dict]:
         out.append({"pair_id": pair_id, "perspective": "mpcot_vote", "sample": 0, "label": decided,
                     "gold": rs[0]["gold"], "rationale": "", "parsed_label": parsed,
                     "error": None if parsed is not None else "no perspective parsed",
-                    "probs": (mass / max(len(rs), 1)).round(6).tolist(), "scored_label": scored})
+                    "probs": None if unscored else (mass / max(len(rs), 1)).round(6).tolist(),
+                    "scored_label": scored})
     return out
 
 
@@ -215,8 +224,8 @@ def prompted_examples(tokenizer, prompts: Sequence[Perspective], pairs: pd.DataF
 
 def judge_perspectives(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, perspectives: dict,
                        names: Sequence[str], labels: Sequence[str], shots, n: int, sampling: SamplingConfig,
-                       seed: int, decision: str, batch_size: int) -> dict[str, list[dict]]:
+                       seed: int, decision: str, batch_size: int, scored: bool = True) -> dict[str, list[dict]]:
     """`judge` under each named perspective prompt (with the same shots): perspective -> records."""
     return {name: judge(backend, cache, model_id, pairs, prompts_for(backend.tokenizer, perspectives[name], pairs,
                                                                      labels, shots),
-                        name, labels, n, sampling, seed, decision, batch_size) for name in names}
+                        name, labels, n, sampling, seed, decision, batch_size, scored) for name in names}

@@ -75,7 +75,7 @@ def _load_base(model_path: str):
         tokenizer.pad_token = tokenizer.eos_token
     gpu = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if gpu else torch.float32)
-    return model, tokenizer
+    return model.to("cuda" if gpu else "cpu"), tokenizer
 
 
 def _save_adapter(model, tokenizer, out_dir: str | Path) -> None:
