@@ -61,8 +61,8 @@ class RationaleDecoder(nn.Module):
         inp, tgt = ids[:, :-1], ids[:, 1:].masked_fill(~mask[:, 1:].bool(), IGNORE)
         h0 = torch.tanh(self.init(h_cls)).unsqueeze(0)
         out, _ = self.gru(self.down(F.embedding(inp, embeddings)), h0)
-        logits = self.up(out) @ embeddings.T
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE)
+        scored = tgt != IGNORE  # only these positions meet the vocabulary (padding was most of the logits)
+        return F.cross_entropy(self.up(out[scored]) @ embeddings.T, tgt[scored])
 
 
 # -------------------------------------------------------------------------------------------- MKD

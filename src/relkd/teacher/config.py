@@ -41,7 +41,7 @@ class FewShotConfig(Section):
     """The labelled seed set that few-shot generation runs on, and the shots in each prompt."""
 
     n_seed_pairs: int = Field(
-        16, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set; "
+        12, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set; "
         "paper: the labelled training set"
     )
     n_shots: int = Field(1, ge=0, description="worked examples per perspective prompt; paper: a few")
@@ -134,7 +134,7 @@ class AnnotateConfig(Section):
     """The final teacher writing rationales for the student's training pairs."""
 
     batch_size: int = Field(64, ge=1, description="prompts per generate call")
-    max_pairs: int | None = Field(160, ge=1, description="cap on train pairs annotated (a seeded sample in the natural class mix; the students train on every pair, guided where annotated); None = all")
+    max_pairs: int | None = Field(128, ge=1, description="cap on train pairs annotated (a seeded sample in the natural class mix; the students train on every pair, guided where annotated); None = all")
     hint: Literal["none", "gold"] = Field(
         "none", description="none = the teacher's own rationale (paper); gold = label-hinted rationalisation "
         "(the gold label is in the prompt, STaR-style), for a teacher too weak to reason its way to the label")
