@@ -38,13 +38,18 @@ from common import machine, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = {"none": "the teacher's own rationales (paper)", "gold": "label-hinted rationales"}
-VARIANTS = {
-    "plain": {"extractor": "none", "guidance": False},
-    "lrkd_mlp": {"extractor": "mlp"},
-    "lrkd_poly": {"extractor": "poly"},
-    "lrkd_gat": {"extractor": "gat"},
-    "lrkd_gat_lam1": {"extractor": "gat", "lam": 1.0},
-}
+
+
+def _variants() -> dict:
+    """The students this benchmark can train: relkd's named variants (their one definition) and LRKD-GAT at
+    lambda = 1, as params.yaml specs."""
+    from relkd.student.config import VariantConfig, named_variants
+
+    specs = {name: v.model_dump(exclude_defaults=True) for name, v in named_variants().items()}
+    return {**specs, "lrkd_gat_lam1": VariantConfig(extractor="gat", lam=1.0).model_dump(exclude_defaults=True)}
+
+
+VARIANTS = _variants()
 
 
 def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Path) -> dict:
