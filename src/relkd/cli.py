@@ -112,7 +112,9 @@ def check_params(params: str) -> None:
 @click.option("--params", default="params.yaml", show_default=True, help="params file to rewrite")
 @click.option("--profiles", default="profiles", show_default=True, help="folder of profile overlays")
 def profile(name: str, params: str, profiles: str) -> None:
-    """Merge profiles/NAME.yaml (tiny, real-cpu, paper) over params.yaml and validate the result.
+    """Merge profiles/NAME.yaml (tiny, real-cpu, paper, ablations) over params.yaml and validate the result.
+    Profiles stack: each merges over the params.yaml it finds (`relkd profile ablations` after another adds
+    the ablation students to it).
 
     Undo with `git checkout params.yaml`; one key at a time, use `dvc exp run -S key=value`."""
     import yaml
