@@ -14,9 +14,10 @@ the label's reasons, which a chance-level teacher's own rationales do not.
 
 The defaults are the Home Depot file's columns and the class mapping its README suggests, the real-cpu
 profile, and sizes at which the plain student can learn the noisy graded labels (about 4,000 training pairs;
-on 884 it fell below the majority class). Not yet timed whole at these sizes: a student trains in about
-7 minutes per seed on 4,000 pairs, so `--rounds none --variants plain lrkd_gat lrkd_gat_lam1` is some 3 hours. Re-running with the same --workdir resumes (DVC skips the stages
-that finished). The data stays in --workdir (outside the repository); only the tables are written to
+on 884 it fell below the majority class). Timed on 2026-12-06 (2 cores): `--queries 600 --rounds none --variants
+plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the teacher's stages 23, each student 12 for 3 seeds, the
+peers 11); every round of `--rounds` adds its annotation and students. Re-running with the same --workdir
+resumes (DVC skips the stages that finished). The data stays in --workdir (outside the repository); only the tables are written to
 bench/results/quality.{md,json}.
 """
 from __future__ import annotations
