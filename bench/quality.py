@@ -277,7 +277,7 @@ def render(result: dict) -> str:
         if r.get("peers_n_train"):
             lines += [f"Peers trained on {sorted(set(r['peers_n_train'].values()))} train pairs.", ""]
     lines += ["Mean ± std over seeds; Δ vs plain: the mean over seeds of the per-seed difference, with its 95% paired "
-              "bootstrap interval (test rows resampled, the same rows for every seed). `lrkd_gat_lam1` is lrkd_gat "
+              "bootstrap interval (test rows and seeds resampled, the same rows for every drawn seed). `lrkd_gat_lam1` is lrkd_gat "
               "with the guidance weight λ = 1 instead of 0.1. `peer:` rows (when the run has them) come from the "
               "pipeline's `peers` stage: `majority` (the train split's commonest class), `lexical_lr` / `lexical_hgb` "
               "(token overlap, TF-IDF cosines, BM25 over the training titles, number matches and lengths, with logistic "

@@ -67,7 +67,7 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
         results[PEER_PREFIX + name], preds[PEER_PREFIX + name] = load_variant(peers, name, seeds)
     base = preds["plain"]
     # Per seed, paired row by row with plain's same seed; the interval is for the mean over seeds of the
-    # per-seed difference (the Δ the table shows), every resample drawing the same rows for all seeds.
+    # per-seed difference (the Δ the table shows), every resample drawing seeds and rows (stats.bootstrap_diff_ci).
     cis = {}
     for name, p in preds.items():
         if name == "plain":
@@ -98,8 +98,8 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
     write_text(Path(out) / "compare.md",
                f"# Students on the test split ({len(base) // len(seeds)} pairs, seeds {seeds})\n\n"
                + to_markdown(rows, list(STUDENT_COLUMNS)) + f"\n{note}\n\n{t}\n\n"
-               "Δ: difference from `plain`, 95% paired bootstrap interval over test rows (the same rows resampled "
-               f"for every seed). `{PEER_PREFIX}` rows are peers trained on the same rows with the same seeds: the "
+               "Δ: difference from `plain`, 95% paired bootstrap interval over test rows and, with several seeds, "
+               f"over the seeds too (seed i of a row paired with plain's seed i; the same rows for every drawn seed). `{PEER_PREFIX}` rows are peers trained on the same rows with the same seeds: the "
                "train split's majority class, lexical features (overlap, TF-IDF, BM25, numbers, lengths) with "
                "logistic regression (`lexical_lr`) or gradient boosting (`lexical_hgb`), and sentence-transformers' "
                "CrossEncoder with its own trainer and recipe.\n\n## Per-class F1\n\n"

@@ -96,3 +96,18 @@ def test_bootstrap_over_seeds_is_about_the_mean_of_per_seed_differences():
         tuple(bootstrap_diff_ci(y, a, b, "macro_f1", LABELS, n_boot=300, seed=1)[k] for k in ("low", "high")))
     with pytest.raises(ValueError, match="2 seeds of pred_a but 1 of pred_b"):
         bootstrap_diff_ci(y, [a, a2], [b], "accuracy", LABELS)
+
+
+def test_bootstrap_over_seeds_covers_the_spread_between_seeds():
+    # Three seeds of each system: a and b equal on two, a one lucky seed far ahead. Rows alone would call
+    # b worse (every resample keeps the lucky seed); resampling the seeds too puts 0 inside the interval.
+    y, a, b = _two_systems()
+    wrong = {"x": "y", "y": "x"}
+    lucky = list(y)  # a seed of a that gets every row right
+    worse = [wrong[t] if i % 3 == 0 else t for i, t in enumerate(y)]
+    ci = bootstrap_diff_ci(y, [worse, worse, lucky], [worse, worse, worse], "accuracy", LABELS, n_boot=400, seed=3)
+    assert ci["resampled"] == "rows and seeds" and ci["seeds"] == 3
+    assert ci["diff"] == pytest.approx(-(1 - np.mean([p == t for p, t in zip(worse, y)])) / 3)
+    assert ci["low"] < ci["diff"] < 0 <= ci["high"]
+    one_seed = bootstrap_diff_ci(y, [lucky], [worse], "accuracy", LABELS, n_boot=400, seed=3)
+    assert one_seed["resampled"] == "rows" and one_seed["high"] < 0  # the lucky seed alone: clear of 0

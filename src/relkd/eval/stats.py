@@ -18,8 +18,11 @@ def bootstrap_diff_ci(y_true: Sequence, pred_a: Sequence, pred_b: Sequence, metr
     examples, so the interval reflects the difference, not each system's own noise.
 
     `pred_a` and `pred_b` are one prediction per example, or one such list per training seed (the same
-    examples in the same order): then the statistic is the mean over seeds of the per-seed difference
-    (the Δ a table of means over seeds shows), and every resample draws the same examples for all seeds.
+    examples in the same order, seed i of a paired with seed i of b): then the statistic is the mean over
+    seeds of the per-seed difference (the Δ a table of means over seeds shows), and every resample draws
+    the seeds with replacement as well as the examples (the same examples for every drawn seed), so the
+    interval covers the spread between training runs and not only the test rows: with row resampling
+    alone, one lucky seed of a reaches "significance" that another set of seeds would not repeat.
 
     `labels` is the label set (required: macro-F1 averages over all classes, and a prediction outside
     it counts as wrong). Returns ``diff`` (on the full data), ``mean`` (over resamples), the
@@ -48,15 +51,19 @@ def bootstrap_diff_ci(y_true: Sequence, pred_a: Sequence, pred_b: Sequence, metr
             return float((sb[idx] == t[idx]).mean() - (sa[idx] == t[idx]).mean())
         return macro_f1_from_codes(t[idx], sb[idx], c) - macro_f1_from_codes(t[idx], sa[idx], c)
 
-    def score(idx) -> float:
-        return float(np.mean([one(idx, sa, sb) for sa, sb in zip(a, b)]))
+    k = len(a)
+
+    def score(idx, seeds=range(k)) -> float:
+        return float(np.mean([one(idx, a[s], b[s]) for s in seeds]))
 
     rng = np.random.default_rng(seed)
-    diffs = np.array([score(rng.integers(0, n, n)) for _ in range(n_boot)])
+    # One seed: the rows alone (the same draws as before seeds were resampled).
+    diffs = np.array([score(rng.integers(0, n, n)) if k == 1 else score(rng.integers(0, n, n), rng.integers(0, k, k))
+                      for _ in range(n_boot)])
     low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
     return {"metric": metric, "diff": score(np.arange(n)), "mean": float(diffs.mean()),
             "low": float(low), "high": float(high), "n": n, "n_boot": n_boot, "alpha": alpha, "seed": seed,
-            "seeds": len(a)}
+            "seeds": k, "resampled": "rows" if k == 1 else "rows and seeds"}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
