@@ -19,7 +19,7 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
                          f"{sorted(cfg.variants)}")
     variant = cfg.variants[variant_name]
     labels = read_labels(prepared)
-    train, notes, emb, meta = training_frame(prepared, rationales, embeddings, cfg.train_rows)
+    train, notes, emb, meta = training_frame(prepared, rationales, embeddings, cfg.train_rows, cfg.rationale_rows)
     valid, test = read_split(prepared, "valid"), read_split(prepared, "test")
 
     from relkd.student.model import save_student

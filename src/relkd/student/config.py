@@ -129,6 +129,11 @@ class StudentConfig(Section):
     train_rows: Literal["all", "annotated"] = Field(
         "all", description="all = every training pair, the guidance loss only where the teacher wrote a "
         "rationale (the students may see more pairs than the teacher annotates); annotated = only those")
+    rationale_rows: Literal["all", "agreeing"] = Field(
+        "all", description="which teacher rationales the students learn from (LRKD's guidance target and the "
+        "CED-KD / MKD / CRSD texts): all = every annotated pair's (paper); agreeing = only those whose teacher "
+        "label equals the pair's gold label (a rationale for another label argues against the class the pair "
+        "is trained on; with a teacher at chance most of them do)")
     batch_size: int = Field(32, ge=1, description="per-process batch size (paper: 256)")
     eval_batch_size: int = Field(64, ge=1, description="batch size for validation and predict")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: not stated)")
