@@ -71,25 +71,18 @@ def read_embeddings(folder):
     return np.load(Path(folder) / "rationales.npy"), json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
 
 
-def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all",
-                   rationale_rows: str = "all"):
+def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all"):
     """The training split with each pair's rationale and e_cot aligned. ``rows="all"``: every training pair,
     in its natural class distribution; a pair the teacher did not annotate has rationale None and a NaN
-    e_cot (no guidance target). ``rows="annotated"``: only the annotated pairs. ``rationale_rows="agreeing"``
-    keeps only the rationales whose teacher label equals the gold label (the others count as not annotated)."""
+    e_cot (no guidance target). ``rows="annotated"``: only the annotated pairs."""
     import numpy as np
 
     from relkd.io import read_jsonl
 
     train = read_split(prepared, "train")
-    records = read_jsonl(rationales)
-    if rationale_rows == "agreeing":
-        records = [r for r in records if r.get("label") is not None and r.get("label") == r.get("gold")]
-    elif rationale_rows != "all":
-        raise ValueError(f"rationale_rows must be 'all' or 'agreeing', got {rationale_rows!r}")
-    notes = {r["pair_id"]: r["rationale"] for r in records}
+    notes = {r["pair_id"]: r["rationale"] for r in read_jsonl(rationales)}
     vectors, meta = read_embeddings(embeddings)
-    row_of = {pid: i for i, pid in enumerate(meta["pair_ids"]) if pid in notes}
+    row_of = {pid: i for i, pid in enumerate(meta["pair_ids"])}
     if rows == "annotated":
         train = train[train["pair_id"].isin(notes) & train["pair_id"].isin(row_of)].reset_index(drop=True)
     missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)

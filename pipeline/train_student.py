@@ -19,7 +19,8 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
                          f"{sorted(cfg.variants)}")
     variant = cfg.variants[variant_name]
     labels = read_labels(prepared)
-    train, notes, emb, meta = training_frame(prepared, rationales, embeddings, cfg.train_rows, cfg.rationale_rows)
+    train, notes, emb, meta = training_frame(prepared, rationales, embeddings, cfg.train_rows)
+    notes, emb = guiding_rationales(train, notes, emb, rationales, cfg.rationale_rows)
     valid, test = read_split(prepared, "valid"), read_split(prepared, "test")
 
     from relkd.student.model import save_student
@@ -46,6 +47,22 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
     metrics = seed_summary(results)
     write_json(metrics_path, metrics)
     return metrics
+
+
+def guiding_rationales(train, notes: list, emb, rationales: str, which: str = "all"):
+    """The rationales (and e_cot rows) the students learn from, aligned with ``train``: all of them, or with
+    ``which="agreeing"`` only those whose teacher label equals the gold label; the others become None / NaN,
+    as for a pair the teacher did not annotate."""
+    if which == "all":
+        return notes, emb
+    if which != "agreeing":
+        raise ValueError(f"student.rationale_rows must be 'all' or 'agreeing', got {which!r}")
+    from relkd.io import read_jsonl
+
+    agree = {r["pair_id"] for r in read_jsonl(rationales) if r.get("label") is not None and r.get("label") == r.get("gold")}
+    keep = train["pair_id"].isin(agree).to_numpy()
+    emb = np.where(keep[:, None], emb, np.float32(np.nan)).astype(emb.dtype)
+    return [n if k else None for n, k in zip(notes, keep)], emb
 
 
 def _main(a) -> None:

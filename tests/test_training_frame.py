@@ -1,9 +1,11 @@
-"""pipeline.common.training_frame: which training pairs carry a rationale and an e_cot."""
+"""Which training pairs carry a rationale and an e_cot: pipeline.common.training_frame, then
+pipeline.train_student.guiding_rationales (student.rationale_rows)."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.common import training_frame, write_embeddings
+from pipeline.train_student import guiding_rationales
 from relkd.io import write_jsonl
 
 
@@ -29,13 +31,15 @@ def test_every_annotated_rationale_guides_by_default(files):
     assert list(train["pair_id"]) == ["a", "b", "c", "d"] and notes == ["ra", "rb", "rc", None]
     assert np.isfinite(emb).all(axis=1).tolist() == [True, True, True, False]
     np.testing.assert_array_equal(emb[1], [0.0, 1.0])
+    same_notes, same_emb = guiding_rationales(train, notes, emb, files[1])
+    assert same_notes == notes and same_emb is emb
 
 
 def test_agreeing_keeps_only_the_rationales_for_the_gold_label(files):
-    train, notes, emb, _ = training_frame(*files, rationale_rows="agreeing")
-    assert len(train) == 4 and notes == ["ra", None, None, None]
-    assert np.isfinite(emb).all(axis=1).tolist() == [True, False, False, False]
-    annotated, notes, _, _ = training_frame(*files, rows="annotated", rationale_rows="agreeing")
-    assert list(annotated["pair_id"]) == ["a"] and notes == ["ra"]
+    train, notes, emb, _ = training_frame(*files)
+    kept, kept_emb = guiding_rationales(train, notes, emb, files[1], "agreeing")
+    assert kept == ["ra", None, None, None] and kept_emb.dtype == emb.dtype
+    assert np.isfinite(kept_emb).all(axis=1).tolist() == [True, False, False, False]
+    np.testing.assert_array_equal(kept_emb[0], [1.0, 0.0])
     with pytest.raises(ValueError, match="'all' or 'agreeing'"):
-        training_frame(*files, rationale_rows="gold")
+        guiding_rationales(train, notes, emb, files[1], "gold")
