@@ -231,3 +231,35 @@ def test_lexical_off_gives_a_tokens_only_student(data, tmp_path):
     assert (tmp_path / "s" / "relkd_student.json").is_file()
     again, _ = load_student(tmp_path / "s")
     assert again.lexical_tables is None
+
+
+@pytest.mark.parametrize("name", ["lrkd_gat", "lrkd_poly", "no_extractor"])
+def test_guidance_kept_out_of_the_backbone_trains_only_the_extractor(data, name):
+    """student.guidance_into_backbone: false — the guidance loss alone gives the backbone no gradient and the
+    extractor (or projection) one; with the default (paper) it reaches the backbone; the loss value is the same."""
+    import torch
+
+    from relkd.student.model import build_student
+    from relkd.student.trainer import TrainingModule, encode_rows, make_collate
+
+    train, _, emb, rationales = data
+    variant = named_variants()[name]
+    values = {}
+    for into in (True, False):
+        torch.manual_seed(0)
+        student, tok = build_student("tiny:bert", LABELS, variant, emb.shape[1], 8, 4, 24)
+        module = TrainingModule(student, variant, lam=1.0, guidance_into_backbone=into)
+        batch = make_collate(tok.pad_token_id)(encode_rows(train, LABELS, tok, 24, variant, emb, rationales)[:16])
+        parts = module(batch)
+        values[into] = parts["guidance"].item()
+        module.zero_grad()
+        out = student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        r = out.r if into else module._guided_r(out, batch["attention_mask"])
+        torch.nn.functional.mse_loss(r, torch.ones_like(r)).backward()
+        backbone = sum(float(p.grad.abs().sum()) for n, p in student.named_parameters()
+                       if n.startswith("backbone.") and p.grad is not None)
+        guided = sum(float(p.grad.abs().sum()) for n, p in student.named_parameters()
+                     if n.startswith(("extractor.", "guide_proj.")) and p.grad is not None)
+        assert guided > 0
+        assert (backbone > 0) if into else (backbone == 0)
+    assert values[True] == pytest.approx(values[False], rel=1e-5)

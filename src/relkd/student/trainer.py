@@ -33,12 +33,14 @@ class TrainingModule(nn.Module):
     with the student, and sees one forward per step even when CRSD encodes two views.
     """
 
-    def __init__(self, student: Student, variant: VariantConfig, lam: float, guidance_normalize: bool = True):
+    def __init__(self, student: Student, variant: VariantConfig, lam: float, guidance_normalize: bool = True,
+                 guidance_into_backbone: bool = True):
         super().__init__()
         self.student = student
         self.variant = variant
         self.lam = float(lam)
         self.guidance_normalize = guidance_normalize
+        self.guidance_into_backbone = guidance_into_backbone
         d_model = student.d_model
         self.decoder = RationaleDecoder(d_model, student.hidden_size) if variant.aux == "ced_kd" else None
         self.crf = CRFHead(d_model) if variant.aux == "mkd" else None
@@ -46,6 +48,14 @@ class TrainingModule(nn.Module):
     def _fused(self, out) -> torch.Tensor:
         """The classifier's input: CRSD aligns what the head sees."""
         return torch.cat([out.h_cls, out.r], dim=-1) if self.student.extractor is not None else out.h_cls
+
+    def _guided_r(self, out, attention_mask) -> torch.Tensor:
+        """r computed again from the backbone's states cut from the graph: the guidance's gradient stops at the
+        extractor (the head's r, from the same weights, still trains the backbone through CE)."""
+        if self.student.extractor is not None:
+            return self.student.extractor(out.hidden.detach(), attention_mask)
+        h = out.h_cls.detach()
+        return self.student.guide_proj(h) if self.student.guide_proj is not None else h
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
@@ -56,6 +66,8 @@ class TrainingModule(nn.Module):
         guide = zero
         if "e_cot" in batch and (self.student.extractor is not None or self.student.guide_proj is not None):
             r, e_cot = out.r, batch["e_cot"]
+            if not self.guidance_into_backbone:  # the guidance shapes the extractor (or projection) only
+                r = self._guided_r(out, batch["attention_mask"])
             if self.guidance_normalize:  # both sides on the unit sphere: the loss is 2 - 2 cos(r, e_cot)
                 r, e_cot = F.normalize(r, dim=-1), F.normalize(e_cot, dim=-1)
             guide = guidance_loss(r, e_cot, batch.get("has_cot"))
@@ -259,7 +271,7 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
         recipe = {} if lexical_recipe is None else {"C": lexical_recipe.C, "max_iter": lexical_recipe.max_iter}
         lexical_warm_start(student, x_train.astype(np.float64), np.asarray(_label_ids(train_df, labels)), seed,
                            **recipe)
-    module = TrainingModule(student, variant, cfg.lam_for(variant), cfg.guidance_normalize)
+    module = TrainingModule(student, variant, cfg.lam_for(variant), cfg.guidance_normalize, cfg.guidance_into_backbone)
 
     emb = None if rationale_embeddings is None else np.asarray(rationale_embeddings, dtype=np.float32)
     train_rows = encode_rows(train_df, labels, tokenizer, cfg.max_length, variant, emb, rationales,
