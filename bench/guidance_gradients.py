@@ -30,8 +30,7 @@ def measure(name: str, lam: float, batches: int, seed: int = 13) -> dict:
     from relkd import lexical
     from relkd.student.config import named_variants
     from relkd.student.model import build_student
-    from relkd.student.objectives import guidance_loss
-    from relkd.student.trainer import _label_ids, encode_rows, lexical_warm_start, make_collate
+    from relkd.student.trainer import TrainingModule, _label_ids, encode_rows, lexical_warm_start, make_collate
 
     params = setup("params.yaml")
     cfg, variant = params.student, named_variants()[name]
@@ -45,6 +44,7 @@ def measure(name: str, lam: float, batches: int, seed: int = 13) -> dict:
     x = student.lexical_features(train["query"].tolist(), train["title"].tolist())
     lexical_warm_start(student, x.astype(np.float64), np.asarray(_label_ids(train, labels)), seed)
     rows = encode_rows(train, labels, tok, cfg.max_length, variant, emb, notes, cfg.rationale_max_length, x)
+    module = TrainingModule(student, variant, lam, cfg.guidance_normalize, cfg.guidance_into_backbone)
     loader = DataLoader(rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=make_collate(tok.pad_token_id),
                         generator=torch.Generator().manual_seed(seed))
 
@@ -61,7 +61,7 @@ def measure(name: str, lam: float, batches: int, seed: int = 13) -> dict:
             break
         o = student(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), b.get("lexical"))
         ce = F.cross_entropy(o.logits, b["labels"])
-        guide = lam * guidance_loss(F.normalize(o.r, dim=-1), F.normalize(b["e_cot"], dim=-1), b.get("has_cot"))
+        guide = lam * module.guidance(o, b)  # the training rule: normalisation, guidance_into_backbone
         out.append([ce.item(), guide.item(), grad_norm(ce, False), grad_norm(guide, False), grad_norm(ce, True),
                     grad_norm(guide, True), float(b["has_cot"].sum())])
     m = np.mean(out, axis=0)

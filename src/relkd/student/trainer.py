@@ -57,6 +57,15 @@ class TrainingModule(nn.Module):
         h = out.h_cls.detach()
         return self.student.guide_proj(h) if self.student.guide_proj is not None else h
 
+    def guidance(self, out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The guidance loss of a forward's output against the batch's e_cot (in the graph, before λ)."""
+        r, e_cot = out.r, batch["e_cot"]
+        if not self.guidance_into_backbone:  # the guidance shapes the extractor (or projection) only
+            r = self._guided_r(out, batch["attention_mask"])
+        if self.guidance_normalize:  # both sides on the unit sphere: the loss is 2 - 2 cos(r, e_cot)
+            r, e_cot = F.normalize(r, dim=-1), F.normalize(e_cot, dim=-1)
+        return guidance_loss(r, e_cot, batch.get("has_cot"))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                            batch.get("lexical"))
@@ -65,12 +74,7 @@ class TrainingModule(nn.Module):
         zero = ce.new_zeros(())
         guide = zero
         if "e_cot" in batch and (self.student.extractor is not None or self.student.guide_proj is not None):
-            r, e_cot = out.r, batch["e_cot"]
-            if not self.guidance_into_backbone:  # the guidance shapes the extractor (or projection) only
-                r = self._guided_r(out, batch["attention_mask"])
-            if self.guidance_normalize:  # both sides on the unit sphere: the loss is 2 - 2 cos(r, e_cot)
-                r, e_cot = F.normalize(r, dim=-1), F.normalize(e_cot, dim=-1)
-            guide = guidance_loss(r, e_cot, batch.get("has_cot"))
+            guide = self.guidance(out, batch)
         aux, aux_w = zero, 0.0
         if self.variant.aux == "ced_kd":
             embeddings = self.student.backbone.get_input_embeddings().weight
