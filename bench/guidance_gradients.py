@@ -1,8 +1,8 @@
 """How hard LRKD's guidance pulls against CE, in gradients rather than loss values, at initialisation.
 
 In a repository whose pipeline has run up to `embed` (the prepared split, the rationales and their
-embeddings), builds each LRKD student exactly as `train_student` does (the lexical warm start included,
-seed 13), and on the first --batches training batches measures CE and λ·guidance and the norms of their
+embeddings), builds each LRKD student with `train_student`'s own set-up (`build_training`: the lexical warm start
+included, seed 13), and on the first --batches training batches measures CE and λ·guidance and the norms of their
 gradients, over all trainable parameters and over the backbone alone. With clipping at
 `student.max_grad_norm`, a guidance gradient several times CE's shrinks CE's step by that factor.
 
@@ -26,25 +26,24 @@ def measure(name: str, lam: float, batches: int, seed: int = 13) -> dict:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
+    from accelerate.utils import set_seed
+
     from pipeline.common import read_labels, setup, training_frame
-    from relkd import lexical
+    from pipeline.train_student import guiding_rationales
     from relkd.student.config import named_variants
-    from relkd.student.model import build_student
-    from relkd.student.trainer import TrainingModule, _label_ids, encode_rows, lexical_warm_start, make_collate
+    from relkd.student.trainer import build_training, make_collate
 
     params = setup("params.yaml")
-    cfg, variant = params.student, named_variants()[name]
+    cfg, variant = params.student.model_copy(update={"lam": lam}), named_variants()[name]
     labels = read_labels("data/prepared")
-    train, notes, emb, _ = training_frame("data/prepared", "data/teacher/rationales.jsonl", "data/embeddings",
-                                          cfg.train_rows)
-    torch.manual_seed(seed)
-    tables = lexical.fit_tables(train["query"].tolist(), train["title"].tolist())
-    student, tok = build_student(cfg.backbone, labels, variant, emb.shape[1], cfg.hidden, cfg.codes, cfg.max_length,
-                                 cfg.pooling, tables)
-    x = student.lexical_features(train["query"].tolist(), train["title"].tolist())
-    lexical_warm_start(student, x.astype(np.float64), np.asarray(_label_ids(train, labels)), seed)
-    rows = encode_rows(train, labels, tok, cfg.max_length, variant, emb, notes, cfg.rationale_max_length, x)
-    module = TrainingModule(student, variant, lam, cfg.guidance_normalize, cfg.guidance_into_backbone)
+    rationales = "data/teacher/rationales.jsonl"
+    train, notes, emb, _ = training_frame("data/prepared", rationales, "data/embeddings", cfg.train_rows)
+    notes, emb = guiding_rationales(train, notes, emb, rationales, cfg.rationale_rows)
+    set_seed(seed)
+    module, tok, rows = build_training(train, labels, emb if variant.needs_embeddings else None,
+                                       notes if variant.needs_rationales else None, variant, cfg, seed,
+                                       params.peers.lexical)
+    student = module.student
     loader = DataLoader(rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=make_collate(tok.pad_token_id),
                         generator=torch.Generator().manual_seed(seed))
 

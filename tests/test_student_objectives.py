@@ -72,7 +72,7 @@ def test_lambda_zero_gives_the_plain_cross_entropy_gradient(tokenizer):
     assert zero(batch)["guidance"].item() > 0  # the guidance term is computed, only weighted by 0
     assert ref.keys() == got.keys() and len(ref) > 10
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-    guided = TrainingModule(student, variant, lam=0.1)
+    guided = TrainingModule(student, variant, lam=0.1, guidance_into_backbone=True)  # the paper's rule
     moved = _backbone_grads(guided, batch, lambda: guided(batch)["loss"])
     assert any(not torch.allclose(ref[k], moved[k]) for k in ref)
 

@@ -33,8 +33,9 @@ class TrainingModule(nn.Module):
     with the student, and sees one forward per step even when CRSD encodes two views.
     """
 
-    def __init__(self, student: Student, variant: VariantConfig, lam: float, guidance_normalize: bool = True,
-                 guidance_into_backbone: bool = True):
+    def __init__(self, student: Student, variant: VariantConfig, lam: float,
+                 guidance_normalize: bool = StudentConfig.model_fields["guidance_normalize"].default,
+                 guidance_into_backbone: bool = StudentConfig.model_fields["guidance_into_backbone"].default):
         super().__init__()
         self.student = student
         self.variant = variant
@@ -245,6 +246,30 @@ def kept_epoch(history: list[dict]) -> dict:
     return next((h for h in history if h["epoch"] == best), history[-1])
 
 
+def build_training(train_df, labels, rationale_embeddings, rationales, variant: VariantConfig, cfg: StudentConfig,
+                   seed: int, lexical_recipe=None):
+    """The student as training starts, wrapped with its losses, and its encoded training rows: returns
+    (TrainingModule, tokenizer, rows). The one set-up of :func:`train_student` (call it after seeding), also used to
+    measure a student at initialisation (bench/guidance_gradients.py)."""
+    labels = tuple(labels)
+    _check_inputs(train_df, variant, rationale_embeddings, rationales)
+    d_out = None if rationale_embeddings is None else int(np.asarray(rationale_embeddings).shape[1])
+    tables = lexical.fit_tables(train_df["query"].tolist(), train_df["title"].tolist()) if cfg.lexical else None
+    student, tokenizer = build_student(cfg.backbone, labels, variant, d_out, cfg.hidden, cfg.codes, cfg.max_length,
+                                       cfg.pooling, tables)
+    x_train = None
+    if tables is not None:
+        x_train = student.lexical_features(train_df["query"].tolist(), train_df["title"].tolist())
+        recipe = {} if lexical_recipe is None else {"C": lexical_recipe.C, "max_iter": lexical_recipe.max_iter}
+        lexical_warm_start(student, x_train.astype(np.float64), np.asarray(_label_ids(train_df, labels)), seed,
+                           **recipe)
+    module = TrainingModule(student, variant, cfg.lam_for(variant), cfg.guidance_normalize, cfg.guidance_into_backbone)
+    emb = None if rationale_embeddings is None else np.asarray(rationale_embeddings, dtype=np.float32)
+    rows = encode_rows(train_df, labels, tokenizer, cfg.max_length, variant, emb, rationales,
+                       cfg.rationale_max_length, x_train)
+    return module, tokenizer, rows
+
+
 def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, variant: VariantConfig,
                   cfg: StudentConfig, seed: int, out_dir=None, log=None, lexical_recipe=None):
     """Train one student; returns (Student, tokenizer, history).
@@ -262,32 +287,19 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
     from accelerate.utils import set_seed
 
     labels = tuple(labels)
-    _check_inputs(train_df, variant, rationale_embeddings, rationales)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(seed)
-    d_out = None if rationale_embeddings is None else int(np.asarray(rationale_embeddings).shape[1])
-    tables = lexical.fit_tables(train_df["query"].tolist(), train_df["title"].tolist()) if cfg.lexical else None
-    student, tokenizer = build_student(cfg.backbone, labels, variant, d_out, cfg.hidden, cfg.codes, cfg.max_length,
-                                       cfg.pooling, tables)
-    x_train = x_valid = None
-    if tables is not None:
-        x_train = student.lexical_features(train_df["query"].tolist(), train_df["title"].tolist())
-        recipe = {} if lexical_recipe is None else {"C": lexical_recipe.C, "max_iter": lexical_recipe.max_iter}
-        lexical_warm_start(student, x_train.astype(np.float64), np.asarray(_label_ids(train_df, labels)), seed,
-                           **recipe)
-    module = TrainingModule(student, variant, cfg.lam_for(variant), cfg.guidance_normalize, cfg.guidance_into_backbone)
-
-    emb = None if rationale_embeddings is None else np.asarray(rationale_embeddings, dtype=np.float32)
-    train_rows = encode_rows(train_df, labels, tokenizer, cfg.max_length, variant, emb, rationales,
-                             cfg.rationale_max_length, x_train)
+    module, tokenizer, train_rows = build_training(train_df, labels, rationale_embeddings, rationales, variant, cfg,
+                                                   seed, lexical_recipe)
+    student = module.student
     collate = make_collate(tokenizer.pad_token_id)
     train_loader = DataLoader(train_rows, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                               generator=torch.Generator().manual_seed(seed))
     has_valid = valid_df is not None and len(valid_df) > 0
     valid_loader = None
     if has_valid:
-        if tables is not None:
-            x_valid = student.lexical_features(valid_df["query"].tolist(), valid_df["title"].tolist())
+        x_valid = None if student.lexical_tables is None else student.lexical_features(
+            valid_df["query"].tolist(), valid_df["title"].tolist())
         valid_rows = encode_rows(valid_df, labels, tokenizer, cfg.max_length, lexical_x=x_valid)
         valid_loader = DataLoader(valid_rows, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate)
     optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
