@@ -4,7 +4,7 @@ The Poly-encoder extractor (Appendix A, eqs. 12-13) scores every token against K
 tokens, and averages the attended vectors. With scores near zero the attention is uniform and r is the masked
 mean of H: with `student.pooling: mean` that is h_cls itself, so the head sees [h_cls ; h_cls] and the guidance
 acts on h_cls (or, with `student.guidance_into_backbone: false`, on codes that change nothing). For each student
-folder this measures, on the first --rows pairs of a split: the codes' norm, the spread of the scores, the
+folder this measures, on the first --rows pairs of a split: the codes' norm, the spread of the scores over the tokens, the
 largest attention weight times the number of valid tokens (1 = uniform), the attention's entropy over log L, and
 cos(r, masked mean of H).
 
@@ -39,15 +39,18 @@ def measure(folder: str, split: str, rows: int) -> dict:
     with torch.no_grad():
         H = model.backbone(**enc).last_hidden_state
         valid = enc["attention_mask"].bool()
-        scores = (H @ ex.codes.T * ex.scale).masked_fill(~valid.unsqueeze(-1), float("-inf"))  # (B, L, K)
-        A = torch.softmax(scores, dim=1)  # over tokens, per code
+        A = ex.attention(H, enc["attention_mask"])  # (B, L, K), the extractor's own weights
         n_tokens = valid.sum(1).float()
         entropy = -(A.clamp_min(1e-12).log() * A).sum(1).mean(1)  # per pair, mean over codes
-        r = ex(H, enc["attention_mask"])
+        # log A is the score less a constant per (pair, code): its spread over a pair's valid tokens is the scores'
         m = valid.unsqueeze(-1).to(H.dtype)
+        log_a = torch.where(valid.unsqueeze(-1), A.clamp_min(1e-30).log(), torch.zeros((), dtype=H.dtype))
+        mean_log = log_a.sum(1, keepdim=True) / m.sum(1, keepdim=True)
+        spread = (((log_a - mean_log) * m) ** 2).sum(1) / (m.sum(1) - 1).clamp_min(1)  # (B, K) variances
+        r = ex(H, enc["attention_mask"])
         mean_h = (H * m).sum(1) / m.sum(1)
     return {"student": folder, "rows": len(df), "codes_norm": float(ex.codes.detach().norm(dim=1).mean()),
-            "score_std": float(scores.masked_select(valid.unsqueeze(-1).expand_as(scores)).std()),
+            "score_std_over_tokens": float(spread.sqrt().mean()),
             "max_weight_x_L": float((A.max(1).values.mean(1) * n_tokens).mean()),
             "entropy_over_logL": float((entropy / n_tokens.log()).mean()),
             "cos_r_mean_H": float(F.cosine_similarity(ex.proj(mean_h), r).mean())}

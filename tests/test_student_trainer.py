@@ -236,7 +236,7 @@ def test_lexical_off_gives_a_tokens_only_student(data, tmp_path):
 @pytest.mark.parametrize("name", ["lrkd_gat", "lrkd_poly", "no_extractor"])
 def test_guidance_kept_out_of_the_backbone_trains_only_the_extractor(data, name):
     """student.guidance_into_backbone: false — the guidance loss alone gives the backbone no gradient and the
-    extractor (or projection) one; with the default (paper) it reaches the backbone; the loss value is the same."""
+    extractor (or projection) one; with true (the paper's rule) it reaches the backbone; the loss value is the same."""
     import torch
 
     from relkd.student.model import build_student

@@ -62,14 +62,17 @@ class PolyExtractor(nn.Module):
         self.proj = nn.Identity() if d_out == d_model else nn.Linear(d_model, d_out)
         self.scale = 1.0 / math.sqrt(d_model)
 
+    def attention(self, H: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """(B, L, K): each code's softmax over the valid tokens (0 on padding, whatever H holds there)."""
+        scores = H @ self.codes.T * self.scale  # (B, L, K)
+        return torch.softmax(scores.masked_fill(~_valid(M).unsqueeze(-1), float("-inf")), dim=1)  # over tokens
+
     def forward(self, H: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
         valid = _valid(M).unsqueeze(-1)  # (B, L, 1)
+        # padding zeroed: its weight is 0, and 0 * (a non-finite padded state) would not be
         H = torch.where(valid, H, torch.zeros((), dtype=H.dtype, device=H.device))
-        scores = H @ self.codes.T * self.scale  # (B, L, K)
-        scores = scores.masked_fill(~valid, float("-inf"))
-        A = torch.softmax(scores, dim=1)  # over tokens, per code
         # mean_k (A_k^T H) = (mean_k A_k)^T H: one weighted sum of the tokens instead of K of them
-        return self.proj((A.mean(dim=2).unsqueeze(1) @ H).squeeze(1))
+        return self.proj((self.attention(H, M).mean(dim=2).unsqueeze(1) @ H).squeeze(1))
 
 
 class GATExtractor(nn.Module):
