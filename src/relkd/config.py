@@ -15,7 +15,7 @@ from relkd.embed_config import EmbedConfig
 from relkd.eval.peers_config import PeersConfig
 from relkd.eval.probing_config import ProbeConfig
 from relkd.section import ConfigError, Section, format_errors, read_yaml
-from relkd.serving.config import AbConfig, ExportConfig, RegistryConfig, ScoreConfig, TritonConfig
+from relkd.serving.config import AbConfig, ExportConfig, OnlineConfig, RegistryConfig, ScoreConfig, TritonConfig
 from relkd.student.config import StudentConfig
 from relkd.teacher.config import TeacherConfig
 
@@ -39,6 +39,7 @@ class Params(Section):
     triton: TritonConfig = TritonConfig()
     score: ScoreConfig = ScoreConfig()
     ab: AbConfig = AbConfig()
+    online: OnlineConfig = OnlineConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -71,3 +71,35 @@ class AbConfig(Section):
     challenger_share: float = Field(0.1, ge=0, le=1, description="paper: 10% of traffic")
     n_boot: int = Field(1000, ge=100)
     seed: int = 0
+
+
+class OnlineConfig(Section):
+    """The live A/B: the router (its arms and shares are `ab`'s), its exposure log, the replayed traffic of the
+    embedded demo, the simulated outcomes and the analysis's verdict rules."""
+
+    router_name: str = Field("relevance_router", description="Triton model name of the A/B router (BLS)")
+    exposures: str = Field("data/exposures", description="folder the router appends exposure records to (relative: "
+                           "to the server's working directory); RELKD_EXPOSURES or `relkd serve --exposures` "
+                           "override it per server")
+    rotate_mb: float = Field(64, gt=0, description="an exposure file past this size is closed and a new one begun")
+    fsync: bool = Field(True, description="fsync the exposure log after every batch (false: flushed to the OS "
+                        "only, which survives a killed server but not a power cut)")
+    router_instances: int = Field(1, ge=1, description="router instances (each its own stub process and log file)")
+    rate: float = Field(0, ge=0, description="replay: requests per second over all clients (0: as fast as served)")
+    concurrency: int = Field(4, ge=1, description="replay: concurrent clients")
+    passes: int = Field(5, ge=1, description="embedded traffic: the nightly batch replayed this many times, each "
+                        "row by another simulated user")
+    users: int = Field(400, ge=1, description="embedded traffic: simulated users (units) the requests come from")
+    seed: int = Field(0, description="seed of the simulated users and outcomes")
+    outcome_noise: float = Field(0.1, ge=0, le=0.5, description="simulated outcome: 1 when the served label is "
+                                 "the gold label, flipped with this probability (only rows with a gold label)")
+    missing_outcome: Literal["drop", "zero"] = Field(
+        "drop", description="an exposure without an outcome: left out of the rates (drop) or counted as 0 "
+        "(zero: outcomes that log only positive events, e.g. clicks)")
+    srm_alpha: float = Field(0.001, gt=0, lt=1, description="sample-ratio-mismatch chi-square p-value below which "
+                             "the assignment is broken and no verdict is given")
+    alpha: float = Field(0.05, gt=0, lt=1, description="two-sided level of the bootstrap intervals")
+    max_error_rate_increase: float = Field(0.01, ge=0, description="guardrail: the challenger version's error rate "
+                                           "may exceed the champion's by at most this (absolute)")
+    max_p99_ratio: float = Field(1.5, ge=1, description="guardrail: the challenger version's p99 latency may be at "
+                                 "most this multiple of the champion's")
