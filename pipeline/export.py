@@ -1,5 +1,6 @@
 """Stage `export`: champion and challenger -> optimised (optionally int8) ONNX, calibrated temperature and
-tier thresholds, an explanation index -> Triton model repository versions (version = registry version)."""
+tier thresholds, an explanation index -> Triton model repository versions (version = registry version), and the
+online A/B router beside them."""
 from __future__ import annotations
 
 import json
@@ -122,6 +123,9 @@ def run(params_path, prepared, aliases_path, embeddings, rationales, repo, out, 
     t = params.triton
     write_config(repo, t.model_name, sorted(int(v) for v in roles.values()), t.max_batch_size,
                  t.preferred_batch_sizes, t.max_queue_delay_us, t.instance_count)
+    from relkd.serving.router import write_router
+
+    write_router(repo, {role: int(v) for role, v in roles.items()}, params.ab, params.online, t)  # the live A/B entry
     write_json(Path(out) / "export.json", exported)
     metrics = {role: {k: v for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                for role, e in exported.items()}

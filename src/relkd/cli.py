@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import pkgutil
 import sys
 from pathlib import Path
@@ -158,7 +159,9 @@ def models(names: tuple[str, ...]) -> None:
 @click.option("--metrics-port", type=int, default=None, help="default: a free port")
 @click.option("--check", "check_url", default=None, metavar="HOST:PORT",
               help="report health and loaded versions of a running server (its HTTP port) and exit")
-def serve(repo, http_port, grpc_port, metrics_port, check_url) -> None:
+@click.option("--exposures", default=None, type=click.Path(file_okay=False),
+              help="folder the A/B router logs exposures to; default: the router's own (online.exposures at export)")
+def serve(repo, http_port, grpc_port, metrics_port, check_url, exposures) -> None:
     """Run the real tritonserver on 127.0.0.1 until Ctrl-C (stopped cleanly, nothing left behind)."""
     from relkd.serving.server import ServerUnreachable, check, triton
 
@@ -178,10 +181,10 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop: the same clean shutdown as Ctrl-C
-    with triton(repo, http_port, grpc_port, metrics_port) as server:
+    with triton(repo, http_port, grpc_port, metrics_port, exposures=exposures) as server:
         try:  # from the ready line on, a stop signal is a clean stop (the test sends one right after it)
-            click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (pid {server.pid}); "
-                       "Ctrl-C stops it")
+            click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
+                       f"{server.metrics_url}  (pid {server.pid}); Ctrl-C stops it")
             while (died := server.exited()) is None:
                 time.sleep(1)
         except KeyboardInterrupt:
@@ -232,7 +235,7 @@ def score(batch, out, url, repo, params, protocol, model_name, version, batch_si
     click.echo(f"{s['rows']} rows: {s['scored']} scored -> {s['scores']}, {s['rejected']} rejected -> {s['rejects']}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--params", default="params.yaml", show_default=True)
 @click.option("--batch", default="data/nightly/batch.parquet", show_default=True)
 @click.option("--scores", default="data/scores", show_default=True, help="folder with champion/ and challenger/")
@@ -240,13 +243,116 @@ def score(batch, out, url, repo, params, protocol, model_name, version, batch_si
 @click.option("--out", default="reports/ab", show_default=True)
 @click.option("--metrics", default="metrics/ab.json", show_default=True)
 @click.option("--teacher-scores", default=None, help="a `relkd teacher-score` output folder as a third arm")
-def ab(params, batch, scores, prepared, out, metrics, teacher_scores) -> None:
+@click.pass_context
+def ab(ctx, params, batch, scores, prepared, out, metrics, teacher_scores) -> None:
     """Champion vs challenger on the same scored batch (what the `ab` stage runs), optionally with the
-    LLM-tiered teacher as a third arm."""
+    LLM-tiered teacher as a third arm; `relkd ab online` analyses the live A/B."""
+    if ctx.invoked_subcommand is not None:
+        return
     from pipeline.ab import run
 
     m = run(params, batch, scores, prepared, out, metrics, teacher_scores)
     click.echo(f"agreement {m['agreement']:.3f} on {m['n']} rows; report: {out}/ab.md")
+
+
+@ab.command("online")
+@click.option("--exposures", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the router's exposure folder")
+@click.option("--outcomes", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="parquet/CSV/JSONL: request_id (optionally with row) or unit_id, and an outcome column")
+@click.option("--outcome-column", default="outcome", show_default=True, help="e.g. click, add_to_cart, judgement")
+@click.option("--stats", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="a server statistics snapshot (`relkd ab stats`, or server_stats.json of a replay) for the "
+              "guardrails; without it they are not measured and nothing is promoted")
+@click.option("--params", default="params.yaml", show_default=True,
+              help="experiment (ab.salt), shares and the verdict's rules (online.*)")
+@click.option("--out", default="reports/ab", show_default=True, help="folder for online.md and online.json")
+def ab_online(exposures, outcomes, outcome_column, stats, params, out) -> None:
+    """The live A/B: sample-ratio check first, then outcome rates per arm, guardrails, verdict (promote / keep /
+    stop); `relkd promote --evidence OUT/online.json` acts on it."""
+    from pipeline.ab_online import analyse
+
+    p = _params_or_defaults(params)
+    try:
+        r = analyse(p, exposures, outcomes, stats, out, outcome_column=outcome_column)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"verdict: {r['verdict']}")
+    for reason in r["reasons"]:
+        click.echo(f"  {reason}")
+    click.echo(f"report: {out}/online.md")
+
+
+@ab.command("stats")
+@click.option("--url", required=True, metavar="HOST:PORT", help="the server's HTTP endpoint")
+@click.option("--metrics-url", default=None, metavar="URL", help="its metrics, http://HOST:PORT/metrics (for p99)")
+@click.option("--model-name", default=None, help="the routed student; default: triton.model_name")
+@click.option("--params", default="params.yaml", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file to write")
+def ab_stats(url, metrics_url, model_name, params, out) -> None:
+    """Snapshot a running server's per-version statistics (errors, p99) and router metrics for `ab online`."""
+    from relkd.io import write_json
+    from relkd.serving.server import ServerUnreachable
+    from relkd.serving.server_stats import snapshot
+
+    try:
+        snap = snapshot(url, metrics_url, model_name or _params_or_defaults(params).triton.model_name)
+    except ServerUnreachable as err:
+        raise click.ClickException(str(err)) from None
+    write_json(out, snap)
+    click.echo(f"{out}: versions {sorted(snap['versions'])}")
+
+
+@main.command()
+@click.argument("batch", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for the journal (resume point), responses.parquet and rejects.jsonl")
+@click.option("--url", default=None, metavar="HOST:PORT", help="a running server (gRPC or HTTP port per --protocol); "
+              "default: start one on --repo for this run")
+@click.option("--repo", default="triton_repo", show_default=True, help="model repository when starting a server")
+@click.option("--exposures", default=None, type=click.Path(file_okay=False),
+              help="when starting a server: its router's exposure folder (default: the router's own)")
+@click.option("--rate", type=float, default=None, help="requests per second over all clients (0: as fast as "
+              "served); default: online.rate")
+@click.option("--concurrency", type=int, default=None, help="concurrent clients; default: online.concurrency")
+@click.option("--unit-column", default="unit_id", show_default=True,
+              help="the column of user or session ids; rows without one are their own unit (the request id)")
+@click.option("--params", default="params.yaml", show_default=True,
+              help="where the defaults come from (online.*, score.protocol, ...); a missing file: built-in defaults")
+@click.option("--protocol", type=click.Choice(["grpc", "http"]), default=None, help="default: score.protocol")
+def replay(batch, out, url, repo, exposures, rate, concurrency, unit_column, params, protocol) -> None:
+    """Send a batch file (query, title[, unit_id, request_id]) as live requests, one per row, through the A/B
+    router; resumable (run it again after a stop and it sends only what is missing)."""
+    from contextlib import nullcontext
+
+    from relkd.io import write_json
+    from relkd.serving.client import ScoringRejected, check_input
+    from relkd.serving.replay import replay_file
+    from relkd.serving.server import ServerUnreachable, triton
+    from relkd.serving.server_stats import snapshot
+
+    p = _params_or_defaults(params)
+    o, s = p.online, p.score
+    protocol = protocol or s.protocol
+    try:
+        if not url:
+            check_input(batch)  # a file that cannot be sent fails before a server is started for it
+        with (nullcontext() if url else triton(repo, exposures=exposures)) as server:
+            target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
+            try:
+                r = replay_file(batch, out, target, o.router_name, o.rate if rate is None else rate,
+                                concurrency or o.concurrency, unit_column, protocol, s.retries, s.backoff, s.max_chars)
+            except ServerUnreachable as err:
+                died = server.exited() if server is not None else None
+                raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None
+            if server is not None:  # our own server: keep its statistics for `relkd ab online --stats`
+                write_json(Path(out) / "server_stats.json", snapshot(server.http_url, server.metrics_url,
+                                                                     p.triton.model_name))
+    except (ServerUnreachable, ScoringRejected, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    rps = f", {r['requests_per_s']:.1f} requests/s" if r["requests_per_s"] else ""
+    click.echo(f"{r['rows']} rows: {r['answered']} answered -> {r['responses']}, {r['refused']} refused and "
+               f"{r['rejected']} not sendable -> {r['rejects']} ({r['resumed']} answered before this run{rps})")
 
 
 @main.command()
@@ -259,8 +365,11 @@ def ab(params, batch, scores, prepared, out, metrics, teacher_scores) -> None:
 @click.option("--rows", "rows_path", default="data/prepared/test.parquet", show_default=True,
               help="labelled rows (query, title, label; parquet/CSV/JSONL) both versions are scored on, so the gate "
               "compares figures of the same rows; '' or a missing file: compare the versions' registered metrics")
+@click.option("--evidence", "evidence_path", default=None, type=click.Path(dir_okay=False),
+              help="an online A/B report (online.json of `relkd ab online` or the ab_online stage): its verdict "
+              "must be promote, for these versions")
 @click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
-def promote(name, params, version, policy, aliases_path, rows_path, dry_run) -> None:
+def promote(name, params, version, policy, aliases_path, rows_path, evidence_path, dry_run) -> None:
     """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
     from relkd.tracking import configure
     from relkd.io import write_json
@@ -278,9 +387,10 @@ def promote(name, params, version, policy, aliases_path, rows_path, dry_run) -> 
                    "for the current rows)")
     configure(".")
     try:
+        evidence = json.loads(Path(evidence_path).read_text(encoding="utf-8")) if evidence_path else None
         d = gate(name, PromotionPolicy.load(policy), version=version, dry_run=dry_run, rows=rows,
-                 n_boot=p.ab.n_boot, seed=p.ab.seed)
-    except (RegistryError, FileNotFoundError, ConfigError) as err:
+                 n_boot=p.ab.n_boot, seed=p.ab.seed, evidence=evidence)
+    except (RegistryError, FileNotFoundError, ConfigError, json.JSONDecodeError) as err:
         raise click.ClickException(str(err)) from None
     verdict = "would promote" if dry_run and d.promote else "would refuse" if dry_run else \
         "promoted" if d.promote else "refused"

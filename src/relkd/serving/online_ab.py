@@ -89,7 +89,8 @@ def _outcome_key(outcomes: pd.DataFrame) -> list[str]:
                      "request_id (the id the request was sent with, optionally with its row) or a unit_id")
 
 
-def join_outcomes(frame: pd.DataFrame, outcomes: pd.DataFrame, column: str = "outcome") -> tuple[pd.DataFrame, dict]:
+def join_outcomes(frame: pd.DataFrame, outcomes: pd.DataFrame,
+                  column: str = "outcome") -> tuple[pd.DataFrame, dict]:
     """`frame` (exposures) with column `outcome` (NaN where none) and {key, rows, matched, unknown,
     unknown_examples}; outcomes for ids the exposures lack are counted and named, not silently dropped."""
     key = _outcome_key(outcomes)

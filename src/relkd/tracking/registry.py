@@ -352,7 +352,8 @@ def _decide_on_rows(name: str, policy: PromotionPolicy, version: str, champ: str
 
 
 def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = False,
-            rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> Decision:
+            rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
+            evidence: dict | None = None) -> Decision:
     """Run the gate for `version` (default: the ``challenger`` alias) against the ``champion``.
 
     With `rows` (labelled query/title/label rows of the current data, e.g. the test split), both versions
@@ -365,6 +366,9 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
     and the version gets tags promotion.decision=promoted, .reasons, .previous_champion, .time (the
     replaced champion gets promotion.superseded_by). Refused: aliases stay; the version gets
     promotion.decision=refused, .reasons, .champion, .time. A dry run changes nothing.
+
+    `evidence`: an online A/B report (relkd.serving.online_ab, online.json); its verdict must be ``promote`` for
+    this version against this champion, on top of the policy.
     """
     current = aliases(name)
     if version is None:
@@ -381,6 +385,11 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
     else:
         decision = decide(policy, version_metrics(name, version),
                           version_metrics(name, champ) if champ is not None else None)
+    if evidence is not None:
+        from relkd.serving.online_ab import evidence_check
+
+        passed, text = evidence_check(evidence, version, champ)
+        decision = Decision(decision.promote and passed, [*decision.reasons, ("pass: " if passed else "fail: ") + text])
     decision = Decision(decision.promote, decision.reasons, version=version, champion=champ)
     if dry_run:
         return decision

@@ -1,0 +1,159 @@
+"""Stage `ab_online`: the nightly batch replayed as live traffic through the A/B router of a server this stage
+starts and stops, outcomes simulated from the batch's gold labels (and labelled so), and the online analysis:
+sample ratio first, outcome rates per arm with unit-level intervals, guardrails, verdict -> reports/ab/online.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.common import setup, stage_command
+from relkd.io import write_json, write_parquet, write_text
+
+STATS_FILE = "server_stats.json"
+
+
+def traffic(batch: pd.DataFrame, passes: int, users: int, seed: int) -> pd.DataFrame:
+    """The batch `passes` times over, each row sent by a simulated user (unit) drawn from `users`: what a day of
+    searches looks like to the router (a user searches several times and keeps their arm)."""
+    rng = np.random.default_rng(seed)
+    ids = batch["id"].astype(str) if "id" in batch.columns else pd.Series(range(len(batch))).astype(str)
+    parts = []
+    for p in range(passes):
+        part = batch[["query", "title"]].copy()
+        part["request_id"] = [f"p{p}-{i}" for i in ids]
+        part["unit_id"] = [f"user-{k:05d}" for k in rng.integers(0, users, len(batch))]
+        part["gold_label"] = batch["label"].astype(str).tolist() if "label" in batch.columns else ""
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def simulate_outcomes(records: list[dict], rows: pd.DataFrame, noise: float, seed: int) -> pd.DataFrame:
+    """One simulated judgement per exposure whose row has a gold label: 1 when the served label is the gold one,
+    flipped with probability `noise`; the column `simulated` says so in the file itself."""
+    served = pd.DataFrame(records, columns=["request_id", "label"]).drop_duplicates("request_id")
+    gold = rows.set_index("request_id")["gold_label"]
+    served = served.assign(gold=served["request_id"].map(gold)).dropna(subset=["gold"])
+    served = served[served["gold"].astype(str).str.len() > 0].sort_values("request_id")
+    flip = np.random.default_rng(seed).random(len(served)) < noise
+    correct = (served["label"] == served["gold"]).to_numpy()
+    return pd.DataFrame({"request_id": served["request_id"].to_numpy(), "outcome": (correct ^ flip).astype(float),
+                         "simulated": True})
+
+
+def analyse(params, exposures, outcomes_path, stats_path, out, note: str | None = None, appendix: str = "",
+            outcome_column: str = "outcome") -> dict:
+    """The online analysis of an exposure folder, an outcomes file and a statistics snapshot (either may be
+    None) -> out/online.md (with `appendix` at its end) and out/online.json; returns the report. What
+    `relkd ab online` runs."""
+    from relkd.serving.assignment import Assigner
+    from relkd.serving.client import read_table
+    from relkd.serving.exposures import read_folder
+    from relkd.serving.online_ab import online_markdown, online_report
+
+    ab = params.ab
+    records, counts = read_folder(exposures)
+    outcomes = read_table(outcomes_path) if outcomes_path else None
+    if note is None and outcomes is not None and "simulated" in outcomes.columns \
+            and outcomes["simulated"].astype(bool).all():
+        note = "Outcomes are SIMULATED (every row of the outcomes file says simulated=true)."
+    stats = json.loads(Path(stats_path).read_text(encoding="utf-8")) if stats_path else None
+    expected = Assigner(ab.salt, {"champion": ab.champion_share, "challenger": ab.challenger_share}).expected()
+    report = online_report(records, counts, outcomes, stats, ab.salt, expected, params.online, ab.n_boot, ab.seed,
+                           outcome_column)
+    report["outcome_note"] = note
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_text(Path(out) / "online.md", online_markdown(report, note) + appendix)
+    write_json(Path(out) / "online.json", report)
+    return report
+
+
+def metrics_of(report: dict, replay: dict | None = None) -> dict:
+    """The stage's metrics (numbers dvc metrics and MLflow can compare)."""
+    m = {"verdict": report["verdict"], "units": report["units"], "exposures": report["exposures"],
+         "log": {k: v for k, v in report["log"].items() if isinstance(v, int)}}
+    if report["srm"]:
+        m["srm"] = {"p_value": report["srm"]["p_value"], "mismatch": report["srm"]["mismatch"]}
+    if report["comparison"]:
+        m["rate"] = {a: x["rate"] for a, x in report["comparison"]["arms"].items()}
+        if report["comparison"]["diff"]:
+            m["diff"] = {k: report["comparison"]["diff"][k] for k in ("diff", "low", "high")}
+    if replay:
+        m["replay"] = {k: replay[k] for k in ("rows", "answered", "refused", "rejected", "seconds", "requests_per_s")}
+    return m
+
+
+def run(params_path, batch, repo, export_json, out, report_dir, metrics_path) -> dict:
+    params = setup(params_path)
+    ab, online, t = params.ab, params.online, params.triton
+    from relkd.serving.replay import replay_file
+    from relkd.serving.server import triton
+    from relkd.serving.server_stats import snapshot
+    from relkd.tracking import log_metrics, stage_run
+
+    out = Path(out)
+    exported = json.loads(Path(export_json).read_text(encoding="utf-8"))
+    if "challenger" not in exported:  # right after a promotion: no experiment runs, nothing to analyse
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+        write_text(Path(report_dir) / "online.md", "# Online A/B\n\nNo challenger is served (the registry has only a "
+                   "champion, e.g. right after `relkd promote`): the router serves every unit with the champion and "
+                   "no experiment runs until `register` names a challenger.\n")
+        metrics = {"verdict": "keep", "arms": 1}
+        write_json(Path(report_dir) / "online.json", metrics)
+        write_json(metrics_path, metrics)
+        return metrics
+    from relkd.serving.client import read_table
+
+    rows = traffic(read_table(batch), online.passes, online.users, online.seed)
+    write_parquet(out / "traffic.parquet", rows)
+    with triton(repo, timeout=t.start_timeout, log_path=out / "tritonserver.log", exposures=out / "exposures") as s:
+        url = s.grpc_url if params.score.protocol == "grpc" else s.http_url
+        replay = replay_file(out / "traffic.parquet", out / "replay", url, online.router_name, online.rate,
+                             online.concurrency, "unit_id", params.score.protocol, params.score.retries,
+                             params.score.backoff, params.score.max_chars)
+        stats = snapshot(s.http_url, s.metrics_url, t.model_name)
+        memory = s.peak_rss_mb()
+    write_json(out / STATS_FILE, stats)
+    from relkd.serving.exposures import read_folder
+
+    outcomes = simulate_outcomes(read_folder(out / "exposures")[0], rows, online.outcome_noise, online.seed)
+    write_parquet(out / "outcomes.parquet", outcomes)
+    labelled = int((rows["gold_label"].str.len() > 0).sum())
+    note = (f"Outcomes are SIMULATED: a judgement of 1 when the served label is the catalogue's gold label, flipped "
+            f"with probability {online.outcome_noise} (online.outcome_noise); only the {labelled} of {len(rows)} "
+            f"requests whose row has a gold label get one. Traffic: the nightly batch x {online.passes}, each row "
+            f"from one of {online.users} simulated users. Real outcomes (clicks, add-to-cart, human judgements) "
+            "join the same way: `relkd ab online --outcomes FILE`.")
+    replay_md = (f"\n## Replay\n\n{replay['answered']} of {replay['rows']} requests answered through "
+                 f"`{online.router_name}`, {replay['refused']} refused, {replay['rejected']} not sendable (rejects: "
+                 f"{out}/replay/rejects.jsonl); {replay['requests_per_s'] or 0:.1f} requests/s with "
+                 f"{online.concurrency} clients (rate limit {online.rate or 'none'}), this machine. Server peak "
+                 f"memory {memory['total_mb']:.0f} MB.\n")
+    report = analyse(params, out / "exposures", out / "outcomes.parquet", out / STATS_FILE, report_dir, note,
+                     replay_md)
+    metrics = metrics_of(report, replay)
+    with stage_run("ab_online", {"ab": ab.model_dump(), "online": online.model_dump()},
+                   inputs=[batch, export_json], experiment=params.tracking.experiment):
+        log_metrics({**metrics, "verdict_promote": report["verdict"] == "promote"})
+        import mlflow
+
+        mlflow.set_tag("relkd.verdict", report["verdict"])
+        mlflow.log_artifact(str(Path(report_dir) / "online.md"))
+        mlflow.log_artifact(str(Path(report_dir) / "online.json"))
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def _main(a) -> None:
+    run(a.params, a.batch, a.repo, a.export, a.out, a.report, a.metrics)
+
+
+main = stage_command(__doc__, _main, ("batch", "the nightly batch file"), ("repo", "Triton model repository"),
+                     ("export", "export report JSON (the served versions)"),
+                     ("out", "folder for the traffic, exposures, replay journal, outcomes, server statistics"),
+                     ("report", "report folder (online.md, online.json)"), ("metrics", "metrics JSON"))
+
+if __name__ == "__main__":
+    main()
