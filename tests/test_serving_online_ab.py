@@ -187,3 +187,11 @@ def test_promotion_evidence_names_versions_and_verdict():
 
 def test_paper_shares_are_the_default():
     assert Assigner("x").shares == PAPER_SHARES and CFG.srm_alpha == 0.001
+
+
+def test_the_order_shares_are_given_in_does_not_move_a_unit():
+    """router.json stores the shares with sorted keys; the offline split takes them as params order them."""
+    units = [f"u{i}" for i in range(2000)]
+    one = Assigner("e", {"champion": 0.3, "challenger": 0.2})
+    other = Assigner("e", {"challenger": 0.2, "champion": 0.3})
+    assert [one(u) for u in units] == [other(u) for u in units]

@@ -26,7 +26,8 @@ COLUMNS = ("id", "label", "tier", "probs")
 
 def traffic_split(ids: Sequence[Hashable], salt: str,
                   shares: Mapping[str, float] | None = None, rest: str = REST) -> list[str]:
-    """The arm of each id: sha256(salt, id) mapped to [0, 1) and cut into consecutive share intervals.
+    """The arm of each id: sha256(salt, id) mapped to [0, 1) and cut into consecutive share intervals (arms in
+    name order).
 
     Deterministic (the same id and salt always land in the same arm, across processes and machines)
     and independent across salts (a new experiment reshuffles). Ids beyond the shares get `rest`.

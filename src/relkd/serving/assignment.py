@@ -35,12 +35,15 @@ def unit_point(unit, salt: str) -> float:
 
 
 class Assigner:
-    """Assigns units to arms for one experiment (salt) and set of shares; the shares are checked once."""
+    """Assigns units to arms for one experiment (salt) and set of shares: [0, 1) is cut into consecutive intervals,
+    one per arm in name order, each as wide as its share; the rest of [0, 1) is `rest`."""
 
     def __init__(self, salt: str, shares: Mapping[str, float] | None = None, rest: str = REST):
         self.salt, self.rest = str(salt), rest
         self.shares = check_shares(PAPER_SHARES if shares is None else shares, rest)
-        self.names = list(self.shares)
+        # Intervals in arm-name order, not the mapping's: the same shares read back from JSON (sorted keys) or
+        # written in another order must cut [0, 1) the same way.
+        self.names = sorted(self.shares)
         self.upper, total = [], 0.0
         for name in self.names:  # the same running sum as numpy's cumsum: identical cut points
             total += self.shares[name]

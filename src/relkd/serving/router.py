@@ -2,8 +2,8 @@
 
 ``repo_dir/<router_name>/config.pbtxt`` (the student's inputs plus optional UNIT_ID and EXPERIMENT; the
 student's outputs plus ARM and VERSION) and ``repo_dir/<router_name>/1/`` with model.py (router_model),
-router.json (what it routes: model, experiment, shares, versions, exposure folder), and the two standard-library
-modules it runs in the server's environment (assignment, exposures).
+router.json (what it routes: model, experiment, shares, versions, exposure folder), and the modules it runs in
+the server's environment (assignment, exposures, and triton_model for the student's rule on input text).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def write_router(repo_dir, versions: dict[str, int], ab: AbConfig, online: Onlin
     tmp = Path(tempfile.mkdtemp(prefix=".router-", suffix=".tmp", dir=model_dir))
     try:
         shutil.copyfile(router_model.__file__, tmp / "model.py")
-        for module in (assignment, exposures):
+        for module in (assignment, exposures, triton_model):
             shutil.copyfile(module.__file__, tmp / Path(module.__file__).name)
         (tmp / router_model.ROUTER_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n",
                                                     encoding="utf-8")

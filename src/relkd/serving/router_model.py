@@ -8,8 +8,9 @@ the response leaves. Traffic outside the experiment is served by the champion wi
 Per-arm row counts, failures and the version call's latency are Triton custom metrics on ``/metrics``.
 
 This file is copied as ``model.py`` into the router's version folder (``relkd.serving.router.write_router``),
-beside ``router.json`` (model, experiment, shares, versions, exposure folder), ``assignment.py`` and
-``exposures.py``; it runs in the *server's* environment and imports nothing from relkd there.
+beside ``router.json`` (model, experiment, shares, versions, exposure folder), ``assignment.py``,
+``exposures.py`` and ``triton_model.py`` (the student's text rule); it runs in the *server's* environment and
+imports nothing from relkd there.
 
 Rows that share a version within one batch go to the student as one request (at most two calls, run
 concurrently); if that call fails, each request is retried alone so one bad request fails alone.
@@ -96,14 +97,14 @@ def _text_rows(request, name: str, required: bool = True):
 
 
 def _decoded(values, name: str) -> list[str]:
+    """The texts of an input, checked by the student's own rule (a bad row fails its request here, before it could
+    fail a whole batch at the student)."""
+    text_problem = _module("triton_model").text_problem
     out = []
     for i, value in enumerate(values):
-        try:
-            text = bytes(value).decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
-        except UnicodeDecodeError:
-            raise ValueError(f"{name}[{i}] is not valid UTF-8") from None
-        if not text.strip():
-            raise ValueError(f"{name}[{i}] is empty")
+        text, problem = text_problem(value)
+        if problem:
+            raise ValueError(f"{name}[{i}] {problem}; send non-empty UTF-8 text")
         out.append(text)
     return out
 
@@ -157,6 +158,7 @@ class TritonPythonModel:
         query, title = _text_rows(request, "QUERY"), _text_rows(request, "TITLE")
         if len(query) != len(title):
             raise ValueError(f"QUERY has {len(query)} rows but TITLE has {len(title)}")
+        _decoded(query, "QUERY"), _decoded(title, "TITLE")
         n = len(query)
         experiments = _text_rows(request, EXPERIMENT_INPUT, required=False)
         if experiments is not None:
@@ -240,7 +242,7 @@ class TritonPythonModel:
                     arm = part["arms"][int(part["rows"][0])]
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=_error(
                         f"the {arm} arm (version {version} of {self.info['model']}) did not answer: {error}. Is "
-                        f"that version loaded (`relkd serve --check`)? Units of other arms are still served"))
+                        f"that version loaded (`relkd serve --check`)? Units of the other arms are still served"))
                     self._fail(arm, "version_error", len(part["arms"]))
                 served.setdefault(i, []).append((part, out, ms))
         answers, records = {}, []
