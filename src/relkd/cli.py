@@ -183,8 +183,8 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url, exposures) -> Non
     signal.signal(signal.SIGTERM, interrupt)  # a service manager's stop: the same clean shutdown as Ctrl-C
     with triton(repo, http_port, grpc_port, metrics_port, exposures=exposures) as server:
         try:  # from the ready line on, a stop signal is a clean stop (the test sends one right after it)
-            click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics "
-                       f"{server.metrics_url}  (pid {server.pid}); Ctrl-C stops it")
+            click.echo(f"tritonserver ready: HTTP {server.http_url}  gRPC {server.grpc_url}  (pid {server.pid}); "
+                       f"metrics {server.metrics_url}; Ctrl-C stops it")
             while (died := server.exited()) is None:
                 time.sleep(1)
         except KeyboardInterrupt:
