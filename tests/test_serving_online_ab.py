@@ -12,7 +12,8 @@ import pytest
 from relkd.serving.assignment import REST, Assigner, PAPER_SHARES
 from relkd.serving.config import OnlineConfig
 from relkd.serving.exposures import FIELDS, ExposureLog, check_writable, read_folder, read_lines
-from relkd.serving.online_ab import evidence_check, online_markdown, online_report, srm_check
+from relkd.serving.online_ab import online_markdown, online_report, srm_check
+from relkd.tracking.registry import evidence_check
 
 CFG = OnlineConfig()
 HEALTHY = {"taken_at": 0.0, "model": "m", "router": [],

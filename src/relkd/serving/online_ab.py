@@ -310,20 +310,3 @@ def online_markdown(report: dict, outcome_note: str | None = None) -> str:
         lines.append(f"| {name} | {_fmt(ck['champion'], '.4g')} | {_fmt(ck['challenger'], '.4g')} | "
                      f"{_fmt(ck['limit'], '.4g')} | {held} |")
     return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------ evidence
-def evidence_check(evidence: dict, version: str, champion: str | None) -> tuple[bool, str]:
-    """Whether an online A/B report (online.json) supports promoting `version` over `champion`, and why."""
-    versions = evidence.get("versions") or {}
-    about = (str(versions.get("challenger")), str(versions.get("champion")))
-    if about != (str(version), str(champion)):
-        return False, (f"online A/B evidence is about challenger v{about[0]} vs champion v{about[1]}, not v{version} "
-                       f"vs v{champion}: run the online A/B of these versions (`dvc repro ab_online` or `relkd ab "
-                       "online`) and pass its online.json")
-    verdict = evidence.get("verdict")
-    reasons = "; ".join(evidence.get("reasons") or [])
-    if verdict != "promote":
-        return False, f"online A/B verdict is {verdict!r}, not 'promote' (experiment {evidence.get('experiment')!r}: " \
-                      f"{reasons})"
-    return True, f"online A/B verdict promote (experiment {evidence.get('experiment')!r}: {reasons})"
