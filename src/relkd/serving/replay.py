@@ -153,7 +153,11 @@ def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name
         if session is not None:
             session.close()
     seconds = time.perf_counter() - t0
-    failure = next((e for e in errors if e is not None), None) if todo else None
+    failures = [e for e in errors if e is not None] if todo else []
+    bug = next((e for e in failures if not isinstance(e, ServerUnreachable)), None)
+    if bug is not None:
+        raise bug
+    failure = failures[0] if failures else None
     if failure is not None:
         answered = len(read_lines(journal_path)[0])
         raise ServerUnreachable(f"{failure}\nThe replay stopped with {answered} of {len(df)} rows answered, kept in "
