@@ -54,7 +54,8 @@ def stand_in_repo(work: Path, params) -> Path:
         folder = save_student(model.eval(), tok, work / f"student{version}")
         onnx = work / f"v{version}.onnx"
         export_onnx(InferenceWrapper(model).eval(), tok, onnx, s.max_length,
-                    [("usb cable", "Anker USB-C cable, 2 m"), ("red shoes", "Nike running shoe, red, size 10")])
+                    [("usb cable", "Anker USB-C cable, 2 m"), ("red shoes", "Nike running shoe, red, size 10"),
+                     ("desk lamp", "IKEA desk lamp, white, LED bulb included")])
         info = {"labels": list(labels), "max_length": s.max_length, "temperature": 1.0,
                 "tier_thresholds": list(e.target_precisions),
                 "relevance_weights": [float(e.relevance_weights.get(lab, 0.0)) for lab in labels],

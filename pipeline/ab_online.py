@@ -96,6 +96,7 @@ def run(params_path, batch, repo, export_json, out, report_dir, metrics_path) ->
     out = Path(out)
     exported = json.loads(Path(export_json).read_text(encoding="utf-8"))
     if "challenger" not in exported:  # right after a promotion: no experiment runs, nothing to analyse
+        out.mkdir(parents=True, exist_ok=True)  # the stage's output, empty of traffic
         Path(report_dir).mkdir(parents=True, exist_ok=True)
         write_text(Path(report_dir) / "online.md", "# Online A/B\n\nNo challenger is served (the registry has only a "
                    "champion, e.g. right after `relkd promote`): the router serves every unit with the champion and "

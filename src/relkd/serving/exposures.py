@@ -36,8 +36,14 @@ def check_writable(folder) -> Path:
         created.append(parent)
         parent = parent.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        for attempt in range(3):  # another server's check may remove a folder it created just as this one begins
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             os.write(fd, b"{}\n")
             os.fsync(fd)
