@@ -32,7 +32,7 @@ def router_info(model_name: str, versions: dict[str, int], ab: AbConfig, online:
 
 
 def config_text(router_name: str, triton: TritonConfig, instance_count: int) -> str:
-    """The router's config.pbtxt: batched like the student (its batches go to the student whole)."""
+    """The router's config.pbtxt: batches of at most the student's size (they go to the student whole)."""
     def tensor(name, dtype, dims, optional=False):
         return (f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]'
                 f'{" optional: true" if optional else ""} }}')
@@ -49,8 +49,10 @@ def config_text(router_name: str, triton: TritonConfig, instance_count: int) -> 
         f"max_batch_size: {int(triton.max_batch_size)}",
         "input [", ",\n".join(inputs), "]",
         "output [", ",\n".join(outputs), "]",
+        # No waiting for a batch to fill: the router takes what queued while it was busy (its batches go whole to
+        # the student, whose own batcher does the waiting); a delay here would add to every request's latency.
         "dynamic_batching {",
-        f"  max_queue_delay_microseconds: {int(triton.max_queue_delay_us)}",
+        "  max_queue_delay_microseconds: 0",
         "}",
         f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]",
         "",

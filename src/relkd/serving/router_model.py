@@ -40,22 +40,26 @@ LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1000
 
 
 def _module(name: str):
-    """relkd.serving.<name> where relkd is installed, else the copy beside this file (inside the Triton stub)."""
-    try:
-        import importlib
+    """relkd.serving.<name> where relkd is installed, else the copy beside this file (inside the Triton stub);
+    loaded once."""
+    import importlib
+    import sys
 
+    local = f"relkd_router_{name}"
+    if local in sys.modules:
+        return sys.modules[local]
+    try:
         return importlib.import_module(f"relkd.serving.{name}")
     except ImportError:
         import importlib.util
-        import sys
 
         path = Path(__file__).with_name(f"{name}.py")
         if not path.is_file():
             raise ImportError(f"{path} is missing: the router needs {name}.py beside model.py (write it with "
                               "relkd.serving.router.write_router)") from None
-        spec = importlib.util.spec_from_file_location(f"relkd_router_{name}", path)
+        spec = importlib.util.spec_from_file_location(local, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
+        sys.modules[local] = module
         spec.loader.exec_module(module)
         return module
 
@@ -99,7 +103,7 @@ def _text_rows(request, name: str, required: bool = True):
 def _decoded(values, name: str) -> list[str]:
     """The texts of an input, checked by the student's own rule (a bad row fails its request here, before it could
     fail a whole batch at the student)."""
-    text_problem = _module("triton_model").text_problem
+    text_problem = _module("triton_model").text_problem  # loaded once (initialize loads it first)
     out = []
     for i, value in enumerate(values):
         text, problem = text_problem(value)
@@ -114,6 +118,7 @@ class TritonPythonModel:
         self.dir = Path(args["model_repository"]) / args["model_version"]
         self.info = json.loads((self.dir / ROUTER_FILE).read_text(encoding="utf-8"))
         check_router_info(self.info)
+        _module("triton_model")  # a missing helper fails the load, not the first request
         config = json.loads(args["model_config"])
         outputs = [o["name"] for o in config["output"]]
         self.student_outputs = [o for o in outputs if o not in ROUTER_OUTPUTS]
