@@ -43,17 +43,18 @@ def simulate_outcomes(records: list[dict], rows: pd.DataFrame, noise: float, see
                          "simulated": True})
 
 
-def analyse(params, exposures, outcomes_path, stats_path, out, note: str | None = None, appendix: str = "",
-            outcome_column: str = "outcome") -> dict:
+def analyse(params, exposures, outcomes_path, stats_path, out, note: str | None = None, replay: dict | None = None,
+            outcome_column: str = "outcome", inputs=()) -> tuple[dict, dict]:
     """The online analysis of an exposure folder, an outcomes file and a statistics snapshot (either may be
-    None) -> out/online.md (with `appendix` at its end) and out/online.json; returns the report. What
-    `relkd ab online` runs."""
+    None) -> out/online.md and out/online.json, tracked as an MLflow run; returns (report, metrics). What
+    `relkd ab online` runs; the stage adds its `replay` summary."""
     from relkd.serving.assignment import Assigner
     from relkd.serving.client import read_table
     from relkd.serving.exposures import read_folder
     from relkd.serving.online_ab import online_markdown, online_report
+    from relkd.tracking import log_metrics, stage_run
 
-    ab = params.ab
+    ab, online = params.ab, params.online
     records, counts = read_folder(exposures)
     outcomes = read_table(outcomes_path) if outcomes_path else None
     if note is None and outcomes is not None and "simulated" in outcomes.columns \
@@ -61,17 +62,34 @@ def analyse(params, exposures, outcomes_path, stats_path, out, note: str | None 
         note = "Outcomes are SIMULATED (every row of the outcomes file says simulated=true)."
     stats = json.loads(Path(stats_path).read_text(encoding="utf-8")) if stats_path else None
     expected = Assigner(ab.salt, {"champion": ab.champion_share, "challenger": ab.challenger_share}).expected()
-    report = online_report(records, counts, outcomes, stats, ab.salt, expected, params.online, ab.n_boot, ab.seed,
+    report = online_report(records, counts, outcomes, stats, ab.salt, expected, online, ab.n_boot, ab.seed,
                            outcome_column)
     report["outcome_note"] = note
-    Path(out).mkdir(parents=True, exist_ok=True)
-    write_text(Path(out) / "online.md", online_markdown(report, note) + appendix)
-    write_json(Path(out) / "online.json", report)
-    return report
+    text = online_markdown(report, note)
+    if replay:
+        text += (f"\n## Replay\n\n{replay['answered']} of {replay['rows']} requests answered through "
+                 f"`{online.router_name}`, {replay['refused']} refused, {replay['rejected']} not sendable (rejects: "
+                 f"replay/rejects.jsonl); {replay['requests_per_s'] or 0:.1f} requests/s with {online.concurrency} "
+                 f"clients (rate limit {online.rate or 'none'}), this machine. Server peak memory "
+                 f"{replay['server_peak_mb']:.0f} MB.\n")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "online.md", text)
+    write_json(out / "online.json", report)
+    metrics = metrics_of(report, replay)
+    with stage_run("ab_online", {"ab": ab.model_dump(), "online": online.model_dump()},
+                   inputs=[*inputs, *(p for p in (outcomes_path, stats_path) if p)],
+                   experiment=params.tracking.experiment, tags={"relkd.verdict": report["verdict"]}):
+        log_metrics({**metrics, "verdict_promote": report["verdict"] == "promote"})
+        import mlflow
+
+        mlflow.log_artifact(str(out / "online.md"))
+        mlflow.log_artifact(str(out / "online.json"))
+    return report, metrics
 
 
 def metrics_of(report: dict, replay: dict | None = None) -> dict:
-    """The stage's metrics (numbers dvc metrics and MLflow can compare)."""
+    """The metrics of an analysis (numbers dvc metrics and MLflow can compare)."""
     m = {"verdict": report["verdict"], "units": report["units"], "exposures": report["exposures"],
          "log": {k: v for k, v in report["log"].items() if isinstance(v, int)}}
     if report["srm"]:
@@ -87,11 +105,10 @@ def metrics_of(report: dict, replay: dict | None = None) -> dict:
 
 def run(params_path, batch, repo, export_json, out, report_dir, metrics_path) -> dict:
     params = setup(params_path)
-    ab, online, t = params.ab, params.online, params.triton
+    online, t = params.online, params.triton
     from relkd.serving.replay import replay_file
     from relkd.serving.server import triton
     from relkd.serving.server_stats import snapshot
-    from relkd.tracking import log_metrics, stage_run
 
     out = Path(out)
     exported = json.loads(Path(export_json).read_text(encoding="utf-8"))
@@ -127,22 +144,9 @@ def run(params_path, batch, repo, export_json, out, report_dir, metrics_path) ->
             f"requests whose row has a gold label get one. Traffic: the nightly batch x {online.passes}, each row "
             f"from one of {online.users} simulated users. Real outcomes (clicks, add-to-cart, human judgements) "
             "join the same way: `relkd ab online --outcomes FILE`.")
-    replay_md = (f"\n## Replay\n\n{replay['answered']} of {replay['rows']} requests answered through "
-                 f"`{online.router_name}`, {replay['refused']} refused, {replay['rejected']} not sendable (rejects: "
-                 f"{out}/replay/rejects.jsonl); {replay['requests_per_s'] or 0:.1f} requests/s with "
-                 f"{online.concurrency} clients (rate limit {online.rate or 'none'}), this machine. Server peak "
-                 f"memory {memory['total_mb']:.0f} MB.\n")
-    report = analyse(params, out / "exposures", out / "outcomes.parquet", out / STATS_FILE, report_dir, note,
-                     replay_md)
-    metrics = metrics_of(report, replay)
-    with stage_run("ab_online", {"ab": ab.model_dump(), "online": online.model_dump()},
-                   inputs=[batch, export_json], experiment=params.tracking.experiment):
-        log_metrics({**metrics, "verdict_promote": report["verdict"] == "promote"})
-        import mlflow
-
-        mlflow.set_tag("relkd.verdict", report["verdict"])
-        mlflow.log_artifact(str(Path(report_dir) / "online.md"))
-        mlflow.log_artifact(str(Path(report_dir) / "online.json"))
+    replay["server_peak_mb"] = memory["total_mb"]
+    _, metrics = analyse(params, out / "exposures", out / "outcomes.parquet", out / STATS_FILE, report_dir, note,
+                         replay, inputs=[batch, export_json])
     write_json(metrics_path, metrics)
     return metrics
 

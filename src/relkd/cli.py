@@ -274,7 +274,7 @@ def ab_online(exposures, outcomes, outcome_column, stats, params, out) -> None:
 
     p = _params_or_defaults(params)
     try:
-        r = analyse(p, exposures, outcomes, stats, out, outcome_column=outcome_column)
+        r, _ = analyse(p, exposures, outcomes, stats, out, outcome_column=outcome_column)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"verdict: {r['verdict']}")
