@@ -31,16 +31,15 @@ def copy_adapter(src, out) -> None:
 def probe(cfg, model_path: str, adapter, pairs, labels, unified, cache_dir) -> tuple[list[str], list[dict]]:
     """The rendered unified prompts of `pairs` and the teacher's k sampled answers to each (cached)."""
     from relkd.teacher.cache import GenerationCache
-    from relkd.teacher.generation import make_backend, model_id
-    from relkd.teacher.judge import judge, prompts_for
+    from relkd.teacher.engine import make_engine
+    from relkd.teacher.judge import Asking, judge, prompts_for
     from relkd.teacher.prompts import UNIFIED
 
-    backend = make_backend(cfg, model_path, adapter)
-    prompts = prompts_for(backend.tokenizer, unified, pairs, labels)
+    teacher = make_engine(cfg, model_path).teacher(adapter)
+    prompts = prompts_for(teacher.tokenizer, unified, pairs, labels)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    records = judge(backend, cache, model_id(model_path, adapter), pairs, prompts, UNIFIED, labels, cfg.grpo.k,
-                    cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
-    del backend  # the inference copy of the teacher; GRPO loads its own trainable one
+    records = judge(teacher, cache, pairs, prompts, UNIFIED, labels, Asking.of(cfg, n=cfg.grpo.k))
+    del teacher  # the inference copy of the teacher; GRPO loads its own trainable one
     gc.collect()
     return prompts, records
 
@@ -58,7 +57,7 @@ def run(params_path, prepared, dpo_adapter, prompts_dir, out, cache_dir, metrics
     from relkd.data.splits import balanced_sample
     from relkd.teacher.grpo import dynamic_sample, grpo, pass_rates
     from relkd.teacher.prompts import UNIFIED, load_perspective
-    from relkd.teacher.training import MetricsCallback
+    from relkd.teacher.trainers import MetricsCallback
 
     labels = read_labels(prepared)
     pairs = balanced_sample(read_split(prepared, "train"), cfg.grpo.n_pairs, cfg.grpo.seed)
