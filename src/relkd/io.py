@@ -3,18 +3,31 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def _new_file(folder: Path, prefix: str, suffix: str) -> str:
+    """Create an empty file of a name not yet taken in `folder`, with the permissions the umask gives a new
+    file (0666 less the umask, as `open` makes them): tempfile.mkstemp's are 0600, which the consumers of an
+    output, often another user, cannot read."""
+    while True:
+        name = str(folder / f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return name
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds. The file gets
+    the permissions of any new file (the umask's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_file(path.parent, f".{path.name}.", ".tmp")
     try:
         yield Path(tmp)
         os.replace(tmp, path)
