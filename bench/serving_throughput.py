@@ -195,8 +195,9 @@ def main() -> None:
             for protocol, port, bs, explain, concurrency in runs:
                 n = len(frame) if bs > 1 else min(len(frame), 100)
                 sub = frame.iloc[:n]
-                dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", protocol, a.model_name, version,
-                                               batch_size=bs, concurrency=concurrency, explain=explain,
+                cfg = params.score.model_copy(update={"protocol": protocol, "batch_size": bs,
+                                                      "concurrency": concurrency, "explain": explain})
+                dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", cfg, a.model_name, version,
                                                progress=False), 1)
                 what = "" if explain else f", no explanation, concurrency {concurrency}"
                 rows.append({"path": f"Triton {protocol}, batch {bs} (v{version}){what}", "pairs_per_s": n / dt,
