@@ -8,15 +8,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _new_file(folder: Path, prefix: str, suffix: str) -> str:
-    """Create an empty file of a name not yet taken in `folder`, with the permissions the umask gives a new
-    file (0666 less the umask, as `open` makes them): tempfile.mkstemp's are 0600, which the consumers of an
-    output, often another user, cannot read."""
+def new_path(folder: Path, prefix: str, suffix: str, directory: bool = False) -> Path:
+    """Create an empty file (or folder) of a name not yet taken in `folder`, with the permissions the umask
+    gives a new one (0666 / 0777 less the umask, as `open` and `mkdir` make them): tempfile's are 0600 / 0700,
+    which the consumers of an output, often another user, cannot read."""
     while True:
-        name = str(folder / f"{prefix}{secrets.token_hex(4)}{suffix}")
+        path = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return name
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
         except FileExistsError:
             continue
 
@@ -27,7 +30,7 @@ def atomic_path(path: str | Path):
     the permissions of any new file (the umask's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_file(path.parent, f".{path.name}.", ".tmp")
+    tmp = new_path(path.parent, f".{path.name}.", ".tmp")
     try:
         yield Path(tmp)
         os.replace(tmp, path)
