@@ -366,7 +366,8 @@ def optimize(onnx_path: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
-def graph_for(onnx_path: str | Path, out_path: str | Path, device: str, optimise: bool = True) -> tuple[Path, str | None]:
+def graph_for(onnx_path: str | Path, out_path: str | Path, device: str,
+              optimise: bool = True) -> tuple[Path, str | None]:
     """(the graph to serve on `device`, the device it is saved optimised for; None: not optimised).
 
     cpu, `optimise`: onnxruntime's fully optimised graph, saved to `out_path` (:func:`optimize`; its fused
