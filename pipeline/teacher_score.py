@@ -27,7 +27,7 @@ def _ids(df: pd.DataFrame) -> list[str]:
 def run(params_path, batch, prepared, teacher_adapter, prompts_dir, out, cache_dir) -> dict:
     params = setup(params_path)
     cfg = params.teacher
-    from relkd.serving.client import read_table
+    from relkd.serving.inputs import read_table
     from relkd.serving.triton_model import text_problem
     from relkd.teacher.cache import GenerationCache, generation_key
     from relkd.teacher.engine import make_engine
