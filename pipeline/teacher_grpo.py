@@ -4,11 +4,10 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from pipeline.common import read_labels, read_split, setup, stage_command
-from relkd.io import write_json
+from relkd.io import new_path, write_json
 from relkd.models import resolve
 from relkd.tracking import log_metrics, stage_run
 
@@ -19,7 +18,7 @@ def copy_adapter(src, out) -> None:
     """`src` copied to `out` through a temporary sibling, so a half-copied folder never sits at `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = new_path(out.parent, f".{out.name}.", ".tmp", directory=True)  # the umask's permissions
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)

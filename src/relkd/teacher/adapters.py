@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,9 +28,11 @@ def load_base(model_path: str, dtype: str = "auto"):
 def save_adapter(model, tokenizer, out_dir: str | Path) -> None:
     """Write the trained adapter ("default" only: not trl's frozen "ref" copy) and the tokenizer, so a
     half-written folder never sits at `out_dir`."""
+    from relkd.io import new_path
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = new_path(out_dir.parent, f".{out_dir.name}.", ".tmp", directory=True)  # the umask's permissions
     try:
         model.save_pretrained(tmp, selected_adapters=["default"])
         tokenizer.save_pretrained(tmp)
@@ -40,6 +41,16 @@ def save_adapter(model, tokenizer, out_dir: str | Path) -> None:
         tmp.rename(out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disable_dropout(model) -> None:
+    """Every dropout of `model` off (trl's disable_dropout_in_model): DPO's policy must equal its reference until
+    the first update, and the reference log-probabilities are computed once."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def trainable_snapshot(model) -> dict:

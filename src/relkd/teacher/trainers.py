@@ -249,6 +249,11 @@ def device_flags(cfg: TrainerSection) -> dict:
 
 
 def _report_to() -> list[str]:
+    """MLflow when the stage has a run open (only rank 0 has one), else nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return []
     import mlflow
 
     return ["mlflow"] if mlflow.active_run() is not None else []
@@ -356,7 +361,6 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
     its chosen and rejected rows. Saves the adapter to `out_dir`; returns metrics (train_loss, first/last
     rewards/accuracies and rewards/margins, ...); checkpoints and resume as in :func:`sft`."""
     from peft import PeftModel
-    from trl.trainer.utils import disable_dropout_in_model
 
     if not pairs:
         raise ValueError("dpo() got no preference pairs: the conflict set had no sample with both a correct "
@@ -370,7 +374,7 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
     refuse_over_length(tokenizer, texts, cfg.max_length, "preference answers", "teacher.dpo")
     rows = tokenize_examples(tokenizer, texts)  # pair i: rows 2i (chosen) and 2i + 1 (rejected)
     model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
-    disable_dropout_in_model(model)  # the policy equals the reference until the first update
+    adapters.disable_dropout(model)  # the policy equals the reference until the first update
     if flags["activation_checkpointing"]:
         model.enable_input_require_grads()
     groups = [p.get("group", "") for p in pairs]
