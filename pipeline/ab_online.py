@@ -49,7 +49,7 @@ def analyse(params, exposures, outcomes_path, stats_path, out, note: str | None 
     None) -> out/online.md and out/online.json, tracked as an MLflow run; returns (report, metrics). What
     `relkd ab online` runs; the stage adds its `replay` summary."""
     from relkd.serving.assignment import Assigner
-    from relkd.serving.client import read_table
+    from relkd.serving.inputs import read_table
     from relkd.serving.exposures import read_folder
     from relkd.serving.online_ab import online_markdown, online_report
     from relkd.tracking import log_metrics, stage_run
@@ -122,7 +122,7 @@ def run(params_path, batch, repo, export_json, out, report_dir, metrics_path) ->
         write_json(Path(report_dir) / "online.json", metrics)
         write_json(metrics_path, metrics)
         return metrics
-    from relkd.serving.client import read_table
+    from relkd.serving.inputs import read_table
 
     rows = traffic(read_table(batch), online.passes, online.users, online.seed)
     write_parquet(out / "traffic.parquet", rows)

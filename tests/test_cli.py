@@ -35,9 +35,11 @@ def test_every_dvc_stage_command_parses(tmp_path):
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     for name, spec in stages.items():
         cmd = spec.get("do", spec)["cmd"]
-        module = cmd.split("python -m pipeline.", 1)[1].split()[0]
+        launcher, rest = cmd.split(" -m pipeline.", 1)  # `python` or `accelerate launch --num_processes N`
+        assert launcher.split()[0] in ("python", "accelerate"), f"{name}: launched by {launcher!r}"
+        module = rest.split()[0]
         command = main.get_command(None, "stage").get_command(None, module)
-        given = {w.split("=")[0] for w in cmd.split() if w.startswith("--")}
+        given = {w.split("=")[0] for w in rest.split() if w.startswith("--")}
         declared = {opt for p in command.params for opt in p.opts}
         assert given <= declared, f"{name}: {sorted(given - declared)} not options of pipeline.{module}"
         required = {p.opts[0] for p in command.params if p.required}

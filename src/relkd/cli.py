@@ -209,30 +209,59 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url, exposures) -> Non
 @click.option("--concurrency", type=int, default=None, help="default: score.concurrency")
 @click.option("--shard-size", type=int, default=None, help="rows per resumable shard; default: score.shard_size")
 def score(batch, out, url, repo, params, protocol, model_name, version, batch_size, concurrency, shard_size) -> None:
-    """Score a batch file (parquet/CSV/JSONL of query, title, optional id) through Triton; resumable."""
+    """Score a batch file (parquet/CSV/JSONL, CSV and JSONL optionally gzipped: query, title, optional id)
+    through Triton; resumable. SIGTERM or Ctrl-C stops it cleanly: it says how many rows are kept, stops the
+    server it started (and waits until no process of it is left), and exits 143 (130); a second signal
+    exits at once, leaving the server to its watchdog. docs/reliability.md says what a nightly job can
+    count on."""
+    import signal
     from contextlib import nullcontext
 
-    from relkd.serving.client import ScoringRejected, check_input, score_file
+    from pydantic import ValidationError
+
+    from relkd.section import format_errors
+    from relkd.serving.client import DiskFull, ScoringRejected, ScoringStopped, score_file
+    from relkd.serving.inputs import check_input
     from relkd.serving.server import ServerUnreachable, triton
 
     p = _params_or_defaults(params)
-    protocol, model_name = protocol or p.score.protocol, model_name or p.triton.model_name
-    s = p.score
+    given = {"protocol": protocol, "batch_size": batch_size, "concurrency": concurrency, "shard_size": shard_size}
+    given = {k: v for k, v in given.items() if v is not None}
+    try:
+        cfg = type(p.score).model_validate({**p.score.model_dump(), **given})
+    except ValidationError as err:
+        raise click.ClickException(format_errors(err, "bad option value:")) from None
+    received = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+        raise KeyboardInterrupt
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if not url:
             check_input(batch)  # a file that cannot be scored fails before a server is started for it
         with (nullcontext() if url else triton(repo)) as server:
-            target = url or f"127.0.0.1:{server.grpc_port if protocol == 'grpc' else server.http_port}"
+            target = url or f"127.0.0.1:{server.grpc_port if cfg.protocol == 'grpc' else server.http_port}"
             try:
-                s = score_file(batch, out, target, protocol, model_name, version, batch_size or s.batch_size,
-                               concurrency or s.concurrency, s.retries, s.backoff, s.max_chars,
-                               shard_size=shard_size or s.shard_size, explain=s.explain)
+                s = score_file(batch, out, target, cfg, model_name or p.triton.model_name, version)
             except ServerUnreachable as err:
                 died = server.exited() if server is not None else None  # our own server: say why it is gone
                 raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None
-    except (ServerUnreachable, ScoringRejected, FileNotFoundError, ValueError) as err:
+    except KeyboardInterrupt as err:  # the server this command started is stopped by now, its group gone
+        name = signal.Signals(received[0] if received else signal.SIGINT).name
+        what = str(err) if isinstance(err, ScoringStopped) else \
+            "scoring had not begun; run the same command again (shards that earlier runs finished are kept)"
+        click.echo(f"relkd score stopped by {name}: {what}" + ("" if url else "; its server is stopped"), err=True)
+        sys.exit(128 + (received[0] if received else signal.SIGINT))
+    except (ServerUnreachable, ScoringRejected, DiskFull, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"{s['rows']} rows: {s['scored']} scored -> {s['scores']}, {s['rejected']} rejected -> {s['rejects']}")
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    click.echo(f"{s['rows']} rows: {s['scored']} scored -> {s['scores']}, {s['rejected']} rejected -> {s['rejects']}"
+               + (f" ({s['duplicate_ids']} repeating an earlier row's id)" if s["duplicate_ids"] else ""))
 
 
 @main.group(invoke_without_command=True)
@@ -326,7 +355,8 @@ def replay(batch, out, url, repo, exposures, rate, concurrency, unit_column, par
     from contextlib import nullcontext
 
     from relkd.io import write_json
-    from relkd.serving.client import ScoringRejected, check_input
+    from relkd.serving.client import ScoringRejected
+    from relkd.serving.inputs import check_input
     from relkd.serving.replay import replay_file
     from relkd.serving.server import ServerUnreachable, triton
     from relkd.serving.server_stats import snapshot
@@ -379,7 +409,7 @@ def promote(name, params, version, policy, aliases_path, rows_path, evidence_pat
     name = name or p.registry.name
     rows = None
     if rows_path and Path(rows_path).exists():
-        from relkd.serving.client import read_table
+        from relkd.serving.inputs import read_table
 
         rows = read_table(rows_path)
     elif rows_path:

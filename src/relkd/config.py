@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from relkd.data.config import DataConfig
 from relkd.embed_config import EmbedConfig
@@ -41,6 +41,14 @@ class Params(Section):
     ab: AbConfig = AbConfig()
     online: OnlineConfig = OnlineConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _int8_serves_on_cpu(self):
+        if self.export.int8 and self.triton.device == "gpu":
+            raise ValueError("export.int8 serves a dynamically quantised graph, made for onnxruntime's CPU integer "
+                             "kernels (onnxruntime's GPU route to int8 is TensorRT, not the CUDA provider); with "
+                             "triton.device: gpu set export.int8: false")
+        return self
 
 
 def parse_params(raw: dict[str, Any]) -> Params:

@@ -21,7 +21,9 @@ class ExportConfig(Section):
     int8: bool = Field(False, description="serve the int8 dynamic-quantised graph when its argmax agreement "
                        "with fp32 on the validation split is at least min_int8_agreement")
     min_int8_agreement: float = Field(0.995, ge=0, le=1)
-    optimize: bool = Field(True, description="serve onnxruntime's fully optimised graph (ORT_ENABLE_ALL)")
+    optimize: bool = Field(True, description="triton.device cpu: serve onnxruntime's fully optimised graph "
+                           "(ORT_ENABLE_ALL, saved with the CPU provider's fusions); gpu: the exported graph is "
+                           "served and onnxruntime optimises it on the GPU at load")
     target_precisions: list[float] = Field(
         default_factory=lambda: [0.3, 0.5, 0.7, 0.9],
         description="precision of 'relevant' wanted at tiers 1..4 (tier thresholds are fitted on valid)")
@@ -42,8 +44,11 @@ class TritonConfig(Section):
     max_batch_size: int = Field(64, ge=1)
     preferred_batch_sizes: list[int] = Field(default_factory=lambda: [16, 32])
     max_queue_delay_us: int = Field(2000, ge=0)
-    instance_count: int = Field(1, ge=1)
+    instance_count: int = Field(1, ge=1, description="model instances (on each GPU with device gpu)")
     start_timeout: float = Field(120, gt=0, description="seconds to wait for the server to be ready")
+    device: Literal["cpu", "gpu"] = Field("cpu", description="where the served model runs: cpu (KIND_CPU, "
+                                          "onnxruntime's CPU provider) or gpu (KIND_GPU, the CUDA provider with the "
+                                          "CPU one after it; needs triton_repo/stub-requirements-gpu.txt)")
 
 
 class ScoreConfig(Section):

@@ -26,9 +26,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from relkd.io import write_json, write_parquet, write_text
-from relkd.serving.client import ScoringRejected, _open, _sha256, check_input, validate
+from relkd.serving.client import ScoringRejected, _open, _sha256
 from relkd.serving.config import OnlineConfig, ScoreConfig
 from relkd.serving.exposures import append_lines, read_lines
+from relkd.serving.inputs import check_input, row_problems
 from relkd.serving.router_model import UNIT_INPUT
 from relkd.serving.server import ServerUnreachable
 
@@ -103,8 +104,7 @@ def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name
                              f"{out_dir} or choose another folder")
     else:
         write_json(manifest_path, manifest)
-    ok, reasons = validate(df, max_chars)
-    reasons = [read_errors.get(i) or r for i, r in enumerate(reasons)]
+    reasons = row_problems(df, np.arange(len(df)), max_chars, read_errors)
     units = _units(df, unit_column)
     ids = (df["request_id"].astype(str).tolist() if "request_id" in df.columns
            else [f"{digest[:12]}-{i}" for i in range(len(df))])
@@ -114,8 +114,9 @@ def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name
     todo = [i for i in range(len(df)) if not reasons[i] and i not in seen]
     queries, titles = df["query"].tolist(), df["title"].tolist()
 
-    session = _open(url, protocol, timeout, model_name=router, version="", batch_size=1, concurrency=concurrency,
-                    retries=retries, backoff=backoff, max_chars=max_chars, explain=False) if todo else None
+    one_row = ScoreConfig(protocol=protocol, batch_size=1, concurrency=concurrency, retries=retries, backoff=backoff,
+                          max_chars=max_chars, explain=False)
+    session = _open(url, router, "", one_row, timeout) if todo else None
     pacer, lock, stop = _Pacer(rate), threading.Lock(), threading.Event()
     fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     if counts["torn"]:  # a torn last line from a kill: end it, so the next record starts on a line of its own

@@ -141,6 +141,10 @@ class StudentConfig(Section):
         "label equals the pair's gold label (a rationale for another label argues against the class the pair "
         "is trained on; with a teacher at chance most of them do)")
     batch_size: int = Field(32, ge=1, description="per-process batch size (paper: 256)")
+    num_processes: int = Field(
+        1, ge=1, description="processes each student stage trains on (dvc.yaml runs it with `accelerate launch`; one "
+        "per GPU, DDP; gradients all-reduced, the global batch is num_processes x batch_size; rank 0 tracks, saves and "
+        "tests)")
     eval_batch_size: int = Field(64, ge=1, description="batch size for validation and predict")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: not stated)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warmup share of steps (paper: not stated)")

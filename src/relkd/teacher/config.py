@@ -48,7 +48,33 @@ class FewShotConfig(Section):
     seed: int = Field(13, description="seed of the seed-set draw")
 
 
-class SFTSection(Section):
+class TrainerSection(Section):
+    """What SFT and DPO share: the Trainer's schedule, checkpoints and device flags."""
+
+    epochs: float = Field(2, gt=0, description="passes over the examples")
+    lr: float = Field(4e-4, gt=0, description="peak learning rate")
+    batch_size: int = Field(8, ge=1, description="per-device batch (the examples of one prompt)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(448, ge=16, description="prompt + completion tokens; a longer example is left out")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up linearly (whole steps, "
+                                "rounded down)")
+    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
+    seed: int = Field(13, description="training seed (LoRA init, data order)")
+    save_steps: int | None = Field(
+        10, ge=1, description="a checkpoint (adapter, optimiser, scheduler, RNG) every N optimiser steps under the "
+        "stage's checkpoint folder; a rerun of a killed stage resumes from the newest; None = no mid-run checkpoint")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass (memory for long prompts); None = on with a "
+        "GPU, off on CPU")
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; None = on with a GPU that has it")
+    prefix_sharing: bool | None = Field(
+        None, description="run a batch's shared prompt tokens once (their KV cache feeds every row; 3.6x cheaper "
+        "CPU steps on the embedded catalogue); None = on unless gradient checkpointing, FSDP or DeepSpeed (they "
+        "drop the cache) is on; false = every row whole, as trl")
+
+
+class SFTSection(TrainerSection):
     """LoRA SFT on the consistency-filtered union of the three perspective sets."""
 
     r: int = Field(8, ge=1, description="LoRA rank; paper: LoRA, rank not stated")
@@ -58,15 +84,6 @@ class SFTSection(Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="module names LoRA wraps (Llama/Qwen attention names); 'all-linear' wraps every linear layer",
     )
-    epochs: float = Field(2, gt=0, description="paper: 3")
-    lr: float = Field(4e-4, gt=0, description="peak learning rate; high for tiny CPU data; paper: 5e-5")
-    batch_size: int = Field(8, ge=1, description="per-device batch")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: global batch 32")
-    max_length: int = Field(448, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name; paper: cosine")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up linearly")
-    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
-    seed: int = Field(13, description="training seed (LoRA init, data order)")
     label_hinted_fallback: bool = Field(
         True,
         description="give every training pair the consistency filter left without a rationale a label-hinted "
@@ -102,21 +119,18 @@ class PairsConfig(Section):
     )
 
 
-class DPOSection(Section):
+class DPOSection(TrainerSection):
     """DPO on the cross-perspective preference pairs, continuing the SFT adapter."""
 
-    epochs: float = Field(1, gt=0, description="paper: 3")
-    lr: float = Field(5e-5, gt=0, description="peak learning rate; high enough to move a LoRA on tiny CPU data; "
-                      "paper: 5e-6")
-    beta: float = Field(0.1, gt=0, description="KL strength to the reference (the SFT model); paper: 0.1 (trl default)")
+    epochs: float = Field(1, gt=0, description="passes over the pairs")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate; high enough to move a LoRA on tiny CPU data")
+    beta: float = Field(0.1, gt=0, description="KL strength to the reference (the SFT model); trl's default")
     batch_size: int = Field(4, ge=1, description="per-device batch of preference pairs")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: effective batch 64")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="paper: 0.1")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
-    max_length: int = Field(384, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps warming up linearly (whole steps, "
+                                "rounded down)")
+    max_length: int = Field(384, ge=16, description="prompt + completion tokens; a longer pair is left out")
     logging_steps: int | None = Field(1, ge=1, description="log every N optimiser steps (a DPO run here is a few "
                                       "steps: once per epoch showed one loss); None = once per epoch")
-    seed: int = Field(13, description="training seed (data order)")
 
 
 class EvalConfig(Section):
@@ -217,6 +231,30 @@ class TeacherTierSection(Section):
         return self
 
 
+class HTTPConfig(Section):
+    """The teacher served by a fleet of OpenAI-compatible servers (teacher.backend openai): `vllm serve`, SGLang,
+    llama.cpp's server. relkd's process owns no GPU; requests are spread over the servers and cached, so a killed
+    stage resumes."""
+
+    base_urls: list[str] = Field(
+        default_factory=list, description="the servers' base URLs, e.g. ['http://gpu-1:8000/v1']; a request goes "
+        "to the least busy one")
+    served_model: str | None = Field(
+        None, description="the base model's name on the servers (their /v1/models); None = teacher.model")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="adapter folder name -> the LoRA's served name; an adapter not listed is "
+        "served under its folder's name (sft, dpo, final: `vllm serve ... --lora-modules sft=models/teacher/sft`)")
+    structured_output: Literal["vllm", "sglang", "llama_cpp", "none"] = Field(
+        "vllm", description="the request field that restricts the label to the label set (sampling.label_choice): "
+        "vllm `structured_outputs.choice`, sglang `regex`, llama_cpp `grammar`; none = free text after the key")
+    concurrency: int = Field(8, ge=1, description="requests in flight per server")
+    timeout: float = Field(300.0, gt=0, description="seconds a request may take")
+    retries: int = Field(4, ge=0, description="retries of a failed request (connection errors, 408, 429, 5xx), "
+                         "with the openai client's exponential backoff")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the servers' API key "
+                             "(unset: no key sent)")
+
+
 class TeacherConfig(Section):
     """The MPCoT teacher: a causal LM that writes a rationale, then a label."""
 
@@ -224,9 +262,10 @@ class TeacherConfig(Section):
         "pypi:SmolLM2-135M-Instruct",
         description="relkd.models name or hub id of the teacher LM; paper: Qwen/Qwen3-14B",
     )
-    backend: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="generation engine; auto = vllm when importable and a GPU is visible, else transformers"
-    )
+    backend: Literal["auto", "transformers", "vllm", "openai"] = Field(
+        "auto", description="generation engine: transformers (in-process, CPU or GPU), vllm (in-process, GPU), "
+        "openai (OpenAI-compatible servers over HTTP: teacher.http); auto = vllm when importable and a GPU is "
+        "visible, else transformers")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPUs per model (paper scale: as many as fit 14B)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bfloat16 on GPU, float32 on CPU (no bf16 on CPU)"
@@ -246,6 +285,10 @@ class TeacherConfig(Section):
         "with label_decision 'score' and in teacher-score (its tiers are cumulative probabilities); off, the "
         "generating stages do ~30% less work (paper: the label is parsed, nothing is scored)",
     )
+    num_processes: int = Field(
+        1, ge=1, description="processes teacher_sft and teacher_dpo train on (dvc.yaml runs them with `accelerate "
+        "launch`; one per GPU; accelerate's own config, written by `accelerate config`, picks DDP, FSDP or DeepSpeed)")
+    http: HTTPConfig = HTTPConfig()
     sampling: SamplingConfig = SamplingConfig()
     fewshot: FewShotConfig = FewShotConfig()
     sft: SFTSection = SFTSection()

@@ -129,7 +129,7 @@ def answer_end(text: str) -> int | None:
 def awaits_label(text: str) -> bool:
     """True when `text` (an answer being written) has reached its first label line but no label text yet:
     it ends in "Label:" (or "**Label:** "), or in a bare label line and blank lines after it. This is where
-    a guided decoder chooses the label (generation.TransformersBackend with sampling.label_choice)."""
+    a guided decoder chooses the label (hf_decoding.label_choice, with sampling.label_choice)."""
     lines = text.splitlines(keepends=True)
     first = _first_label_line(lines)
     return first is not None and not first[1] and not any(nxt.strip() for nxt in lines[first[0] + 1:])
