@@ -113,15 +113,18 @@ def check_params(params: str) -> None:
 @click.option("--params", default="params.yaml", show_default=True, help="params file to rewrite")
 @click.option("--profiles", default="profiles", show_default=True, help="folder of profile overlays")
 def profile(name: str, params: str, profiles: str) -> None:
-    """Merge profiles/NAME.yaml (tiny, real-cpu, paper, ablations) over params.yaml and validate the result.
-    Profiles stack: each merges over the params.yaml it finds (`relkd profile ablations` after another adds
-    the ablation students to it).
+    """Merge profiles/NAME.yaml (tiny, real-cpu, paper, paper-tables, ablations) over params.yaml, validate the
+    result and write it back with every key's description (the file is rendered from the typed configs, so no
+    comment is lost). Profiles stack: each merges over the params.yaml it finds (`relkd profile ablations` after
+    another adds the ablation students to it).
 
-    Undo with `git checkout params.yaml`; one key at a time, use `dvc exp run -S key=value`."""
+    Undo with `git checkout params.yaml` (or `relkd params write --defaults`); one key at a time, use
+    `dvc exp run -S key=value`."""
     import yaml
 
     from relkd.config import merge, parse_params
     from relkd.io import write_text
+    from relkd.params_text import params_yaml
 
     overlay_path = Path(profiles) / f"{name}.yaml"
     if not overlay_path.exists():
@@ -130,11 +133,46 @@ def profile(name: str, params: str, profiles: str) -> None:
     base = yaml.safe_load(Path(params).read_text(encoding="utf-8")) or {}
     merged = merge(base, yaml.safe_load(overlay_path.read_text(encoding="utf-8")) or {})
     try:
-        parse_params(merged)
+        checked = parse_params(merged)
     except ConfigError as err:
         raise click.ClickException(f"profile {name}: {err}") from None
-    write_text(params, yaml.safe_dump(merged, sort_keys=False, allow_unicode=True))
+    write_text(params, params_yaml(checked))
     click.echo(f"{params}: profile '{name}' applied")
+
+
+@main.group("params")
+def params_group() -> None:
+    """params.yaml and docs/configuration.md, rendered from the typed configs (each key's one home)."""
+
+
+@params_group.command("write")
+@click.option("--params", default="params.yaml", show_default=True, help="params file to (re)write")
+@click.option("--defaults", is_flag=True, help="write the typed defaults (the embedded default), not its values")
+def params_write(params: str, defaults: bool) -> None:
+    """Re-render params.yaml: its values (or the defaults) with every key's description as a comment."""
+    from relkd.config import parse_params
+    from relkd.io import write_text
+    from relkd.params_text import params_yaml
+
+    try:
+        values = parse_params({}) if defaults or not Path(params).exists() else load_params(params)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    write_text(params, params_yaml(values))
+    click.echo(f"{params}: written ({'defaults' if defaults else 'its values'})")
+
+
+@params_group.command("doc")
+@click.option("--out", default="docs/configuration.md", show_default=True, help="where the page goes")
+def params_doc(out: str) -> None:
+    """Write the configuration reference (every key: type, default, description)."""
+    from relkd.config import Params
+    from relkd.io import write_text
+    from relkd.params_text import configuration_md
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, configuration_md(Params))
+    click.echo(f"{out}: written")
 
 
 @main.command("models")

@@ -24,6 +24,8 @@ from relkd.teacher.config import TeacherConfig
 # `tracking` (one key, read by every stage) is the one section defined here: relkd.tracking imports mlflow on
 # import, and reading params must not.
 class TrackingConfig(Section):
+    """MLflow tracking (MLFLOW_TRACKING_URI points at a team server; else the embedded store in registry/)."""
+
     experiment: str = Field("relkd", description="MLflow experiment of every stage's run")
 
 

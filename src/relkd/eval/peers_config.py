@@ -32,10 +32,12 @@ class EcotProbeConfig(Section):
     """The embed stage's linear probe from e_cot to the gold label (can the guidance target carry the label?)."""
 
     folds: int = Field(5, ge=2, description="stratified folds (fewer when the smallest class has fewer rows)")
-    seed: int = 13
+    seed: int = Field(13, description="seed of the folds")
 
 
 class PeersConfig(Section):
+    """The rows every student table carries, trained on the students' rows (the train split)."""
+
     cross_encoder: CrossEncoderPeerConfig = CrossEncoderPeerConfig()
     lexical: LexicalPeerConfig = LexicalPeerConfig()
     e_cot_probe: EcotProbeConfig = EcotProbeConfig()

@@ -11,5 +11,5 @@ class ProbeConfig(Section):
     variant: str = Field("lrkd_gat", description="student variant whose r is probed")
     top_n: int = Field(10, ge=1, description="keywords probed (frequent in rationales, absent from the pair)")
     min_count: int = Field(5, ge=1, description="pairs a keyword must occur in")
-    n_runs: int = Field(10, ge=2, description="random splits per keyword (paper: 10)")
-    seed: int = 13
+    n_runs: int = Field(10, ge=2, description="random splits per keyword")
+    seed: int = Field(13, description="seed of the splits")

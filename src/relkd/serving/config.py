@@ -10,17 +10,22 @@ from relkd.serving.drift import DriftThresholds
 
 
 class RegistryConfig(Section):
+    """The MLflow model registry: the registered name, the control student and how the challenger is chosen."""
+
     name: str = Field("relevance-student", description="registered-model name every student version lives under")
     baseline: str = Field("plain", description="variant that becomes champion when the registry has none "
-                          "(the production control student of the paper's A/B)")
+                          "(the control student of the A/B)")
     candidates: list[str] | None = Field(None, description="variants eligible as challenger; None = all but baseline")
     select_by: str = Field("valid_macro_f1", description="metric tag that picks the challenger among candidates")
 
 
 class ExportConfig(Section):
+    """Export to the Triton repository: the graph served, calibration, tiers and explanations."""
+
     int8: bool = Field(False, description="serve the int8 dynamic-quantised graph when its argmax agreement "
                        "with fp32 on the validation split is at least min_int8_agreement")
-    min_int8_agreement: float = Field(0.995, ge=0, le=1)
+    min_int8_agreement: float = Field(0.995, ge=0, le=1, description="argmax agreement with fp32 on validation "
+                                      "pairs the int8 graph needs to be served")
     optimize: bool = Field(True, description="triton.device cpu: serve onnxruntime's fully optimised graph "
                            "(ORT_ENABLE_ALL, saved with the CPU provider's fusions); gpu: the exported graph is "
                            "served and onnxruntime optimises it on the GPU at load")
@@ -40,10 +45,14 @@ class ExportConfig(Section):
 
 
 class TritonConfig(Section):
-    model_name: str = "relevance_student"
-    max_batch_size: int = Field(64, ge=1)
-    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [16, 32])
-    max_queue_delay_us: int = Field(2000, ge=0)
+    """The Triton model: its name, batching, instances and device."""
+
+    model_name: str = Field("relevance_student", description="the served student's model name in the Triton "
+                            "repository")
+    max_batch_size: int = Field(64, ge=1, description="largest batch the served model takes (config.pbtxt)")
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [16, 32],
+                                             description="batch sizes Triton's dynamic batcher aims for")
+    max_queue_delay_us: int = Field(2000, ge=0, description="microseconds a request may wait to join a batch")
     instance_count: int = Field(1, ge=1, description="model instances (on each GPU with device gpu)")
     start_timeout: float = Field(120, gt=0, description="seconds to wait for the server to be ready")
     device: Literal["cpu", "gpu"] = Field("cpu", description="where the served model runs: cpu (KIND_CPU, "
@@ -52,17 +61,19 @@ class TritonConfig(Section):
 
 
 class ScoreConfig(Section):
+    """The nightly batch (generated or your file) and the scoring client that sends it through Triton."""
+
     batch: str | None = Field(None, description="nightly batch file (parquet/CSV/JSONL: query, title, optional "
                               "id, label); None = generate the embedded one")
     n_rows: int = Field(200, ge=1, description="rows of the generated nightly batch")
     seed: int = Field(101, description="seed of the generated batch")
     labelled_share: float = Field(0.5, ge=0, le=1, description="share of generated rows that keep a label")
     bad_rows: int = Field(3, ge=0, description="deliberately broken rows in the generated batch")
-    protocol: Literal["grpc", "http"] = "grpc"
-    batch_size: int = Field(32, ge=1)
-    concurrency: int = Field(2, ge=1)
-    retries: int = Field(3, ge=0)
-    backoff: float = Field(0.5, ge=0)
+    protocol: Literal["grpc", "http"] = Field("grpc", description="how the client talks to Triton")
+    batch_size: int = Field(32, ge=1, description="rows per request")
+    concurrency: int = Field(2, ge=1, description="requests in flight")
+    retries: int = Field(3, ge=0, description="retries of a request on a transient failure")
+    backoff: float = Field(0.5, ge=0, description="seconds before the first retry, doubled each time")
     max_chars: int = Field(2000, ge=1, description="longer query/title text is rejected, not silently cut")
     shard_size: int = Field(100, ge=1, description="rows per atomically written shard (resume unit)")
     explain: bool = Field(True, description="ask for each row's nearest training rationale (explain_id); false: "
@@ -71,11 +82,13 @@ class ScoreConfig(Section):
 
 
 class AbConfig(Section):
+    """Champion vs challenger: the hash split of traffic into arms (offline report and live router alike)."""
+
     salt: str = Field("relkd-ab", description="salt of the hash-based traffic split")
-    champion_share: float = Field(0.1, ge=0, le=1, description="paper: 10% of traffic")
-    challenger_share: float = Field(0.1, ge=0, le=1, description="paper: 10% of traffic")
-    n_boot: int = Field(1000, ge=100)
-    seed: int = 0
+    champion_share: float = Field(0.1, ge=0, le=1, description="share of traffic in the champion arm")
+    challenger_share: float = Field(0.1, ge=0, le=1, description="share of traffic in the challenger arm")
+    n_boot: int = Field(1000, ge=100, description="bootstrap resamples of the intervals")
+    seed: int = Field(0, description="seed of the bootstrap")
 
 
 class OnlineConfig(Section):

@@ -1,7 +1,7 @@
 """Knobs of the MPCoT teacher: model, sampling, few-shot seed set, SFT, conflict set, DPO, evaluation.
 
-Defaults are the embedded scale (SmolLM2-135M on 2 CPU cores, minutes per stage); each description
-names the paper's setting ("paper: ...") so a GPU host can be set to it from params.yaml.
+Defaults are the embedded scale (SmolLM2-135M on 2 CPU cores, minutes per stage); the paper's settings are in
+profiles/paper.yaml.
 """
 from __future__ import annotations
 
@@ -15,25 +15,23 @@ from relkd.section import Section
 class SamplingConfig(Section):
     """How rationales are sampled (few-shot generation, conflict search, annotation)."""
 
-    temperature: float = Field(0.7, ge=0, description="0 = greedy decoding; paper: 0.7")
-    top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass; paper: 0.99")
-    top_k: int = Field(50, ge=0, description="0 = no top-k cut; paper: 50")
+    temperature: float = Field(0.7, ge=0, description="0 = greedy decoding")
+    top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass")
+    top_k: int = Field(50, ge=0, description="0 = no top-k cut")
     max_new_tokens: int = Field(
-        96, ge=1, description="cap on new tokens (worked answers: 31-37 tokens; label-hinted SFT targets up to a "
-        "35-word rationale, about 70 tokens with product codes, plus the label line); an answer ends at its first complete label line, so this only "
-        "bounds answers that never write one; paper: long free-form CoT (hundreds of tokens)"
+        96, ge=1, description="cap on new tokens; an answer ends at its first complete label line, so this only "
+        "bounds answers that never write one (a label-hinted SFT target is up to ~70 tokens plus its label line)"
     )
     no_repeat_ngram: int = Field(
         8, ge=0, description="ban a token that would repeat an n-gram of this size within the answer (0 = off): "
-        "stops a small model's greedy loops before its token cap (transformers backend; vllm needs 0); "
-        "paper: off")
+        "stops a small model's greedy loops before its token cap (transformers engine only; serving engines need 0)")
     label_choice: bool = Field(
         True, description="once an answer has written its label key ('Label:'), its label is chosen from the "
         "label set, token by token, then the line ends (guided choice, as vLLM's guided decoding): a small "
         "teacher that writes the label line but a near-miss name ('strong relevance') or the product title "
-        "after it still answers a class; an answer that never writes the line stays unparseable "
-        "(transformers backend; vllm needs false); paper: free-form")
-    k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
+        "after it still answers a class; an answer that never writes the line stays unparseable. Serving engines "
+        "(vllm, openai) do it with their structured output")
+    k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective")
     seed: int = Field(13, description="sampling seed (with the prompt and sample index it fixes every output)")
 
 
@@ -41,10 +39,9 @@ class FewShotConfig(Section):
     """The labelled seed set that few-shot generation runs on, and the shots in each prompt."""
 
     n_seed_pairs: int = Field(
-        12, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set; "
-        "paper: the labelled training set"
+        12, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set"
     )
-    n_shots: int = Field(1, ge=0, description="worked examples per perspective prompt; paper: a few")
+    n_shots: int = Field(1, ge=0, description="worked examples per perspective prompt")
     seed: int = Field(13, description="seed of the seed-set draw")
 
 
@@ -77,7 +74,7 @@ class TrainerSection(Section):
 class SFTSection(TrainerSection):
     """LoRA SFT on the consistency-filtered union of the three perspective sets."""
 
-    r: int = Field(8, ge=1, description="LoRA rank; paper: LoRA, rank not stated")
+    r: int = Field(8, ge=1, description="LoRA rank")
     alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] | str = Field(
@@ -89,21 +86,21 @@ class SFTSection(TrainerSection):
         description="give every training pair the consistency filter left without a rationale a label-hinted "
         "one ('the answer is X; give the reasoning', STaR-style rationalisation; a rationale naming a class is "
         "dropped), so SFT learns the answer format from the whole training split and not from the few seed "
-        "pairs the untrained teacher got right; the metrics say how many; paper: not used (False)",
+        "pairs the untrained teacher got right; the metrics say how many",
     )
     max_examples: int | None = Field(
         128, ge=1, description="cap on SFT examples (consistent ones first, then hinted ones, seeded); None = "
         "every training pair")
     perspective_share: float = Field(
         0.4, ge=0, le=1, description="share of the SFT examples posed under a perspective prompt (with the "
-        "few-shot shots, as teacher_pairs and teacher_eval ask), the rest under the unified prompt: at 135M the "
-        "format learned under the unified prompt alone did not always carry over (6.25% unparseable under "
-        "structured analysis); paper: 0 (one unified prompt for all samples)")
+        "few-shot shots, as teacher_pairs and teacher_eval ask), the rest under the unified prompt (a small teacher "
+        "trained under the unified prompt alone may not carry the format over to the perspective prompts)")
     check_pairs: int = Field(
         32, ge=1, description="validation pairs the trained teacher answers after SFT (greedy) under the unified "
-        "prompt, and under each perspective prompt when perspective_share > 0, to prove it learned the format")
+        "prompt, and under each perspective prompt when perspective_share > 0, to prove it learned the format "
+        "(checked at the start of teacher_pairs)")
     max_unparseable: float = Field(
-        0.1, ge=0, le=1, description="teacher_sft fails when more than this share of those answers has no "
+        0.1, ge=0, le=1, description="teacher_pairs fails when more than this share of those answers has no "
         "parseable label (the format was not learned: more epochs, a higher lr or more examples)")
 
 
@@ -111,9 +108,9 @@ class PairsConfig(Section):
     """Conflict set search and cross-perspective preference pairs."""
 
     n_pairs_set: int = Field(
-        16, ge=1, description="train pairs the SFT model is run on to find conflicts; paper: the training set"
+        16, ge=1, description="train pairs the SFT model is run on to find conflicts"
     )
-    k: int = Field(2, ge=1, description="samples per pair and perspective (pass@k); paper: 5")
+    k: int = Field(2, ge=1, description="samples per pair and perspective (pass@k)")
     max_pairs_per_sample: int = Field(
         2, ge=1, description="preference pairs kept per conflicting (query, item); bounds one sample's weight"
     )
@@ -136,7 +133,7 @@ class DPOSection(TrainerSection):
 class EvalConfig(Section):
     """Teacher accuracy on test pairs (few-shot, SFT, SFT+DPO; per perspective and unified)."""
 
-    n_test_pairs: int | None = Field(48, ge=1, description="cap on test pairs scored; None = all; paper: all")
+    n_test_pairs: int | None = Field(48, ge=1, description="cap on test pairs scored; None = all")
     greedy: bool = Field(True, description="greedy rationales for evaluation (else sampled with `sampling`)")
     single_after_training: bool = Field(
         False, description="also answer under each perspective's own prompt after SFT and DPO (the table's "
@@ -150,7 +147,7 @@ class AnnotateConfig(Section):
     batch_size: int = Field(64, ge=1, description="prompts per generate call")
     max_pairs: int | None = Field(128, ge=1, description="cap on train pairs annotated (a seeded sample in the natural class mix; the students train on every pair, guided where annotated); None = all")
     hint: Literal["none", "gold"] = Field(
-        "none", description="none = the teacher's own rationale (paper); gold = label-hinted rationalisation "
+        "none", description="none = the teacher's own rationale; gold = label-hinted rationalisation "
         "(the gold label is in the prompt, STaR-style), for a teacher too weak to reason its way to the label")
 
 
@@ -260,30 +257,30 @@ class TeacherConfig(Section):
 
     model: str = Field(
         "pypi:SmolLM2-135M-Instruct",
-        description="relkd.models name or hub id of the teacher LM; paper: Qwen/Qwen3-14B",
+        description="relkd.models name or hub id of the teacher LM",
     )
     backend: Literal["auto", "transformers", "vllm", "openai"] = Field(
         "auto", description="generation engine: transformers (in-process, CPU or GPU), vllm (in-process, GPU), "
         "openai (OpenAI-compatible servers over HTTP: teacher.http); auto = vllm when importable and a GPU is "
         "visible, else transformers")
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPUs per model (paper scale: as many as fit 14B)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine (tensor parallel)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bfloat16 on GPU, float32 on CPU (no bf16 on CPU)"
     )
-    batch_size: int = Field(64, ge=1, description="prompts per generate call (transformers backend); greedy answers/s on 2 cores: 16 -> 1.5, 32 -> 1.8, 64 -> 2.3")
+    batch_size: int = Field(64, ge=1, description="prompts per generate call (and per cached batch)")
     max_prompt_tokens: int = Field(
         2048, ge=16, description="longest prompt accepted; a longer one is an error (fewer shots or raise this)"
     )
     label_decision: Literal["parse", "score"] = Field(
         "parse",
-        description="what decides the predicted label: 'parse' = the label written after the rationale (paper); "
+        description="what decides the predicted label: 'parse' = the label written after the rationale; "
         "'score' = the highest log-likelihood label after the rationale; both rates are reported",
     )
     label_scores: bool = Field(
         False, description="also score every answer's labels by log-likelihood after its rationale (the records' "
         "probs and scored_label, the accuracy_scored columns, vote ties broken by probability mass); always on "
         "with label_decision 'score' and in teacher-score (its tiers are cumulative probabilities); off, the "
-        "generating stages do ~30% less work (paper: the label is parsed, nothing is scored)",
+        "generating stages do ~30% less work",
     )
     num_processes: int = Field(
         1, ge=1, description="processes teacher_sft and teacher_dpo train on (dvc.yaml runs them with `accelerate "
