@@ -75,16 +75,24 @@ def _cfg(urls, **http) -> TeacherConfig:
 
 
 def _prompts(tokenizer, n: int) -> list[str]:
-    return [tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"Query: red running shoes size {40 + i}\nTitle: Nike Pegasus road running "
-                                     f"shoe, red, size {40 + i}\nIs the title relevant? Think, then answer with "
-                                     "'Label: exact', 'Label: substitute' or 'Label: irrelevant'."}],
-        tokenize=False, add_generation_prompt=True) for i in range(n)]
+    """The structured-analysis perspective's few-shot prompt (prompts/), as teacher_fewshot asks the teacher."""
+    import pandas as pd
+
+    from relkd.teacher.judge import prompts_for
+    from relkd.teacher.prompts import Shot, load_perspectives
+
+    perspective = load_perspectives(ROOT / "prompts")["structured_analysis"]
+    pairs = pd.DataFrame({"query": [f"red running shoes size {40 + i}" for i in range(n)],
+                          "title": [f"Nike Pegasus road running shoe, red, size {40 + i % 2}" for i in range(n)]})
+    shots = (Shot("usb c cable 2m", "Anker USB-C to USB-C cable, 2 m", "exact"),)
+    return prompts_for(tokenizer, perspective, pairs, LABELS, shots)
 
 
 def test_answers_come_from_both_servers_with_a_label_from_the_set(servers):
     """n samples a prompt (llama.cpp answers one a request: the rest are asked apart, seeded), requests spread over
-    the two servers, every answer cut at its first label line, the label chosen with the server's grammar."""
+    the two servers, every answer cut at its first label line, the label chosen with the server's grammar. (A sample
+    is not reproducible across servers: llama.cpp's prompt cache changes the last prompt token's logits a little, so
+    reruns are made reproducible by the generation cache, as the stage test below shows.)"""
     urls, logs = servers
     teacher = make_engine(_cfg(urls), resolve("tiny:llama")).teacher()  # tiny:llama carries SmolLM2's tokenizer
     assert teacher.cache_id.startswith("openai|smol|")
@@ -93,12 +101,10 @@ def test_answers_come_from_both_servers_with_a_label_from_the_set(servers):
     assert [len(o) for o in out] == [2, 2, 2, 2]
     parsed = [parse(a, LABELS) for o in out for a in o]
     labelled = [p for p in parsed if p.error != "no label line"]
-    assert all(p.label in LABELS for p in labelled), parsed  # a label line names a class of the set, always
+    assert labelled and all(p.label in LABELS for p in labelled), parsed  # a label line names a class of the set
     assert all(sum(line.lower().startswith("label:") for line in a.splitlines()) <= 1 for o in out for a in o)
     sent = teacher.engine.fleet.sent
     assert len(sent) == 2 and min(sent) > 0, sent  # both servers answered
-    again = teacher.generate(_prompts(teacher.tokenizer, 4), 2, sampling, seed=5, labels=LABELS)
-    assert again == out  # seeded per request: the same answers from either server
 
 
 def test_label_scores_match_the_in_process_model(servers):
