@@ -156,28 +156,32 @@ class OpenAITeacher:
         check_lengths(self.tokenizer(list(prompts))["input_ids"], prompts, self.engine.cfg.max_prompt_tokens)
         return answer(self._complete, prompts, n, sampling, seed, labels, stops=self.server != "llama_cpp")
 
-    def _prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+    def _prompt_logprobs(self, ids: list[int]) -> tuple[list[str], list[float | None]]:
+        """(tokens, log-probabilities) the server echoes for the prompt `ids`, the generated token, if listed, after."""
         # Token ids where the server takes them (the exact tokens scored); llama-cpp-python takes text only, which
-        # it tokenises as the local tokenizer does (the same vocabulary).
+        # it tokenises with the same vocabulary.
         prompt = self.tokenizer.decode(ids) if self.server == "llama_cpp" else ids
         got = self.engine.fleet.call(lambda c: c.completions.create(
             model=self.name, prompt=prompt, max_tokens=1, temperature=0.0, echo=True, logprobs=0))
-        return list(got.choices[0].logprobs.token_logprobs)
+        lp = got.choices[0].logprobs
+        return list(lp.tokens), list(lp.token_logprobs)
 
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         """The summed log-probability of each label's tokens after each prefix, from the log-probabilities the
         server reports for the prompt's own tokens (``echo`` + ``logprobs``)."""
         combos = label_spans(self.tokenizer, prefixes, labels, self.engine.cfg.max_prompt_tokens)
-        logps = list(self.engine.pool.map(lambda c: self._prompt_logprobs(c[0]), combos))
+        echoed = list(self.engine.pool.map(lambda c: self._prompt_logprobs(c[0]), combos))
         scores = []
-        for (ids, m), lp in zip(combos, logps):
-            # The echoed prompt's log-probabilities, then the one generated token's; counted from the end, since a
-            # server may leave out the prompt's first token (llama-cpp-python drops the chat template's start).
-            tail = lp[-m - 1:-1]
-            if len(lp) < m + 1 or any(v is None for v in tail):
-                raise RuntimeError(f"the server returned {len(lp)} log-probabilities for a {len(ids)}-token prompt "
-                                   f"({self.name}); label scoring needs echo with logprobs on /v1/completions "
+        for (ids, m), (tokens, lp) in zip(combos, echoed):
+            # The label's tokens end the echoed prompt, before the generated token when one is listed (an end of
+            # sequence is not); found by their text, since a server may tokenise the chat template's special tokens
+            # apart (llama-cpp-python echoes fewer tokens than the prompt has).
+            want = [self.tokenizer.decode([i]) for i in ids[-m:]]
+            end = next((e for e in (len(tokens), len(tokens) - 1) if e >= m and tokens[e - m:e] == want), None)
+            if end is None or any(v is None for v in lp[end - m:end]):
+                raise RuntimeError(f"the server's echoed prompt does not end with the label's tokens {want} ({self.name}, "
+                                   f"got {tokens[-m - 1:]}); label scoring needs echo with logprobs on /v1/completions "
                                    "(vLLM, llama-cpp-python; llama-server ignores echo): set teacher.label_scores "
                                    "false and teacher.label_decision parse")
-            scores.append(float(sum(tail)))
+            scores.append(float(sum(lp[end - m:end])))
         return np.asarray(scores).reshape(len(prefixes), len(labels))
