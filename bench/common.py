@@ -5,8 +5,8 @@ import json
 import os
 import platform
 import time
-from functools import partial
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 
@@ -105,8 +105,8 @@ def load_pairs(path: str | None, n: int, query_col: str, title_col: str, seed: i
         df = read(path).dropna(subset=[query_col, title_col])
         df = df.sample(n=min(n, len(df)), random_state=0)
         return list(zip(df[query_col].astype(str), df[title_col].astype(str)))
-    from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
+    from relkd.data.config import CatalogueConfig
 
     df = generate_catalogue(CatalogueConfig(n_queries=n, pairs_per_query=1), seed=seed)
     return list(zip(df["query"], df["title"]))

@@ -24,9 +24,8 @@ from common import report  # noqa: E402
 def measure(name: str, lam: float, batches: int, seed: int = 13) -> dict:
     import torch
     import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-
     from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
 
     from pipeline.common import read_labels, setup, training_frame
     from pipeline.train_student import guiding_rationales

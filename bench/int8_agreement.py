@@ -167,8 +167,13 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
     from scipy.special import softmax
 
-    from relkd.serving.export import (calibration_batches, encoder_weight_matmuls, export_onnx, quantize_int8,
-                                      score_pairs)
+    from relkd.serving.export import (
+        calibration_batches,
+        encoder_weight_matmuls,
+        export_onnx,
+        quantize_int8,
+        score_pairs,
+    )
     from relkd.student.model import InferenceWrapper, load_student
 
     student, tok = load_student(a.student)

@@ -53,10 +53,10 @@ def main() -> None:
 
     import pandas as pd
 
-    from relkd.eval.metrics import classification_report
     from relkd import lexical
-    from relkd.eval.peers import feature_classifier
     from relkd.eval.config import LexicalPeerConfig
+    from relkd.eval.metrics import classification_report
+    from relkd.eval.peers import feature_classifier
     from relkd.eval.stats import bootstrap_diff_ci
 
     prepared = Path(a.prepared)

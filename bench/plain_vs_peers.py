@@ -4,7 +4,8 @@ apart, with and without the lexical head (student.lexical), without the teacher.
 The students are trained by the library's `train_student` with the params file's student section (e.g. the
 real-cpu profile a bench/quality.py workdir wrote), on every training pair; the lexical peer and the majority
 class are fitted on the same rows. Each student row carries mean ± std over seeds and the paired bootstrap
-interval (seeds and test pairs resampled, every drawn seed on the same pairs) of its difference from the lexical LR. It measures a
+interval (seeds and test pairs resampled, every drawn seed on the same pairs) of its difference from the
+lexical LR. It measures a
 student change in minutes where the whole pipeline (bench/quality.py) takes two hours; the CrossEncoder peer
 is the pipeline's (`peers` stage), not re-run here.
 

@@ -4,11 +4,13 @@ The Poly-encoder extractor (Appendix A, eqs. 12-13) scores every token against K
 tokens, and averages the attended vectors. With scores near zero the attention is uniform and r is the masked
 mean of H: with `student.pooling: mean` that is h_cls itself, so the head sees [h_cls ; h_cls] and the guidance
 acts on h_cls (or, with `student.guidance_into_backbone: false`, on codes that change nothing). For each student
-folder this measures, on the first --rows pairs of a split: the codes' norm, the spread of the scores over the tokens, the
+folder this measures, on the first --rows pairs of a split: the codes' norm, the spread of the scores over the
+tokens, the
 largest attention weight times the number of valid tokens (1 = uniform), the attention's entropy over log L, and
 cos(r, masked mean of H).
 
-    cd REPO && python /path/to/bench/poly_attention.py models/student/lrkd_poly/seed13 [...] --name poly_attention_embedded
+    cd REPO && python /path/to/bench/poly_attention.py models/student/lrkd_poly/seed13 [...] \
+        --name poly_attention_embedded
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ profile, and sizes at which the plain student can learn the noisy graded labels 
 on 884 it fell below the majority class). Timed on 2026-12-06 (2 cores): `--queries 600 --rounds none --variants
 plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the teacher's stages 23, each student 12 for 3 seeds, the
 peers 11); every round of `--rounds` adds its annotation and students. Re-running with the same --workdir
-resumes (DVC skips the stages that finished). The data stays in --workdir (outside the repository); only the tables are written to
+resumes (DVC skips the stages that finished). The data stays in --workdir (outside the repository); only the
+tables are written to
 bench/results/quality.{md,json}.
 """
 from __future__ import annotations
@@ -260,7 +261,7 @@ def render(result: dict) -> str:
              f"({sizes['sample_rows']} rows) sampled with seed {st['seed']}; split by query into "
              f"{prep['rows']}; labels per split {prep['labels']}. " + trained_on(st) + f" Seeds {st['seeds']}."
              + (f" Params set on top: {', '.join(st['set'])}." if st.get("set") else "") + " Wall time per "
-             f"round (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in result["wall_s"].items()) + ".", "",
+             "round (min): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in result["wall_s"].items()) + ".", "",
              f"## Teacher ({result['teacher']['n_test_pairs']} test pairs)", ""]
     teacher = [{"model": k, "ACC": pct(v["accuracy"]), "F1": pct(v["macro_f1"]),
                 "unparseable %": pct(v["unparseable_rate"])} for k, v in sorted(result["teacher"]["table"].items())]
@@ -269,18 +270,21 @@ def render(result: dict) -> str:
         ann = r["annotate"]
         peers = r.get("peers", {})
         lines += [f"## Students with {ROUNDS[hint]} (`teacher.annotate.hint: {hint}`)", "",
-                  f"Annotation: {ann['n_pairs']} pairs, teacher accuracy on them {pct(ann['teacher_accuracy_on_train'])}, "
-                  f"unparseable {pct(ann['unparseable_rate'])}%, {ann['mean_rationale_words']:.1f} words per rationale.",
+                  f"Annotation: {ann['n_pairs']} pairs, teacher accuracy on them "
+                  f"{pct(ann['teacher_accuracy_on_train'])}, unparseable {pct(ann['unparseable_rate'])}%, "
+                  f"{ann['mean_rationale_words']:.1f} words per rationale.",
                   "", *probe_line(r.get("embed")),
                   markdown(student_rows(r["compare"], list(result["variants"])) + student_rows(peers, list(peers)),
                            ["model", "ACC", "F1", "ΔACC [95% CI]", "ΔF1 [95% CI]"]), ""]
         if r.get("peers_n_train"):
             lines += [f"Peers trained on {sorted(set(r['peers_n_train'].values()))} train pairs.", ""]
     lines += ["Mean ± std over seeds; Δ vs plain: the mean over seeds of the per-seed difference, with its 95% paired "
-              "bootstrap interval (test rows and seeds resampled, the same rows for every drawn seed). `lrkd_gat_lam1` is lrkd_gat "
+              "bootstrap interval (test rows and seeds resampled, the same rows for every drawn seed). "
+              "`lrkd_gat_lam1` is lrkd_gat "
               "with the guidance weight λ = 1 instead of 0.1. `peer:` rows (when the run has them) come from the "
               "pipeline's `peers` stage: `majority` (the train split's commonest class), `lexical_lr` / `lexical_hgb` "
-              "(token overlap, TF-IDF cosines, BM25 over the training titles, number matches and lengths, with logistic "
+              "(token overlap, TF-IDF cosines, BM25 over the training titles, number matches and lengths, with "
+              "logistic "
               "regression / histogram gradient boosting) and `cross_encoder` (sentence-transformers' CrossEncoder on "
               "the students' backbone, trained by its own CrossEncoderTrainer and recipe, params.yaml `peers`)."]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,6 @@ matmul roofs (fp32, and int8 MatMulInteger for the integer rows).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -100,11 +99,13 @@ def build_repo(student_dir: str, fp32_onnx: Path, params, work: Path, labels, ma
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", required=True, help="a saved student folder (models/student/<v>/seed<N>)")
-    ap.add_argument("--repo", default="triton_repo", help="exported Triton model repository; 'build' builds a one-version repository from --student "
+    ap.add_argument("--repo", default="triton_repo", help="exported Triton model repository; 'build' builds a "
+                    "one-version repository from --student "
                     "(a student no export stage served); 'none' skips the Triton rows")
     ap.add_argument("--model-name", default="relevance_student")
     ap.add_argument("--pairs", type=int, default=600)
-    ap.add_argument("--csv", default=None, help="pairs from a CSV or Parquet file (e.g. data/prepared/valid.parquet with --query-col query "
+    ap.add_argument("--csv", default=None, help="pairs from a CSV or Parquet file (e.g. data/prepared/valid.parquet "
+                    "with --query-col query "
                     "--title-col title) instead of generated catalogue pairs")
     ap.add_argument("--calibration", default=None, help="pairs for static int8 calibration, CSV/Parquet with query "
                     "and title columns (e.g. data/prepared/train.parquet); default: generated catalogue pairs")
@@ -116,13 +117,11 @@ def main() -> None:
     ap.add_argument("--name", default="serving_throughput", help="results file name (bench/results/NAME.json)")
     a = ap.parse_args()
 
-    import numpy as np
     import torch
 
+    from relkd.config import load_params
     from relkd.serving.export import calibration_batches, export_onnx, quantize_int8, score_pairs, tokenize
     from relkd.student.model import InferenceWrapper, load_student
-
-    from relkd.config import load_params
 
     params = load_params(a.params)
     served_batch = params.triton.max_batch_size  # the largest request the server takes
@@ -180,9 +179,10 @@ def main() -> None:
     if a.repo == "build":
         a.repo = str(build_repo(a.student, fp32, params, work, model.labels, max_len))
     if a.repo and Path(a.repo, a.model_name).is_dir():
+        import pandas as pd
+
         from relkd.serving.client import score_frame
         from relkd.serving.server import triton
-        import pandas as pd
 
         version = sorted((p.name for p in Path(a.repo, a.model_name).iterdir() if p.name.isdigit()), key=int)[-1]
         frame = pd.DataFrame({"query": [q for q, _ in pairs], "title": [t for _, t in pairs]})
@@ -206,7 +206,8 @@ def main() -> None:
                     breakdown[f"Triton gRPC end to end{what or ', with explanation, concurrency 2'}"] = 1000 * dt / n
             memory = server.peak_rss_mb()
     roof, int8_roof = matmul_roof(), int8_matmul_roof()
-    same_batch = next(r["pairs_per_s"] for r in rows if r["path"] == f"onnxruntime fp32, length buckets, batch {served_batch}")
+    served_path = f"onnxruntime fp32, length buckets, batch {served_batch}"
+    same_batch = next(r["pairs_per_s"] for r in rows if r["path"] == served_path)
     fp32_buckets = next(r["pairs_per_s"] for r in rows if r["path"] == "onnxruntime fp32, length buckets")
     for r in rows:
         if r["path"].startswith("Triton") and f"batch {served_batch} " in r["path"]:
@@ -217,7 +218,8 @@ def main() -> None:
             r["vs_fp32_buckets"] = r["pairs_per_s"] / (same_batch if r["path"].endswith(f", batch {served_batch}")
                                                        else fp32_buckets)
         # int8 rows against the integer roof (their MatMuls run on it), fp32 rows against the fp32 one
-        r["roof_share"] = r["gflops_real_tokens"] / (int8_roof if integer else roof) if r["gflops_real_tokens"] else None
+        roof_of = int8_roof if integer else roof
+        r["roof_share"] = r["gflops_real_tokens"] / roof_of if r["gflops_real_tokens"] else None
     report(a.name, rows, ["path", "pairs_per_s", "vs_torch_padded", "vs_fp32_buckets", "gflops_real_tokens",
                           "roof_share", "agreement_vs_torch_fp32", "vs_in_process_same_batch"],
            {"student": a.student, "pairs": len(pairs), "data": a.csv or "catalogue",

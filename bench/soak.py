@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import statistics
@@ -51,9 +50,9 @@ def client(url: str, version: str, batch: int, duration: float, max_requests: in
     import numpy as np
     import tritonclient.grpc as module
 
-    from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
-    from relkd.serving.client import _Session, _infer_batch
+    from relkd.data.config import CatalogueConfig
+    from relkd.serving.client import _infer_batch, _Session
     from relkd.serving.config import ScoreConfig
 
     df = generate_catalogue(CatalogueConfig(n_queries=200, pairs_per_query=3), seed=seed)

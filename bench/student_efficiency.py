@@ -26,8 +26,8 @@ def main() -> None:
 
     import torch
 
-    from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import LABELS, generate_catalogue
+    from relkd.data.config import CatalogueConfig
     from relkd.student.config import named_variants
     from relkd.student.model import build_student, tokenize_pairs
 

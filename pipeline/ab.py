@@ -68,7 +68,8 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
             g = gold.reindex(mine["id"].to_numpy())
             has = g.notna().to_numpy()
             entry["labelled"] = int(has.sum())
-            entry["accuracy"] = float((mine["label"].to_numpy()[has] == g.to_numpy()[has]).mean()) if has.any() else None
+            right = mine["label"].to_numpy()[has] == g.to_numpy()[has]
+            entry["accuracy"] = float(right.mean()) if has.any() else None
         sim[role] = entry
     report["online_simulation"] = sim
     report["seconds_per_1000_pairs"] = {role: cost(Path(scores) / role) for role in ("champion", "challenger")}

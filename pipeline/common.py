@@ -83,7 +83,8 @@ def read_embeddings(folder):
     """(vectors, meta) as write_embeddings wrote them."""
     import numpy as np
 
-    return np.load(Path(folder) / "rationales.npy"), json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+    meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+    return np.load(Path(folder) / "rationales.npy"), meta
 
 
 def training_frame(prepared: str, rationales: str, embeddings: str, rows: str = "all"):

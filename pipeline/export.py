@@ -96,10 +96,9 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
 
 def run(params_path, prepared, aliases_path, embeddings, rationales, repo, out, plots, metrics_path) -> dict:
     params = setup(params_path)
-    from relkd.serving.repository import write_config
-
     import tempfile
 
+    from relkd.serving.repository import write_config
     from relkd.tracking import configure
 
     configure(".")

@@ -81,7 +81,8 @@ def _main(a) -> None:
 main = stage_command(__doc__, _main, ("prepared", "prepared data folder"), ("models", "models/student folder"),
                      ("policy", "promotion policy YAML"), ("onnx", "folder for the verified ONNX files"),
                      ("out", "registry state JSON (versions, aliases)"), ("metrics", "metrics JSON"),
-                     ("aliases", "the served aliases file (git-tracked; export depends on it, relkd promote writes it)"))
+                     ("aliases", "the served aliases file (git-tracked; export depends on it, relkd promote writes "
+                                 "it)"))
 
 if __name__ == "__main__":
     main()

@@ -24,8 +24,8 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
     params = setup(params_path)
     cfg, t = params.score, params.triton
     from relkd.serving.client import score_file
-    from relkd.serving.inputs import read_table
     from relkd.serving.drift import drift_check, profile
+    from relkd.serving.inputs import read_table
     from relkd.serving.server import triton
 
     exported = json.loads(Path(export_json).read_text(encoding="utf-8"))

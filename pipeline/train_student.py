@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline._results import record_test, seed_summary
 from pipeline._ranks import main_process_run, on_main_process
+from pipeline._results import record_test, seed_summary
 from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command, training_frame
 from relkd.io import write_json
 from relkd.tracking import log_metrics
@@ -65,7 +65,8 @@ def guiding_rationales(train, notes: list, emb, rationales: str, which: str = "a
         raise ValueError(f"student.rationale_rows must be 'all' or 'agreeing', got {which!r}")
     from relkd.io import read_jsonl
 
-    agree = {r["pair_id"] for r in read_jsonl(rationales) if r.get("label") is not None and r.get("label") == r.get("gold")}
+    agree = {r["pair_id"] for r in read_jsonl(rationales)
+             if r.get("label") is not None and r.get("label") == r.get("gold")}
     keep = train["pair_id"].isin(agree).to_numpy()
     emb = np.where(keep[:, None], emb, np.float32(np.nan)).astype(emb.dtype)
     return [n if k else None for n, k in zip(notes, keep)], emb

@@ -1,6 +1,7 @@
 """Train a tiny student on an easy fixed task; run it plainly or under torchrun (tests/test_student_trainer.py).
 
-Usage: python tests/ddp_worker.py RESULT.json  |  torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py RESULT.json
+Usage: python tests/ddp_worker.py RESULT.json
+       torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py RESULT.json
 The main process writes {distributed_type, num_processes, history} to RESULT.json; every rank writes
 the checksum of its final weights to RESULT.json.rankN.
 """

@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from relkd.data.config import CatalogueConfig
 from relkd.config import ConfigError, parse_params
 from relkd.data import schema
 from relkd.data.catalogue import CASES, CATEGORIES, HARD_CASES, LABELS, LANGUAGES, QUERY_WORDS, generate_catalogue
+from relkd.data.config import CatalogueConfig
 
 SEED = 13
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
-from relkd.cli import _stage_names, main
+from relkd.cli import _stage_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,6 @@
-import pytest
 from pathlib import Path
+
+import pytest
 
 from relkd.config import ConfigError, load_params, merge, parse_params
 

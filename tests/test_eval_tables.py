@@ -2,10 +2,15 @@ import numpy as np
 import pytest
 
 from relkd.eval.metrics import reliability_rows
-from relkd.eval.plots import (confusion_plot, confusion_rows, dvc_confusion_rows, probe_bar_plot, reliability_plot,
-                              save_figure)
-from relkd.eval.tables import (STUDENT_COLUMNS, TEACHER_COLUMNS, by_dataset, student_table, teacher_table,
-                               to_markdown)
+from relkd.eval.plots import (
+    confusion_plot,
+    confusion_rows,
+    dvc_confusion_rows,
+    probe_bar_plot,
+    reliability_plot,
+    save_figure,
+)
+from relkd.eval.tables import STUDENT_COLUMNS, TEACHER_COLUMNS, by_dataset, student_table, teacher_table, to_markdown
 
 
 def test_to_markdown_exact_string():

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_dvc_deps import PACKAGES, module_file, module_name
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from conftest import ROOT
 
 from relkd.eval.metrics import classification_report
 from relkd.eval.peers import PEERS, fit_lexical, fit_majority, majority, train_cross_encoder
-from relkd.lexical import FEATURES, LexicalTables, char_ngrams, features, fit_tables, tokens
 from relkd.eval.probing import label_probe
+from relkd.lexical import FEATURES, LexicalTables, char_ngrams, features, fit_tables, tokens
 
 LABELS = ("relevant", "model mismatch", "category mismatch")
 BRANDS = ["acme", "zenit", "orbo", "kora", "vexa", "lumo", "tarn", "quill"]
@@ -80,14 +80,16 @@ def test_tfidf_cosines_equal_scikit_learns_vectorizers():
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     train = pairs(80, 0)
-    test = pd.concat([pairs(30, 1), pd.DataFrame({"query": ["Ünïcode  café x2", "a"], "title": ["CAFÉ x2 mug", "b  c"]})])
+    odd = pd.DataFrame({"query": ["Ünïcode  café x2", "a"], "title": ["CAFÉ x2 mug", "b  c"]})
+    test = pd.concat([pairs(30, 1), odd])
     texts = list(train["query"]) + list(train["title"])
     word = TfidfVectorizer(tokenizer=tokens, token_pattern=None, lowercase=False, sublinear_tf=True).fit(texts)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True).fit(texts)
     assert char.build_analyzer()("Ünïcode  café x2") == char_ngrams("Ünïcode  café x2")
 
     def cos(vec):
-        return np.asarray(vec.transform(list(test["query"])).multiply(vec.transform(list(test["title"]))).sum(1)).ravel()
+        both = vec.transform(list(test["query"])).multiply(vec.transform(list(test["title"])))
+        return np.asarray(both.sum(1)).ravel()
 
     got = features(list(test["query"]), list(test["title"]), fit_tables(list(train["query"]), list(train["title"])))
     assert got[:, FEATURES.index("tfidf_cosine")] == pytest.approx(cos(word), abs=1e-12)

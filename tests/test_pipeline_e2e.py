@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import copy_repo, sh
 
 pytestmark = pytest.mark.e2e

@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from relkd.eval.probing import (EXCLUDED, probe_keywords, probe_summary, probe_targets, run_probe, run_probes,
-                                words)
+from relkd.eval.probing import EXCLUDED, probe_keywords, probe_summary, probe_targets, run_probe, run_probes, words
 
 STOP = {"the", "a", "for", "is", "it", "so"}
 QUERIES = ["phone charger", "red dress", "laptop bag", "running shoes"]

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-
 from relkd.config import ConfigError
 from relkd.serving import student_pyfunc
 from relkd.tracking import configure, stage_run
@@ -295,7 +294,8 @@ def test_export_follows_the_registry_and_refuses_a_stale_aliases_file():
     now = {"name": "m", "aliases": {"champion": {"version": "4", "variant": "lrkd_gat"}}}
     assert served_roles(now, now, "registry/aliases.json") == {"champion": "4"}
     stale = {"name": "m", "aliases": {"champion": {"version": "1", "variant": "plain"}}}
-    with pytest.raises(SystemExit, match="registry serves .*'4'.* but registry/aliases.json records .*'1'.*relkd promote"):
+    with pytest.raises(SystemExit,
+                       match="registry serves .*'4'.* but registry/aliases.json records .*'1'.*relkd promote"):
         served_roles(now, stale, "registry/aliases.json")
 
 

@@ -335,10 +335,11 @@ def test_a_lexical_version_folder_computes_its_features_without_relkd(tmp_path):
     import json
     import subprocess
 
+    from test_serving_server import ensure_server_venv
+
     from relkd.lexical import features
     from relkd.serving.repository import write_version
     from relkd.student.model import InferenceWrapper
-    from test_serving_server import ensure_server_venv
 
     student, tok, tables, folder = _lexical_student(tmp_path)
     export_onnx(InferenceWrapper(student), tok, tmp_path / "lex.onnx", MAX_LENGTH, SAMPLES)
@@ -423,10 +424,11 @@ def test_the_stub_loads_each_graph_on_its_device_only(exported, tmp_path):
     import json
     import subprocess
 
+    from test_serving_server import ensure_server_venv
+
     from relkd.models import resolve
     from relkd.serving.export import graph_for
     from relkd.serving.repository import write_version
-    from test_serving_server import ensure_server_venv
 
     info = {"labels": ["exact", "substitute", "complement", "irrelevant"], "max_length": MAX_LENGTH,
             "temperature": 1.0, "relevance_weights": [1.0, 0.5, 0.25, 0.0], "tier_thresholds": [0.2, 0.4, 0.6, 0.8]}

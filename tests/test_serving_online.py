@@ -17,13 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import pytest
+from test_serving_server import MODEL, build_repository, ensure_server_venv, texts
 
 from relkd.serving.assignment import Assigner
 from relkd.serving.config import AbConfig, OnlineConfig, TritonConfig
 from relkd.serving.exposures import read_folder, read_lines
 from relkd.serving.router import write_router
 from relkd.serving.server import ServerUnreachable, triton
-from test_serving_server import MODEL, build_repository, ensure_server_venv, texts
 
 pytestmark = pytest.mark.integration
 ROUTER = OnlineConfig().router_name

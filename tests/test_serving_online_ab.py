@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relkd.serving.assignment import REST, Assigner, PAPER_SHARES
+from relkd.serving.assignment import PAPER_SHARES, REST, Assigner
 from relkd.serving.config import OnlineConfig
 from relkd.serving.exposures import FIELDS, ExposureLog, check_writable, read_folder, read_lines
 from relkd.serving.online_ab import online_markdown, online_report, srm_check

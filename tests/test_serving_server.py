@@ -161,8 +161,10 @@ def served(tmp_path_factory):
     assert not procs.group_alive(server.pid), f"processes of the server's group {server.pid} outlived it"
 
 
-def infer(server, protocol: str, queries, titles, version: str = "", outputs=("PROBS", "LABEL", "TIER", "SCORE",
-                                                                                   "LATENT", "EXPLAIN_ID", "EXPLAIN_TEXT")):
+ALL_OUTPUTS = ("PROBS", "LABEL", "TIER", "SCORE", "LATENT", "EXPLAIN_ID", "EXPLAIN_TEXT")
+
+
+def infer(server, protocol: str, queries, titles, version: str = "", outputs=ALL_OUTPUTS):
     if protocol == "grpc":
         import tritonclient.grpc as module
         client = module.InferenceServerClient(server.grpc_url)

@@ -9,7 +9,13 @@ from safetensors.torch import load_file
 
 from relkd.student.config import StudentConfig, named_variants
 from relkd.student.model import (
-    STUDENT_FILE, WEIGHTS_FILE, InferenceWrapper, Student, build_student, load_student, save_student,
+    STUDENT_FILE,
+    WEIGHTS_FILE,
+    InferenceWrapper,
+    Student,
+    build_student,
+    load_student,
+    save_student,
 )
 from relkd.student.trainer import TrainingModule
 

@@ -11,8 +11,19 @@ from torch.nn import functional as F
 from relkd.student.config import VariantConfig
 from relkd.student.model import build_student
 from relkd.student.objectives import (
-    B, I, IGNORE, O, CRFHead, RationaleDecoder, bio_tags, crf_log_partition, crf_path_score, crf_viterbi,
-    guidance_loss, info_nce, lrkd_loss,
+    IGNORE,
+    B,
+    CRFHead,
+    I,
+    O,
+    RationaleDecoder,
+    bio_tags,
+    crf_log_partition,
+    crf_path_score,
+    crf_viterbi,
+    guidance_loss,
+    info_nce,
+    lrkd_loss,
 )
 from relkd.student.trainer import TrainingModule
 

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from relkd.models import resolve
-from relkd.teacher.cache import GenerationCache, cached_generate, generation_key, shard
 from relkd.teacher.asking import Asking
+from relkd.teacher.cache import GenerationCache, cached_generate, generation_key, shard
 from relkd.teacher.config import SamplingConfig
 from relkd.teacher.hf_backend import TransformersBackend
 
@@ -62,7 +62,8 @@ def test_key_changes_with_everything_that_decides_the_output():
     assert base not in variants and len(set(variants)) == len(variants)
     assert generation_key("m", "p", 2, SAMPLING.model_copy(update={"k": 9}), 1) == base
     # The label set decides the output only when the label is chosen from it.
-    chosen, free = SAMPLING.model_copy(update={"label_choice": True}), SAMPLING.model_copy(update={"label_choice": False})
+    chosen = SAMPLING.model_copy(update={"label_choice": True})
+    free = SAMPLING.model_copy(update={"label_choice": False})
     assert generation_key("m", "p", 2, chosen, 1, ["a", "b"]) != generation_key("m", "p", 2, chosen, 1, ["a", "c"])
     assert generation_key("m", "p", 2, free, 1, ["a", "b"]) == generation_key("m", "p", 2, free, 1)
 

@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 
 from relkd.models import resolve
 from relkd.teacher.config import GRPOSection, SamplingConfig, TeacherConfig
-from relkd.teacher.grpo import (correctness_reward, dynamic_sample, format_reward, grpo, make_rewards,
-                                pass_rates)
+from relkd.teacher.grpo import correctness_reward, dynamic_sample, format_reward, grpo, make_rewards, pass_rates
 
 LABELS = ("exact", "substitute", "irrelevant")
 COMPLETIONS = [

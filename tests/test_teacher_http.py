@@ -153,7 +153,8 @@ def test_the_annotate_stage_runs_on_the_http_backend(servers, tmp_path):
     (adapter / "adapter_config.json").write_text("{}")
     before = [log.read_text().count("POST /v1/completions") for log in logs]
     cmd = [sys.executable, "-m", "pipeline.annotate", "--params", str(tmp_path / "params.yaml"), "--prepared",
-           str(prepared), "--teacher", str(adapter), "--prompts", str(ROOT / "prompts"), "--out", str(tmp_path / "r.jsonl"),
+           str(prepared), "--teacher", str(adapter), "--prompts", str(ROOT / "prompts"),
+           "--out", str(tmp_path / "r.jsonl"),
            "--cache", str(tmp_path / "cache"), "--metrics", str(tmp_path / "m.json")]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
     for _ in range(2):

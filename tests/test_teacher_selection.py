@@ -79,7 +79,8 @@ def test_preference_pairs_all_candidates(records):
     got = sorted((p["pair_id"], p["rejected_perspective"], p["rejected"], p["chosen_perspective"], p["chosen"])
                  for p in pairs)
     wrong_maker, rule_b = "Reasoning: wrong maker\nLabel: brand mismatch", "Reasoning: rule b\nLabel: brand mismatch"
-    rule_a, colour = "Reasoning: rule a\nLabel: attribute mismatch", "Reasoning: colour differs\nLabel: attribute mismatch"
+    rule_a = "Reasoning: rule a\nLabel: attribute mismatch"
+    colour = "Reasoning: colour differs\nLabel: attribute mismatch"
     r10 = "Reasoning: model R10 not R50\nLabel: model mismatch"
     job, same = "Reasoning: does the job\nLabel: strongly relevant", "Reasoning: same job\nLabel: strongly relevant"
     bath_r = "Reasoning: bath mat not yoga mat\nLabel: category mismatch"
@@ -231,10 +232,12 @@ def test_a_hinted_rationale_never_names_a_class(completion, ok):
 
 
 @pytest.mark.parametrize("completion, why", [
-    (" asks for a Brewlin Zen FE-3700 blender, which is a 2024 New Brewlin Zen Zen Zen Zen", "unfinished"),  # cut by the cap
+    # cut by the cap:
+    (" asks for a Brewlin Zen FE-3700 blender, which is a 2024 New Brewlin Zen Zen Zen Zen", "unfinished"),
     (" asks for a Zen Zen Zen blender.", "repetitive"),
     (" asks for a Brewlin Zen FE-3700 blender in red with a glass jug of two litres, a steel blade, six speeds, a "
-     "pulse button, a timer, a lid with a measuring cap, a tamper, a recipe book and a warranty of five years.", "too long"),
+     "pulse button, a timer, a lid with a measuring cap, a tamper, a recipe book and a warranty of five years.",
+     "too long"),
 ])
 def test_a_hinted_rationale_is_an_answer_the_teacher_can_write(completion, why):
     """SFT targets the trained teacher copies: a loop or a sentence cut off by the token cap would teach it to

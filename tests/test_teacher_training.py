@@ -116,7 +116,8 @@ def test_a_one_step_dpo_run_changes_the_adapter(trained, tmp_path):
 
 
 def test_dpo_metrics_say_how_far_the_adapter_moved(trained, tmp_path):
-    metrics = dpo(trained["llama"], trained["root"] / "sft", PAIRS, tmp_path / "dpo2", DPOSection(batch_size=2, lr=5e-3))
+    metrics = dpo(trained["llama"], trained["root"] / "sft", PAIRS, tmp_path / "dpo2",
+                  DPOSection(batch_size=2, lr=5e-3))
     assert metrics["adapter_delta_norm"] > 0 and 0 < metrics["adapter_delta_rel"] < 10
     assert metrics["adapter_tensors_changed"] > 0.5
     assert metrics["steps"] >= 2 and metrics["first_loss"] != metrics["last_loss"]  # logged every step
@@ -314,7 +315,6 @@ def _adapter_diff(a, b) -> float:
 def _run_worker(*args, env=None, **kwargs):
     import os
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]

@@ -47,7 +47,8 @@ def test_split_by_query_is_disjoint_and_seeded():
     b = split_by_query(df, 0.2, 0.2, seed=1)
     c = split_by_query(df, 0.2, 0.2, seed=2)
     keys = {s: set(query_key(d["query"])) for s, d in a.items()}
-    assert not (keys["train"] & keys["valid"]) and not (keys["train"] & keys["test"]) and not (keys["valid"] & keys["test"])
+    assert not (keys["train"] & keys["valid"]) and not (keys["train"] & keys["test"])
+    assert not (keys["valid"] & keys["test"])
     assert sum(len(d) for d in a.values()) == 200
     assert all(a[s].equals(b[s]) for s in a)
     assert not a["test"].equals(c["test"])

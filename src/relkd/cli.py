@@ -251,7 +251,8 @@ def serve(repo, http_port, grpc_port, metrics_port, check_url, exposures) -> Non
 
 @main.command()
 @click.argument("batch", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for scores.parquet, rejects.jsonl, shards")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for scores.parquet, rejects.jsonl, shards")
 @click.option("--url", default=None, metavar="HOST:PORT", help="a running server (gRPC or HTTP port per --protocol); "
               "default: start one on --repo for this run")
 @click.option("--repo", default="triton_repo", show_default=True, help="model repository when starting a server")
@@ -456,9 +457,10 @@ def replay(batch, out, url, repo, exposures, rate, concurrency, unit_column, par
 @click.option("--dry-run", is_flag=True, help="show the decision, change nothing")
 def promote(name, params, version, policy, aliases_path, rows_path, evidence_path, dry_run) -> None:
     """Move `champion` to the challenger only if the promotion policy passes; refuse (exit 1) otherwise."""
-    from relkd.tracking import configure
     from relkd.io import write_json
-    from relkd.tracking.registry import PromotionPolicy, RegistryError, promote as gate, served
+    from relkd.tracking import configure
+    from relkd.tracking.registry import PromotionPolicy, RegistryError, served
+    from relkd.tracking.registry import promote as gate
 
     p = _params_or_defaults(params)
     name = name or p.registry.name

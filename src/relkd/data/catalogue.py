@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import random
 from dataclasses import dataclass
+
 import pandas as pd
 
 from relkd.data import schema

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from relkd.data.config import CatalogueConfig
 from relkd.data.catalogue import generate_catalogue
+from relkd.data.config import CatalogueConfig
 
 
 def nightly_batch(cfg: CatalogueConfig, seed: int, n_rows: int, labelled_share: float, bad_rows: int) -> pd.DataFrame:

@@ -158,8 +158,7 @@ def train_cross_encoder(train_df, valid_df, labels: Sequence[Hashable], backbone
     import tempfile
 
     import torch
-    from sentence_transformers.cross_encoder import (CrossEncoder, CrossEncoderTrainer,
-                                                     CrossEncoderTrainingArguments)
+    from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import CrossEntropyLoss
     from transformers import set_seed
 

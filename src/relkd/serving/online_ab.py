@@ -193,7 +193,8 @@ def decide(srm: dict, comparison: dict | None, guards: dict) -> tuple[str, list[
     reasons = [f"sample ratio fine (p = {srm['p_value']:.3g})" if srm["p_value"] is not None
                else "sample ratio not tested (fewer than two arms with a share)"]
     failed = [f"guardrail {name}: challenger {_fmt(c['challenger'], '.4g')} > limit {_fmt(c['limit'], '.4g')} "
-              f"(champion {_fmt(c['champion'], '.4g')})" for name, c in guards["checks"].items() if c["passed"] is False]
+              f"(champion {_fmt(c['champion'], '.4g')})"
+              for name, c in guards["checks"].items() if c["passed"] is False]
     if failed:
         return "stop", reasons + failed
     unmeasured = [name for name, c in guards["checks"].items() if c["passed"] is None]

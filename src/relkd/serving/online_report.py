@@ -46,8 +46,8 @@ def analyse(params, exposures, outcomes_path, stats_path, out, note: str | None 
     None) -> out/online.md and out/online.json, tracked as an MLflow run; returns (report, metrics). What
     `relkd ab online` runs; the stage adds its `replay` summary."""
     from relkd.serving.assignment import Assigner
-    from relkd.serving.inputs import read_table
     from relkd.serving.exposures import read_folder
+    from relkd.serving.inputs import read_table
     from relkd.serving.online_ab import online_markdown, online_report
     from relkd.tracking import log_metrics, stage_run
 

@@ -13,10 +13,16 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-
 try:  # the one torch-free scorer, shared with the Triton model
-    from relkd.serving.triton_model import (LEXICAL_INPUT, encode, lexical_module, load_tokenizer, onnx_inputs,
-                                            run_bucketed, softmax)
+    from relkd.serving.triton_model import (
+        LEXICAL_INPUT,
+        encode,
+        lexical_module,
+        load_tokenizer,
+        onnx_inputs,
+        run_bucketed,
+        softmax,
+    )
 except ImportError:  # loaded from the registry where relkd is not installed: the copy logged beside (code_paths)
     from triton_model import LEXICAL_INPUT, encode, lexical_module, load_tokenizer, onnx_inputs, run_bucketed, softmax
 

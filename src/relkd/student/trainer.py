@@ -20,7 +20,13 @@ from relkd import lexical
 from relkd.student.config import StudentConfig, VariantConfig
 from relkd.student.model import Student, build_student, save_student, tokenize_pairs
 from relkd.student.objectives import (
-    IGNORE, CRFHead, RationaleDecoder, augment_title, bio_tags, guidance_loss, info_nce,
+    IGNORE,
+    CRFHead,
+    RationaleDecoder,
+    augment_title,
+    bio_tags,
+    guidance_loss,
+    info_nce,
 )
 
 LOSS_PARTS = ("loss", "ce", "guidance", "aux")
@@ -337,7 +343,8 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
         means = accelerator.reduce(sums / max(1, steps), reduction="mean").cpu().tolist()
         metrics = {f"train_{k}": float(v) for k, v in zip(LOSS_PARTS, means)}
         # How much of the objective the guidance is: lambda * guidance / CE (comparable sizes by design).
-        metrics["train_guidance_to_ce"] = module_lam(module) * metrics["train_guidance"] / max(metrics["train_ce"], 1e-12)
+        metrics["train_guidance_to_ce"] = (module_lam(module) * metrics["train_guidance"]
+                                           / max(metrics["train_ce"], 1e-12))
         if valid_loader is not None:
             metrics.update({f"valid_{k}": v for k, v in
                             _evaluate(accelerator, module, valid_loader, len(labels)).items()})

@@ -144,14 +144,15 @@ class GenerationCache:
 def cached_generate(teacher, cache: GenerationCache, prompts: Sequence[str], asking: Asking,
                     labels: Sequence[str] = (), progress: bool = True) -> list[list[str]]:
     """``teacher.generate`` for the prompts the cache lacks, ``asking.batch_size`` at a time, each batch stored
-    before the next starts; returns ``asking.n`` outputs per prompt, in the order of `prompts`. Keys name ``teacher.cache_id``
-    (backend, dtype, model, adapter), so one engine never reads another's answers.
+    before the next starts; returns ``asking.n`` outputs per prompt, in the order of `prompts`. Keys name
+    ``teacher.cache_id`` (backend, dtype, model, adapter), so one engine never reads another's answers.
 
     Repeated prompts are generated once. The missing prompts are batched in their order, so a run resumed
     after a kill forms the same batches as an uninterrupted one and (with the backends' per-batch seeding)
     gets the same outputs.
     """
-    model_id, n, sampling, seed, batch_size = teacher.cache_id, asking.n, asking.sampling, asking.seed, asking.batch_size
+    model_id, n, sampling, seed = teacher.cache_id, asking.n, asking.sampling, asking.seed
+    batch_size = asking.batch_size
     keys = [generation_key(model_id, p, n, sampling, seed, labels) for p in prompts]
     missing: dict[str, str] = {}
     for k, p in zip(keys, prompts):

@@ -1,4 +1,4 @@
-"""Log-probabilities of prompt + completion examples: tokenised as trl does, scored with a shared prompt prefix run once.
+"""Log-probabilities of prompt + completion examples: tokenised as trl does, a shared prompt prefix run once.
 
 The teacher's training examples are (prompt, completion) pairs whose prompts share hundreds of tokens of
 instructions and worked examples and differ in the pair and the answer (tens of tokens each). Two ways to score a

@@ -145,7 +145,9 @@ class AnnotateConfig(Section):
     """The final teacher writing rationales for the student's training pairs."""
 
     batch_size: int = Field(64, ge=1, description="prompts per generate call")
-    max_pairs: int | None = Field(128, ge=1, description="cap on train pairs annotated (a seeded sample in the natural class mix; the students train on every pair, guided where annotated); None = all")
+    max_pairs: int | None = Field(
+        128, ge=1, description="cap on train pairs annotated (a seeded sample in the natural class mix; the students "
+        "train on every pair, guided where annotated); None = all")
     hint: Literal["none", "gold"] = Field(
         "none", description="none = the teacher's own rationale; gold = label-hinted rationalisation "
         "(the gold label is in the prompt, STaR-style), for a teacher too weak to reason its way to the label")

@@ -1,4 +1,4 @@
-"""Did SFT teach the answer format? The trained teacher answers validation pairs under each prompt; its answers parse."""
+"""Did SFT teach the answer format? The trained teacher answers validation pairs under each prompt; they parse."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from relkd.eval.metrics import classification_report
-from relkd.teacher.cache import GenerationCache, cached_generate
 from relkd.teacher.asking import Asking
+from relkd.teacher.cache import GenerationCache, cached_generate
 from relkd.teacher.judge import asked_shots, prompts_for
 from relkd.teacher.parsing import parse
 

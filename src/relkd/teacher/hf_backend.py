@@ -1,4 +1,4 @@
-"""The transformers engine: the teacher in left-padded batches, decoded by its own loop; the CPU path and the reference."""
+"""The transformers engine: the teacher in left-padded batches, decoded by its own loop (CPU path, reference)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +29,6 @@ def load_teacher(model_path: str, adapter_path: str | Path | None = None, dtype:
     The tokenizer pads on the left (batched generation needs every prompt to end at the same position)
     and pads with EOS when the model has no pad token.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")

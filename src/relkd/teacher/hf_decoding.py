@@ -35,7 +35,8 @@ def label_sequences(tokenizer, labels: Sequence[str]) -> list[tuple[int, ...]]:
     """The token ids an answer writes after its label key for each label: " <label>" and the newline that
     ends the line, tokenised in context (after LABEL_KEY, as a model writes them)."""
     head = tokenizer(LABEL_KEY)["input_ids"]
-    return [tuple(full[parting(head, full):]) for full in tokenizer([f"{LABEL_KEY} {lab}\n" for lab in labels])["input_ids"]]
+    lines = tokenizer([f"{LABEL_KEY} {lab}\n" for lab in labels])["input_ids"]
+    return [tuple(full[parting(head, full):]) for full in lines]
 
 
 def label_choice(tokenizer, labels: Sequence[str], start: int):

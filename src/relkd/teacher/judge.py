@@ -54,7 +54,8 @@ def cached_scores(teacher, cache: GenerationCache, prefixes: Sequence[str], labe
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             scores = teacher.score_labels([p for _, p in batch], labels)
-            cache.put_many([(k, [json.dumps(s.tolist())], {"kind": "label_scores"}) for (k, _), s in zip(batch, scores)])
+            cache.put_many([(k, [json.dumps(s.tolist())], {"kind": "label_scores"})
+                            for (k, _), s in zip(batch, scores)])
             bar.update(len(batch))
     return np.array([json.loads(cache.get(k)[0]) for k in keys]).reshape(len(prefixes), len(labels))
 

@@ -179,9 +179,10 @@ class OpenAITeacher:
             want = [self.tokenizer.decode([i]) for i in ids[-m:]]
             end = next((e for e in (len(tokens), len(tokens) - 1) if e >= m and tokens[e - m:e] == want), None)
             if end is None or any(v is None for v in lp[end - m:end]):
-                raise RuntimeError(f"the server's echoed prompt does not end with the label's tokens {want} ({self.name}, "
-                                   f"got {tokens[-m - 1:]}); label scoring needs echo with logprobs on /v1/completions "
-                                   "(vLLM, llama-cpp-python; llama-server ignores echo): set teacher.label_scores "
+                raise RuntimeError(f"the server's echoed prompt does not end with the label's tokens {want} "
+                                   f"({self.name}, got {tokens[-m - 1:]}); label scoring needs echo with logprobs on "
+                                   "/v1/completions (vLLM, llama-cpp-python; llama-server ignores echo): set "
+                                   "teacher.label_scores "
                                    "false and teacher.label_decision parse")
             scores.append(float(sum(lp[end - m:end])))
         return np.asarray(scores).reshape(len(prefixes), len(labels))

@@ -49,6 +49,7 @@ from relkd.teacher.completions import (
 )
 from relkd.teacher.config import DPOSection, SFTSection, TrainerSection
 
+
 class MetricsCallback(TrainerCallback):
     """Hands the trainer's numeric logs (loss, lr, DPO rewards, ...) to ``log(metrics, step)`` each time the
     trainer logs, on the main process (for a caller's own sink; an active MLflow run gets them anyway)."""

@@ -66,7 +66,8 @@ class VLLMTeacher:
             for r in requests]
         outs = self.engine.llm.generate([r.prompt for r in requests], params, lora_request=self.lora, use_tqdm=False)
         return [[Completion(c.text, len(c.token_ids), c.stop_reason if isinstance(c.stop_reason, str) else None,
-                            c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in o.outputs] for o in outs]
+                            c.finish_reason == "stop" and not isinstance(c.stop_reason, str)) for c in o.outputs]
+                for o in outs]
 
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
                  labels: Sequence[str] = ()) -> list[list[str]]:

@@ -22,8 +22,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from pydantic import Field, ValidationError, model_validator
 
-from relkd.section import ConfigError, Section, format_errors, read_yaml
 from relkd import lexical
+from relkd.section import ConfigError, Section, format_errors, read_yaml
 from relkd.serving import student_pyfunc, triton_model
 from relkd.serving.student_pyfunc import StudentPyfunc
 from relkd.tracking.runs import flatten, log_metrics, stage_run
@@ -245,8 +245,8 @@ def decide(policy: PromotionPolicy, challenger: dict[str, float], champion: dict
 
     Without a champion the first model becomes champion, provided it carries the policy's metric (the
     issue's rule: something must be served; a per-class floor it misses is reported as a note, not a
-    failure, and every later challenger must meet it). With one, the challenger must gain at least min_gain on the metric,
-    stay within each guard's max_drop, meet the floor, and cover the champion's label set.
+    failure, and every later challenger must meet it). With one, the challenger must gain at least min_gain on the
+    metric, stay within each guard's max_drop, meet the floor, and cover the champion's label set.
     """
     reasons: list[str] = []
     ok = True
@@ -429,6 +429,6 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "Decision", "Guard", "PromotionPolicy", "REGISTERED_NAME", "RegistryError",
-    "aliases", "decide", "evidence_check", "log_student", "pick_challenger", "promote", "served", "serving_requirements",
-    "set_challenger", "version_metrics", "versions",
+    "aliases", "decide", "evidence_check", "log_student", "pick_challenger", "promote", "served",
+    "serving_requirements", "set_challenger", "version_metrics", "versions",
 ]
