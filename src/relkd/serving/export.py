@@ -261,17 +261,19 @@ def export_onnx(module, tokenizer, out_path: str | Path, max_length: int,
 def encoder_weight_matmuls(model) -> list[str]:
     """The names of the encoder's weight MatMuls in an ONNX graph of the student: MatMul nodes whose second
     input is a weight (an initializer) and that feed the backbone's last LayerNormalization (the one whose
-    scale is a ``student.backbone.*`` weight). What is left out stays fp32: the embeddings, every
+    scale is a ``student.backbone.*`` weight; each member's backbone of an ensemble). What is left out stays fp32: the embeddings, every
     LayerNorm, the attention products of two activations, the latent reasoning extractor and the head."""
     nodes = list(model.graph.node)
     inits = {i.name for i in model.graph.initializer}
     producer = {out: n for n in nodes for out in n.output}
-    backbone_ln = [n for n in nodes if n.op_type == "LayerNormalization"
-                   and len(n.input) > 1 and n.input[1].startswith("student.backbone.")]
-    if not backbone_ln:
+    last_ln: dict[str, object] = {}  # backbone (its weights' name prefix) -> its last LayerNorm; an ensemble has several
+    for n in nodes:
+        if n.op_type == "LayerNormalization" and len(n.input) > 1 and ".backbone." in f".{n.input[1]}":
+            last_ln[f".{n.input[1]}".split(".backbone.")[0]] = n
+    if not last_ln:
         raise ValueError("no backbone LayerNormalization in the graph (a student export names its LayerNorm "
                          "weights student.backbone.*); quantise it whole with scope='all'")
-    seen, todo = set(), [backbone_ln[-1]]
+    seen, todo = set(), list(last_ln.values())
     while todo:  # the ancestors of the backbone's last LayerNorm
         node = todo.pop()
         if id(node) in seen:
