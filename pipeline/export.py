@@ -43,7 +43,8 @@ def from_registry(name: str, version: str, scratch: Path) -> tuple[str, Path, Pa
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                      dst_path=str(scratch / f"v{version}")))
-    folder = next(p.parent for p in (local / "artifacts").rglob("relkd_student.json"))
+    # The shallowest: an Avg. Ensemble's members keep their own relkd_student.json below its folder.
+    folder = min((p.parent for p in (local / "artifacts").rglob("relkd_student.json")), key=lambda f: len(f.parts))
     onnx = next((local / "artifacts").glob("*.onnx"))
     variant = mlflow.MlflowClient().get_model_version(name, version).tags["variant"]
     return variant, folder, onnx
@@ -85,7 +86,9 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
                     "optimized_for": fused_for,
                     "registry": {"name": params.registry.name, "version": int(version), "alias": role,
                                  "variant": variant}}
-    explain = explain_index(scfg.variants[variant], embeddings, rationales) if ecfg.explain else None
+    # Table 6's rows (the Avg. Ensemble, LRKD-Combined) are no variant of the MPCoT teacher's rationales: no index.
+    explain = (explain_index(scfg.variants[variant], embeddings, rationales)
+               if ecfg.explain and variant in scfg.variants else None)
     if explain is not None:
         serving_info["explain"] = {"file": "explain.npz"}
     write_version(repo, params.triton.model_name, int(version), served, folder, serving_info, explain)
