@@ -55,7 +55,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     from relkd.serving.calibration import fit_serving
     from relkd.serving.export import agreement_rate, graph_for, quantize_int8, score_pairs
     from relkd.serving.repository import write_version
-    from relkd.student.model import load_student
+    from relkd.student.model import InferenceWrapper, load_student
 
     ecfg, scfg = params.export, params.student
     labels = list(read_labels(prepared))
@@ -68,7 +68,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     info = {"graph": "fp32-optimised" if fused_for else "fp32"}
     if ecfg.int8:  # CPU only (the params check refuses int8 with triton.device gpu)
         q = quantize_int8(onnx, work / f"{variant}.int8.onnx")
-        agree = agreement_rate(q, model, tokenizer, pairs, max_length)  # the student's lexical tables feed both
+        agree = agreement_rate(q, InferenceWrapper(model), tokenizer, pairs, max_length)  # its lexical tables feed both
         info["int8_agreement"] = agree["agreement"]
         if agree["agreement"] >= ecfg.min_int8_agreement:
             served, fused_for, info["graph"] = q, "cpu", "int8"
