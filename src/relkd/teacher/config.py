@@ -128,7 +128,9 @@ class DPOSection(TrainerSection):
     batch_size: int = Field(4, ge=1, description="per-device batch of preference pairs")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps warming up linearly (whole steps, "
                                 "rounded down)")
-    max_length: int = Field(384, ge=16, description="prompt + completion tokens; a longer pair is left out")
+    max_length: int = Field(448, ge=16, description="prompt + completion tokens; a longer pair is left out (as long "
+                            "as SFT's: a single-perspective teacher's pairs are posed under a perspective prompt with "
+                            "the few-shot shots, as its SFT examples are)")
     logging_steps: int | None = Field(1, ge=1, description="log every N optimiser steps (a DPO run here is a few "
                                       "steps: once per epoch showed one loss); None = once per epoch")
 
