@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import ast
-import importlib
+import importlib.util
 import json
-import pkgutil
 import sys
 from pathlib import Path
 
@@ -13,27 +12,48 @@ import click
 from relkd.config import ConfigError, load_params
 
 
-def _stage_names() -> list[str]:
-    import pipeline
+def _pipeline_dir() -> Path:
+    """The folder of the stage modules, found without importing them (the library never imports its glue)."""
+    spec = importlib.util.find_spec("pipeline")
+    if spec is None or not spec.submodule_search_locations:
+        raise click.ClickException("the pipeline package (DVC stage modules) is not installed beside relkd; run "
+                                   "from the repository root or `pip install -e .`")
+    return Path(list(spec.submodule_search_locations)[0])
 
+
+def _stage_names() -> list[str]:
     # common.py and _*.py are helpers of the stages, not stages.
-    return sorted(m.name for m in pkgutil.iter_modules(pipeline.__path__)
-                  if m.name != "common" and not m.name.startswith("_"))
+    return sorted(p.stem for p in _pipeline_dir().glob("*.py") if p.stem != "common" and not p.stem.startswith("_"))
 
 
 def _stage_summary(module: str) -> str:
-    """The first paragraph of a stage module's docstring, read without importing it (listing must not load
-    torch)."""
-    import pipeline
-
-    source = (Path(pipeline.__path__[0]) / f"{module}.py").read_text(encoding="utf-8")
+    """The first paragraph of a stage module's docstring, read without importing it."""
+    source = (_pipeline_dir() / f"{module}.py").read_text(encoding="utf-8")
     return " ".join((ast.get_docstring(ast.parse(source)) or "").strip().split("\n\n")[0].split())
 
 
+def run_stage(module: str, args) -> int:
+    """``python -m pipeline.<module> ARGS`` (what dvc.yaml runs) as a process of its own; its exit status."""
+    import subprocess
+    import sys
+
+    return subprocess.call([sys.executable, "-m", f"pipeline.{module}", *args])
+
+
+def _stage_command(name: str, module: str) -> click.Command:
+    """A command that hands all its arguments (--help included) to the stage module's own click command."""
+
+    @click.pass_context
+    def call(ctx):
+        ctx.exit(run_stage(module, ctx.args))
+
+    return click.Command(name, callback=call, help=_stage_summary(module), add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
 class StageCommands(click.Group):
-    """A group some of whose commands are pipeline stage modules, each a click command of its own
-    (pipeline.common.stage_command, with its real options in --help). Listing them reads their docstrings;
-    running one imports only its module."""
+    """A group some of whose commands are pipeline stage modules, each run as a process of its own with its real
+    options (`relkd stage NAME --help` prints them). Listing them reads their docstrings."""
 
     def stage_modules(self) -> dict[str, str]:
         """command name -> pipeline module"""
@@ -46,9 +66,7 @@ class StageCommands(click.Group):
         module = self.stage_modules().get(name)
         if module is None:
             return super().get_command(ctx, name)
-        cmd = importlib.import_module(f"pipeline.{module}").main
-        cmd.name = name
-        return cmd
+        return _stage_command(name, module)
 
     def format_commands(self, ctx, formatter):
         rows = []
@@ -316,10 +334,9 @@ def ab(ctx, params, batch, scores, prepared, out, metrics, teacher_scores) -> No
     LLM-tiered teacher as a third arm; `relkd ab online` analyses the live A/B."""
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline.ab import run
-
-    m = run(params, batch, scores, prepared, out, metrics, teacher_scores)
-    click.echo(f"agreement {m['agreement']:.3f} on {m['n']} rows; report: {out}/ab.md")
+    args = ["--params", params, "--batch", batch, "--scores", scores, "--prepared", prepared, "--out", out,
+            "--metrics", metrics, *(["--teacher-scores", teacher_scores] if teacher_scores else [])]
+    ctx.exit(run_stage("ab", args))
 
 
 @ab.command("online")
@@ -337,7 +354,7 @@ def ab(ctx, params, batch, scores, prepared, out, metrics, teacher_scores) -> No
 def ab_online(exposures, outcomes, outcome_column, stats, params, out) -> None:
     """The live A/B: sample-ratio check first, then outcome rates per arm, guardrails, verdict (promote / keep /
     stop); `relkd promote --evidence OUT/online.json` acts on it."""
-    from pipeline.ab_online import analyse
+    from relkd.serving.online_report import analyse
 
     p = _params_or_defaults(params)
     try:

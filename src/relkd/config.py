@@ -11,9 +11,8 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from relkd.data.config import DataConfig
-from relkd.embed_config import EmbedConfig
-from relkd.eval.peers_config import PeersConfig
-from relkd.eval.probing_config import ProbeConfig
+from relkd.embed.config import EmbedConfig
+from relkd.eval.config import PeersConfig, ProbeConfig
 from relkd.section import ConfigError, Section, format_errors, read_yaml
 from relkd.serving.config import AbConfig, ExportConfig, OnlineConfig, RegistryConfig, ScoreConfig, TritonConfig
 from relkd.student.config import StudentConfig

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from relkd.teacher.asking import Asking
 from relkd.teacher.config import SamplingConfig
 
 T = TypeVar("T")
@@ -140,18 +141,17 @@ class GenerationCache:
         fh.seek(0, os.SEEK_END)
 
 
-def cached_generate(teacher, cache: GenerationCache, prompts: Sequence[str], n: int, sampling: SamplingConfig,
-                    seed: int, batch_size: int, progress: bool = True,
-                    labels: Sequence[str] = ()) -> list[list[str]]:
-    """``teacher.generate`` for the prompts the cache lacks, one batch at a time, each batch stored before
-    the next starts; returns n outputs per prompt, in the order of `prompts`. Keys name ``teacher.cache_id``
+def cached_generate(teacher, cache: GenerationCache, prompts: Sequence[str], asking: Asking,
+                    labels: Sequence[str] = (), progress: bool = True) -> list[list[str]]:
+    """``teacher.generate`` for the prompts the cache lacks, ``asking.batch_size`` at a time, each batch stored
+    before the next starts; returns ``asking.n`` outputs per prompt, in the order of `prompts`. Keys name ``teacher.cache_id``
     (backend, dtype, model, adapter), so one engine never reads another's answers.
 
     Repeated prompts are generated once. The missing prompts are batched in their order, so a run resumed
     after a kill forms the same batches as an uninterrupted one and (with the backends' per-batch seeding)
     gets the same outputs.
     """
-    model_id = teacher.cache_id
+    model_id, n, sampling, seed, batch_size = teacher.cache_id, asking.n, asking.sampling, asking.seed, asking.batch_size
     keys = [generation_key(model_id, p, n, sampling, seed, labels) for p in prompts]
     missing: dict[str, str] = {}
     for k, p in zip(keys, prompts):

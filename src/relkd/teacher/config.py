@@ -283,9 +283,11 @@ class HTTPConfig(Section):
     adapters: dict[str, str] = Field(
         default_factory=dict, description="adapter folder name -> the LoRA's served name; an adapter not listed is "
         "served under its folder's name (sft, dpo, final: `vllm serve ... --lora-modules sft=models/teacher/sft`)")
-    structured_output: Literal["vllm", "sglang", "llama_cpp", "none"] = Field(
-        "vllm", description="the request field that restricts the label to the label set (sampling.label_choice): "
-        "vllm `structured_outputs.choice`, sglang `regex`, llama_cpp `grammar`; none = free text after the key")
+    server: Literal["vllm", "sglang", "llama_cpp"] = Field(
+        "vllm", description="what the servers are, for the fields the OpenAI API leaves to each: vllm (stop strings "
+        "kept and `structured_outputs.choice`), sglang (`matched_stop`, `regex`), llama_cpp (llama-cpp-python or "
+        "llama-server: GBNF `grammar`, one sample a request, no report of which stop fired, so answers run to their "
+        "end and are cut after the label key)")
     concurrency: int = Field(8, ge=1, description="requests in flight per server")
     timeout: float = Field(300.0, gt=0, description="seconds a request may take")
     retries: int = Field(4, ge=0, description="retries of a failed request (connection errors, 408, 429, 5xx), "

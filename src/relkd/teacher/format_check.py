@@ -1,13 +1,15 @@
 """Did SFT teach the answer format? The trained teacher answers validation pairs under each prompt; its answers parse."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pandas as pd
 
 from relkd.eval.metrics import classification_report
 from relkd.teacher.cache import GenerationCache, cached_generate
-from relkd.teacher.judge import Asking, asked_shots, prompts_for
+from relkd.teacher.asking import Asking
+from relkd.teacher.judge import asked_shots, prompts_for
 from relkd.teacher.parsing import parse
 
 
@@ -16,12 +18,11 @@ def format_check(teacher, cache: GenerationCache, pairs: pd.DataFrame, prompts: 
     """The teacher answers `pairs` (greedy) under each prompt in ``prompts`` (name -> Perspective; the few-shot
     shots under the perspective prompts, as teacher_pairs asks): per prompt, how many answers parse and how many
     of their labels are right (parsed, not scored: the check is about the answer format)."""
-    greedy = asking.greedy()
+    greedy = dataclasses.replace(asking.greedy(), n=1)
     out = {}
     for name, prompt in prompts.items():
         asked = prompts_for(teacher.tokenizer, prompt, pairs, labels, asked_shots(prompt, shots))
-        texts = [row[0] for row in cached_generate(teacher, cache, asked, 1, greedy.sampling, greedy.seed,
-                                                   greedy.batch_size, labels=labels)]
+        texts = [row[0] for row in cached_generate(teacher, cache, asked, greedy, labels=labels)]
         got = [parse(t, labels).label for t in texts]
         rep = classification_report(list(pairs["label"]), got, labels)
         failed = next((t for t, g in zip(texts, got) if g is None), "")

@@ -10,45 +10,21 @@ two ``label_decision`` picks, and is what the selection functions and metrics re
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from relkd.teacher.asking import Asking
 from relkd.teacher.cache import GenerationCache, cached_generate
-from relkd.teacher.config import SamplingConfig, TeacherConfig
 from relkd.teacher.engine import label_distribution
 from relkd.teacher.parsing import LABEL_KEY, REASONING_KEY, normalise, parse
 from relkd.teacher.prompts import UNIFIED, Perspective, answer_text, render, render_messages
-
-
-@dataclass(frozen=True)
-class Asking:
-    """How a teacher is asked: ``n`` samples per prompt decoded with ``sampling`` from ``seed``, in batches of
-    ``batch_size`` prompts; ``decision`` ('parse' or 'score') picks each record's label; ``scored`` says whether
-    the labels' likelihoods are scored too (TeacherConfig.scores_labels)."""
-
-    n: int
-    sampling: SamplingConfig
-    seed: int
-    decision: str
-    batch_size: int
-    scored: bool = True
-
-    @classmethod
-    def of(cls, cfg: TeacherConfig, n: int = 1, greedy: bool = False, batch_size: int | None = None) -> "Asking":
-        """The teacher section's way of asking: its sampling (greedy on request), seed, decision and scoring."""
-        sampling = cfg.sampling.model_copy(update={"temperature": 0.0}) if greedy else cfg.sampling
-        return cls(n, sampling, cfg.sampling.seed, cfg.label_decision, batch_size or cfg.batch_size,
-                   cfg.scores_labels)
-
-    def greedy(self) -> "Asking":
-        return replace(self, sampling=self.sampling.model_copy(update={"temperature": 0.0}))
 
 
 def prompts_for(tokenizer, perspective: Perspective, pairs: pd.DataFrame, labels: Sequence[str],
@@ -92,8 +68,7 @@ def judge(teacher, cache: GenerationCache, pairs: pd.DataFrame, prompts: Sequenc
     decision = asking.decision
     if decision == "score" and not asking.scored:
         raise ValueError("label_decision 'score' decides by the label scores: judge needs scored=True")
-    texts = cached_generate(teacher, cache, prompts, asking.n, asking.sampling, asking.seed, asking.batch_size,
-                            labels=labels)
+    texts = cached_generate(teacher, cache, prompts, asking, labels=labels)
     parsed = [[parse(t, labels) for t in row] for row in texts]
     probs = None
     if asking.scored:
@@ -223,9 +198,7 @@ def hinted_rationales(teacher, cache: GenerationCache, pairs: pd.DataFrame, pers
     """One greedy label-hinted rationale per pair, as ``clean_hinted`` returns it: (rationale, None) or
     ("", why it was dropped)."""
     prompts = hinted_prompts(teacher.tokenizer, perspective, pairs, labels)
-    greedy = asking.greedy()
-    texts = cached_generate(teacher, cache, prompts, 1, greedy.sampling, greedy.seed, greedy.batch_size,
-                            labels=labels)
+    texts = cached_generate(teacher, cache, prompts, dataclasses.replace(asking.greedy(), n=1), labels=labels)
     return [clean_hinted(row[0], labels) for row in texts]
 
 

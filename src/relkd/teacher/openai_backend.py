@@ -12,9 +12,10 @@ servers must serve the adapter files of this run: the cache keys name the adapte
 on a remote server.
 
 Answers stop at their label line with the server's stop strings, and the label is restricted to the label set with
-its structured output (``teacher.http.structured_output``: vLLM's ``structured_outputs.choice``, SGLang's
-``regex``, llama.cpp's GBNF ``grammar``); see relkd.teacher.served_answers. Label scores are the log-probabilities
-the server reports for the prompt's own tokens (``echo`` with ``logprobs``).
+its structured output; the fields the OpenAI API leaves to each server are named by ``teacher.http.server`` (vLLM's
+``structured_outputs.choice`` and ``stop_reason``, SGLang's ``regex`` and ``matched_stop``, llama.cpp's GBNF
+``grammar``); see relkd.teacher.served_answers. Label scores are the log-probabilities the server reports for the
+prompt's own tokens (``echo`` with ``logprobs``; vLLM and llama-cpp-python, not llama-server).
 """
 from __future__ import annotations
 
@@ -32,17 +33,24 @@ from relkd.teacher.engine import check_lengths, label_spans, model_id
 from relkd.teacher.served_answers import Completion, Request, answer
 
 
-def structured_choice(dialect: str, choices: Sequence[str]) -> dict:
+def structured_choice(server: str, choices: Sequence[str]) -> dict:
     """The request fields that restrict a completion to one of `choices`, in a server's own dialect."""
-    if dialect == "vllm":
+    if server == "vllm":
         return {"structured_outputs": {"choice": list(choices)}}
-    if dialect == "sglang":
+    if server == "sglang":
         return {"regex": "(" + "|".join(re.escape(c) for c in choices) + ")"}
-    if dialect == "llama_cpp":
+    if server == "llama_cpp":
         quoted = " | ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in choices)
         return {"grammar": f"root ::= {quoted}"}
-    raise ValueError(f"teacher.http.structured_output {dialect!r} has no choice constraint; use vllm, sglang or "
-                     "llama_cpp, or set teacher.sampling.label_choice to false")
+    raise ValueError(f"teacher.http.server {server!r} has no choice constraint; use vllm, sglang or llama_cpp")
+
+
+def sampling_fields(server: str, top_k: int) -> dict:
+    """Sampling fields beyond the OpenAI API's: top-k, and llama.cpp's own defaults (min_p 0.05, repeat_penalty 1.1)
+    set back to plain sampling."""
+    if server == "llama_cpp":
+        return {"top_k": top_k or 0, "min_p": 0.0, "repeat_penalty": 1.0}
+    return {"top_k": top_k or -1, **({"include_stop_str_in_output": True} if server == "vllm" else {})}
 
 
 class _Fleet:
@@ -59,17 +67,26 @@ class _Fleet:
         self.clients = [OpenAI(base_url=url, api_key=key, timeout=cfg.timeout, max_retries=cfg.retries)
                         for url in cfg.base_urls]
         self.busy = [0] * len(self.clients)
+        self.sent = [0] * len(self.clients)  # requests each server was given
         self.lock = threading.Lock()
         self.slots = threading.Semaphore(cfg.concurrency * len(self.clients))
 
     def call(self, fn):
-        """``fn(client)`` on the least busy server."""
+        """``fn(client)`` on the least busy server; a server that stays unreachable through the client's retries is
+        an error naming it."""
+        from openai import APIConnectionError
+
         with self.slots:
             with self.lock:
                 i = min(range(len(self.busy)), key=self.busy.__getitem__)
                 self.busy[i] += 1
+                self.sent[i] += 1
             try:
                 return fn(self.clients[i])
+            except APIConnectionError as err:
+                raise ConnectionError(f"no OpenAI-compatible server answered at {self.clients[i].base_url} "
+                                      f"({err}); start it, or fix teacher.http.base_urls. Answers so far are "
+                                      "cached: the same command resumes") from err
             finally:
                 with self.lock:
                     self.busy[i] -= 1
@@ -104,29 +121,32 @@ class OpenAITeacher:
     def __init__(self, engine: OpenAIEngine, name: str, cache_id: str):
         self.engine, self.name, self.cache_id = engine, name, cache_id
         self.tokenizer = engine.tokenizer
+        self.server = engine.cfg.http.server
 
     def _one(self, r: Request) -> list[Completion]:
-        extra = {"top_k": r.top_k or -1, "include_stop_str_in_output": True}
+        extra = sampling_fields(self.server, r.top_k)
         if r.choice:
-            extra.update(structured_choice(self.engine.cfg.http.structured_output, r.choice))
+            extra.update(structured_choice(self.server, r.choice))
+        n = 1 if self.server == "llama_cpp" else r.n  # llama.cpp answers one sample a request
         got = self.engine.fleet.call(lambda c: c.completions.create(
-            model=self.name, prompt=r.prompt, n=r.n, temperature=r.temperature, top_p=r.top_p,
+            model=self.name, prompt=r.prompt, n=n, temperature=r.temperature, top_p=r.top_p,
             max_tokens=max(1, r.max_tokens), seed=r.seed, stop=list(r.stop) or None, extra_body=extra))
-        out = []
-        for choice in sorted(got.choices, key=lambda c: c.index):
-            text, stop = choice.text, None
-            if choice.finish_reason == "stop" and r.stop:
-                # The string that stopped it: in the text when the server keeps it (vLLM), else the server says
-                # which (vLLM's stop_reason, llama.cpp's stopping_word) and it is put back.
-                stop = next((s for s in r.stop if text.endswith(s)), None)
-                said = getattr(choice, "stop_reason", None) or getattr(choice, "stopping_word", None)
-                if stop is None and isinstance(said, str) and said in r.stop:
-                    text, stop = text + said, said
-            tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            out.append(Completion(text, tokens, stop, choice.finish_reason == "stop" and stop is None))
-        while len(out) < r.n:  # a server that ignores n (one choice back): ask again for the rest
-            out += self._one(Request(**{**r.__dict__, "n": 1, "seed": r.seed + len(out)}))
+        out = [self._completion(choice, r.stop) for choice in sorted(got.choices, key=lambda c: c.index)]
+        while len(out) < r.n:  # the rest of the samples, one request each, seeded apart
+            out += self._one(Request(**{**r.__dict__, "n": 1, "seed": (r.seed + len(out)) % (1 << 31)}))
         return out[:r.n]
+
+    def _completion(self, choice, stop: Sequence[str]) -> Completion:
+        """A choice as a Completion: its text with the stop string that ended it (vLLM keeps it in the text; SGLang
+        names it in matched_stop), its token count."""
+        text, matched = choice.text, None
+        if choice.finish_reason == "stop" and stop:
+            matched = next((s for s in stop if text.endswith(s)), None)
+            said = getattr(choice, "matched_stop", None) or getattr(choice, "stop_reason", None)
+            if matched is None and isinstance(said, str) and said in stop:
+                text, matched = text + said, said
+        tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return Completion(text, tokens, matched, choice.finish_reason == "stop" and matched is None)
 
     def _complete(self, requests: list[Request]) -> list[list[Completion]]:
         return list(self.engine.pool.map(self._one, requests))
@@ -134,25 +154,34 @@ class OpenAITeacher:
     def generate(self, prompts: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
                  labels: Sequence[str] = ()) -> list[list[str]]:
         check_lengths(self.tokenizer(list(prompts))["input_ids"], prompts, self.engine.cfg.max_prompt_tokens)
-        restrict = self.engine.cfg.http.structured_output != "none"
-        return answer(self._complete, prompts, n, sampling, seed, labels, choice=restrict)
+        return answer(self._complete, prompts, n, sampling, seed, labels, stops=self.server != "llama_cpp")
 
-    def _prompt_logprobs(self, ids: list[int]) -> list[float | None]:
+    def _prompt_logprobs(self, ids: list[int]) -> tuple[list[str], list[float | None]]:
+        """(tokens, log-probabilities) the server echoes for the prompt `ids`, the generated token, if listed, after."""
+        # Token ids where the server takes them (the exact tokens scored); llama-cpp-python takes text only, which
+        # it tokenises with the same vocabulary.
+        prompt = self.tokenizer.decode(ids) if self.server == "llama_cpp" else ids
         got = self.engine.fleet.call(lambda c: c.completions.create(
-            model=self.name, prompt=ids, max_tokens=1, temperature=0.0, echo=True, logprobs=1))
-        return list(got.choices[0].logprobs.token_logprobs)
+            model=self.name, prompt=prompt, max_tokens=1, temperature=0.0, echo=True, logprobs=0))
+        lp = got.choices[0].logprobs
+        return list(lp.tokens), list(lp.token_logprobs)
 
     def score_labels(self, prefixes: Sequence[str], labels: Sequence[str]) -> np.ndarray:
         """The summed log-probability of each label's tokens after each prefix, from the log-probabilities the
         server reports for the prompt's own tokens (``echo`` + ``logprobs``)."""
         combos = label_spans(self.tokenizer, prefixes, labels, self.engine.cfg.max_prompt_tokens)
-        logps = list(self.engine.pool.map(lambda c: self._prompt_logprobs(c[0]), combos))
+        echoed = list(self.engine.pool.map(lambda c: self._prompt_logprobs(c[0]), combos))
         scores = []
-        for (ids, m), lp in zip(combos, logps):
-            tail = lp[len(ids) - m:len(ids)]
-            if len(tail) != m or any(v is None for v in tail):
-                raise RuntimeError(f"the server returned {len(lp)} prompt log-probabilities for {len(ids)} tokens "
-                                   f"({self.name}); label scoring needs echo with logprobs on /v1/completions")
-            scores.append(float(sum(tail)))
+        for (ids, m), (tokens, lp) in zip(combos, echoed):
+            # The label's tokens end the echoed prompt, before the generated token when one is listed (an end of
+            # sequence is not); found by their text, since a server may tokenise the chat template's special tokens
+            # apart (llama-cpp-python echoes fewer tokens than the prompt has).
+            want = [self.tokenizer.decode([i]) for i in ids[-m:]]
+            end = next((e for e in (len(tokens), len(tokens) - 1) if e >= m and tokens[e - m:e] == want), None)
+            if end is None or any(v is None for v in lp[end - m:end]):
+                raise RuntimeError(f"the server's echoed prompt does not end with the label's tokens {want} ({self.name}, "
+                                   f"got {tokens[-m - 1:]}); label scoring needs echo with logprobs on /v1/completions "
+                                   "(vLLM, llama-cpp-python; llama-server ignores echo): set teacher.label_scores "
+                                   "false and teacher.label_decision parse")
+            scores.append(float(sum(lp[end - m:end])))
         return np.asarray(scores).reshape(len(prefixes), len(labels))
-

@@ -135,6 +135,19 @@ def awaits_label(text: str) -> bool:
     return first is not None and not first[1] and not any(nxt.strip() for nxt in lines[first[0] + 1:])
 
 
+def label_key_end(text: str) -> int | None:
+    """Where the label key of `text`'s first label line ends ("...\nLabel:" or "...\n**Label:**", without the
+    spaces after it), or None when no line is a label line: where a label chosen from the label set is written
+    (" " + label) by an engine that cannot stop there itself."""
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        m = _LABEL_LINE.match(line.rstrip("\r\n"))
+        if m:
+            return len(text[:pos + m.start("rest")].rstrip(" \t"))
+        pos += len(line)
+    return None
+
+
 def cut_answer(text: str) -> str:
     """`text` up to the end of its first complete label line (see :func:`answer_end`), without the newline."""
     end = answer_end(text)

@@ -49,9 +49,6 @@ from relkd.teacher.completions import (
 )
 from relkd.teacher.config import DPOSection, SFTSection, TrainerSection
 
-DPO_KEYS = ("rewards/accuracies", "rewards/margins", "rewards/chosen")
-
-
 class MetricsCallback(TrainerCallback):
     """Hands the trainer's numeric logs (loss, lr, DPO rewards, ...) to ``log(metrics, step)`` each time the
     trainer logs, on the main process (for a caller's own sink; an active MLflow run gets them anyway)."""
@@ -213,7 +210,7 @@ class PreferenceTrainer(CompletionTrainer):
     """DPO (the sigmoid loss of Rafailov et al., trl's default): item i is pair i, rows 2i (chosen) and 2i + 1
     (rejected); ``ref`` holds the reference log-probabilities of every row."""
 
-    extra_keys = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+    extra_keys = ("rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
     def __init__(self, *args, beta: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -355,20 +352,21 @@ def _output_dir(checkpoints: str | Path | None, fingerprint: str):
     yield run_dir
 
 
-def _train_and_check(trainer: CompletionTrainer, n: int, cfg: TrainerSection, stage: str, key: str,
-                     keys: Sequence[str], tokenizer, out_dir, flags: dict) -> dict:
+def _train_and_check(trainer: CompletionTrainer, cfg: TrainerSection, key: str, out_dir) -> dict:
     """Train (resuming from the newest checkpoint of this run when there is one), prove the adapter moved and
-    the loss is finite, save it on rank 0; the run's metrics."""
+    the loss is finite, save it on rank 0; the run's metrics. `key`: the config section's name (teacher.sft)."""
+    stage = key.rsplit(".", 1)[-1].upper()
     last = get_last_checkpoint(trainer.args.output_dir) if cfg.save_steps else None
     before = adapters.trainable_snapshot(trainer.model)
     trainer.train(resume_from_checkpoint=last)
-    metrics = {**adapters.train_summary(trainer, n, keys), **adapters.weight_change(before, trainer.model),
-               "prefix_sharing": flags["prefix_sharing"], "processes": trainer.accelerator.num_processes,
+    metrics = {**adapters.train_summary(trainer, len(trainer.groups), type(trainer).extra_keys),
+               **adapters.weight_change(before, trainer.model),
+               "prefix_sharing": trainer.prefix_sharing, "processes": trainer.accelerator.num_processes,
                "resumed_from_step": int(Path(last).name.rsplit("-", 1)[-1]) if last else 0}
     adapters.require_finite(metrics, stage, cfg.lr, key)
     adapters.require_change(metrics, stage, cfg.lr, key)  # a resumed run too: "before" is the run's start
     if trainer.is_world_process_zero():
-        adapters.save_adapter(trainer.model, tokenizer, out_dir)
+        adapters.save_adapter(trainer.model, trainer.processing_class, out_dir)
     trainer.accelerator.wait_for_everyone()
     return metrics
 
@@ -408,8 +406,7 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
             model=model, args=training_arguments(cfg, output_dir, groups, flags, phases), rows=rows, groups=groups,
             pad_id=tokenizer.pad_token_id, prefix_sharing=flags["prefix_sharing"], processing_class=tokenizer,
             callbacks=list(callbacks), phases=phases, passes=cfg.epochs)
-        return _train_and_check(trainer, len(examples), cfg, "SFT", "teacher.sft", CompletionTrainer.extra_keys,
-                                tokenizer, out_dir, flags)
+        return _train_and_check(trainer, cfg, "teacher.sft", out_dir)
 
 
 def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir: str | Path, cfg: DPOSection,
@@ -443,4 +440,4 @@ def dpo(model_path: str, sft_adapter: str | Path, pairs: Sequence[dict], out_dir
             pad_id=tokenizer.pad_token_id, prefix_sharing=flags["prefix_sharing"], processing_class=tokenizer,
             callbacks=list(callbacks), beta=cfg.beta)
         trainer.precompute_reference(prompt_batches(groups, cfg.batch_size, cfg.seed))
-        return _train_and_check(trainer, len(pairs), cfg, "DPO", "teacher.dpo", DPO_KEYS, tokenizer, out_dir, flags)
+        return _train_and_check(trainer, cfg, "teacher.dpo", out_dir)
