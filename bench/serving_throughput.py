@@ -10,6 +10,9 @@ matmul roofs (fp32, and int8 MatMulInteger for the integer rows).
 
     python bench/serving_throughput.py --student models/student/lrkd_gat/seed13 --repo triton_repo \\
         [--pairs 600] [--csv FILE --query-col search_term --title-col product_title]
+
+An Avg. Ensemble folder (models/student/avg_ensemble/seed13, `relkd profile paper-tables`) is measured the same way:
+its one graph runs every member, so its rows read against a single student's as its serving cost.
 """
 from __future__ import annotations
 
@@ -24,7 +27,10 @@ from common import int8_matmul_roof, load_pairs, matmul_roof, report  # noqa: E4
 
 
 def flops_per_token(model) -> float:
-    """2 x parameters touched per token (embeddings excluded): the dense-layer cost of one token."""
+    """2 x parameters touched per token (embeddings excluded): the dense-layer cost of one token (summed over an
+    Avg. Ensemble's members, which each read every token)."""
+    if hasattr(model, "members"):
+        return sum(flops_per_token(m) for m in model.members)
     enc = model.backbone
     n = sum(p.numel() for name, p in enc.named_parameters() if "embeddings" not in name)
     return 2.0 * n

@@ -1,19 +1,24 @@
-"""Stage `annotate`: the final teacher writes one rationale (and label) for every student training pair."""
+"""Stage `annotate`: the final teacher writes one rationale (and label) for every student training pair. With
+--perspective (stage `annotate_single@<perspective>`): a single-perspective teacher, asked under its own prompt with
+the few-shot shots (--fewshot), as it was trained."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import click
+
 from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.eval.metrics import classification_report
-from relkd.io import write_json, write_jsonl
+from relkd.io import read_jsonl, write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, shard
 from relkd.teacher.engine import make_engine
 from relkd.teacher.judge import Asking, hinted_rationales, judge, prompts_for
-from relkd.teacher.prompts import UNIFIED, load_perspective
+from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective
 
 
-def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, metrics_path) -> dict:
+def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, metrics_path, perspective=None,
+        fewshot=None) -> dict:
     params = setup(params_path)
     cfg = params.teacher
     labels = read_labels(prepared)
@@ -27,15 +32,21 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     train = train[train["pair_id"].isin(mine)].reset_index(drop=True)
     model_path = resolve(cfg.model)
     teacher = make_engine(cfg, model_path).teacher(teacher_adapter)
-    unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
+    prompt = load_perspective(Path(prompts_dir) / f"{perspective or UNIFIED}.yaml")
+    shots = ()
+    if perspective is not None:
+        if fewshot is None:
+            raise SystemExit("annotate --perspective asks the teacher as it was trained, with the few-shot shots: "
+                             "pass --fewshot (the teacher_fewshot output folder)")
+        shots = [Shot(**s) for s in read_jsonl(Path(fewshot) / "shots.jsonl")]
     asking = Asking.of(cfg, greedy=True, batch_size=cfg.annotate.batch_size)  # one rationale per pair: the greedy one
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    records = judge(teacher, cache, train, prompts_for(teacher.tokenizer, unified, train, labels), UNIFIED, labels,
-                    asking)
+    records = judge(teacher, cache, train, prompts_for(teacher.tokenizer, prompt, train, labels, shots), prompt.name,
+                    labels, asking)
     if cfg.annotate.hint == "gold":
         # The rationale is a label-hinted one (which never names a class); the teacher's own answer, label and
         # distribution stay in the record, so the metrics below still measure the teacher.
-        hinted = hinted_rationales(teacher, cache, train, unified, labels, asking)
+        hinted = hinted_rationales(teacher, cache, train, prompt, labels, asking)
         records = [dict(r, rationale=text, hint_dropped=why) for r, (text, why) in zip(records, hinted)]
     write_jsonl(out, records)
     gold = [r["gold"] for r in records]
@@ -51,13 +62,17 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
 
 
 def _main(a) -> None:
-    run(a.params, a.prepared, a.teacher, a.prompts, a.out, a.cache, a.metrics)
+    run(a.params, a.prepared, a.teacher, a.prompts, a.out, a.cache, a.metrics, a.perspective, a.fewshot)
 
 
 main = stage_command(__doc__, _main, ("prepared", "prepared data folder"),
                      ("teacher", "final teacher adapter (DPO)"), ("prompts", "prompt files"),
                      ("out", "rationales JSONL"), ("cache", "generation cache folder (persisted)"),
-                     ("metrics", "metrics JSON"))
+                     ("metrics", "metrics JSON"),
+                     options=[click.Option(["--perspective"], type=click.Choice(PERSPECTIVES), default=None,
+                                           help="a single-perspective teacher: ask under this perspective's prompt"),
+                              click.Option(["--fewshot"], default=None,
+                                           help="teacher_fewshot output folder (its shots; with --perspective)")])
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,19 @@ def teacher_score(teacher_metrics: str) -> dict | None:
 
 
 PEER_PREFIX = "peer:"  # peer rows are marked in the table and kept out of the students' metrics
+PEER_WHAT = "a peer trained on the same rows (below)"
+
+
+def members_line(models: str, cfg, seeds) -> str:
+    """The Avg. Ensembles' members, each scored on its own (mean over seeds), after the table; '' without one."""
+    lines = []
+    for name in cfg.ensembles:
+        found = json.loads((Path(models) / name / "results.json").read_text(encoding="utf-8"))
+        scores = {p: [found[str(s)]["members"][p] for s in seeds] for p in found[str(seeds[0])]["members"]}
+        lines.append(f"`{name}`'s members alone (ACC / F1): " + ", ".join(
+            f"{p} {100 * np.mean([x['accuracy'] for x in v]):.2f} / {100 * np.mean([x['macro_f1'] for x in v]):.2f}"
+            for p, v in scores.items()) + ".")
+    return "\n".join(lines) + ("\n\n" if lines else "")
 
 
 def train_rows(folder: str, name: str, seeds) -> list[int]:
@@ -59,7 +72,7 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
     labels = read_labels(prepared)
     seeds = cfg.seeds
     results, preds = {}, {}
-    for name in cfg.variants:
+    for name in [*cfg.variants, *cfg.table6_rows]:  # Table 1's students, then Table 6's (the Avg. Ensemble, ...)
         results[name], preds[name] = load_variant(models, name, seeds)
     for name in PEERS:
         if not (Path(peers) / name / "results.json").is_file():
@@ -80,6 +93,10 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
                                           n_boot=1000, seed=0) for m in ("accuracy", "macro_f1")}
     teacher = teacher_score(teacher_metrics)
     rows = student_table(results, baseline="plain", cis=cis, teacher=teacher)
+    perspectives = params.teacher.single.perspectives
+    for r in rows:
+        r["what"] = (PEER_WHAT if r["model"].startswith(PEER_PREFIX)
+                     else cfg.row_description(r["model"], perspectives))
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(plots).mkdir(parents=True, exist_ok=True)
     for name, reports in results.items():
@@ -97,7 +114,7 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
                          train_rows(peers, PEERS[0], seeds))
     write_text(Path(out) / "compare.md",
                f"# Students on the test split ({len(base) // len(seeds)} pairs, seeds {seeds})\n\n"
-               + to_markdown(rows, list(STUDENT_COLUMNS)) + f"\n{note}\n\n{t}\n\n"
+               + to_markdown(rows, [*STUDENT_COLUMNS, "what"]) + f"\n{note}\n\n{t}\n\n{members_line(models, cfg, seeds)}"
                "Δ: difference from `plain`, 95% paired bootstrap interval over test rows and, with several seeds, "
                "over the seeds too (seed i of a row paired with plain's seed i; the same rows for every drawn seed). "
                f"`{PEER_PREFIX}` rows are peers trained on the same rows with the same seeds: the "

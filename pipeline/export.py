@@ -43,7 +43,8 @@ def from_registry(name: str, version: str, scratch: Path) -> tuple[str, Path, Pa
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
                                                      dst_path=str(scratch / f"v{version}")))
-    folder = next(p.parent for p in (local / "artifacts").rglob("relkd_student.json"))
+    # The shallowest: an Avg. Ensemble's members keep their own relkd_student.json below its folder.
+    folder = min((p.parent for p in (local / "artifacts").rglob("relkd_student.json")), key=lambda f: len(f.parts))
     onnx = next((local / "artifacts").glob("*.onnx"))
     variant = mlflow.MlflowClient().get_model_version(name, version).tags["variant"]
     return variant, folder, onnx
@@ -54,7 +55,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     from relkd.serving.calibration import fit_serving
     from relkd.serving.export import agreement_rate, graph_for, quantize_int8, score_pairs
     from relkd.serving.repository import write_version
-    from relkd.student.model import load_student
+    from relkd.student.model import InferenceWrapper, load_student
 
     ecfg, scfg = params.export, params.student
     labels = list(read_labels(prepared))
@@ -67,7 +68,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     info = {"graph": "fp32-optimised" if fused_for else "fp32"}
     if ecfg.int8:  # CPU only (the params check refuses int8 with triton.device gpu)
         q = quantize_int8(onnx, work / f"{variant}.int8.onnx")
-        agree = agreement_rate(q, model, tokenizer, pairs, max_length)  # the student's lexical tables feed both
+        agree = agreement_rate(q, InferenceWrapper(model), tokenizer, pairs, max_length)  # its lexical tables feed both
         info["int8_agreement"] = agree["agreement"]
         if agree["agreement"] >= ecfg.min_int8_agreement:
             served, fused_for, info["graph"] = q, "cpu", "int8"
@@ -85,7 +86,9 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
                     "optimized_for": fused_for,
                     "registry": {"name": params.registry.name, "version": int(version), "alias": role,
                                  "variant": variant}}
-    explain = explain_index(scfg.variants[variant], embeddings, rationales) if ecfg.explain else None
+    # Table 6's rows (the Avg. Ensemble, LRKD-Combined) are no variant of the MPCoT teacher's rationales: no index.
+    explain = (explain_index(scfg.variants[variant], embeddings, rationales)
+               if ecfg.explain and variant in scfg.variants else None)
     if explain is not None:
         serving_info["explain"] = {"file": "explain.npz"}
     write_version(repo, params.triton.model_name, int(version), served, folder, serving_info, explain)

@@ -32,7 +32,7 @@ def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path,
     policy = registry.PromotionPolicy.load(policy_path)
     samples = sample_pairs(prepared)
     registered = {}
-    for variant in scfg.variants:
+    for variant in [*scfg.variants, *scfg.table6_rows]:  # Table 6's rows (the Avg. Ensemble, ...) are served alike
         folder = seed_dir(Path(models) / variant, seed)
         results = json.loads((Path(models) / variant / "results.json").read_text(encoding="utf-8"))[str(seed)]
         model, tokenizer = load_student(folder)

@@ -1,10 +1,14 @@
 """Stage `teacher_dpo`: DPO on the cross-perspective preference pairs, continuing the SFT adapter (transformers'
-Trainer; `accelerate launch` runs it on teacher.num_processes processes, rank 0 tracks and saves)."""
+Trainer; `accelerate launch` runs it on teacher.num_processes processes, rank 0 tracks and saves). The same module
+trains the single-perspective teachers' DPO (`teacher_single_dpo@<perspective>-<pairs>`,
+`teacher_size_matched_dpo@<perspective>`) on the pairs of teacher_single_pairs."""
 from __future__ import annotations
 
 import logging
 import shutil
 from pathlib import Path
+
+import click
 
 from pipeline._ranks import main_process_run, on_main_process
 from pipeline.common import setup, stage_command
@@ -14,12 +18,13 @@ from relkd.models import resolve
 log = logging.getLogger("teacher_dpo")
 
 
-def run(params_path, pairs_dir, sft_adapter, out, checkpoints, metrics_path) -> dict:
+def run(params_path, pairs_dir, sft_adapter, out, checkpoints, metrics_path, teacher="mpcot") -> dict:
     params = setup(params_path)
     cfg = params.teacher
     pairs = read_jsonl(Path(pairs_dir) / "pairs.jsonl")
     with main_process_run("teacher_dpo", {"teacher": cfg.model_dump(include={"model", "num_processes", "dpo"})},
-                          inputs=[pairs_dir, sft_adapter], experiment=params.tracking.experiment):
+                          inputs=[pairs_dir, sft_adapter], experiment=params.tracking.experiment,
+                          run_name=f"teacher_dpo:{teacher}", tags={"relkd.teacher": teacher}):
         if not pairs:
             # No conflict had both a right and a wrong answer: DPO has nothing to prefer, the SFT
             # teacher is the final one. Said in the metrics, not hidden.
@@ -55,13 +60,15 @@ def run(params_path, pairs_dir, sft_adapter, out, checkpoints, metrics_path) -> 
 
 
 def _main(a) -> None:
-    run(a.params, a.pairs, a.sft, a.out, a.checkpoints, a.metrics)
+    run(a.params, a.pairs, a.sft, a.out, a.checkpoints, a.metrics, a.teacher)
 
 
 main = stage_command(__doc__, _main, ("pairs", "teacher_pairs output folder"), ("sft", "SFT adapter folder"),
                      ("out", "DPO adapter folder"),
                      ("checkpoints", "Trainer checkpoints (a rerun of a killed stage resumes from them)"),
-                     ("metrics", "metrics JSON"))
+                     ("metrics", "metrics JSON"),
+                     options=[click.Option(["--teacher"], default="mpcot", show_default=True,
+                                           help="the teacher's name in the MLflow run (tag relkd.teacher)")])
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,11 @@
-"""Stage `student@<variant>`: train one student variant per seed, evaluate it on the test split."""
+"""Stage `student@<variant>`: train one student variant per seed, evaluate it on the test split. The same module trains
+the students of the single-perspective teachers (`student_single@<perspective>`) and LRKD-Combined
+(`student_combined@<name>`): a variant's recipe on other rationales and embeddings, under the row --name."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import numpy as np
 
 from pipeline._ranks import main_process_run, on_main_process
@@ -12,7 +15,7 @@ from relkd.io import write_json
 from relkd.tracking import log_metrics
 
 
-def run(params_path, variant_name, prepared, rationales, embeddings, out, metrics_path) -> dict:
+def run(params_path, variant_name, prepared, rationales, embeddings, out, metrics_path, name=None) -> dict:
     params = setup(params_path)
     cfg = params.student
     if variant_name not in cfg.variants:
@@ -30,12 +33,13 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
     results = {}
     for seed in cfg.seeds:
         folder = seed_dir(out, seed)
-        run_params = {"variant": variant_name, "seed": seed, "student": cfg.model_dump(exclude={"variants", "seeds"}),
+        run_params = {"variant": variant_name, "row": name or variant_name, "seed": seed, "student": cfg.model_dump(exclude={"variants", "seeds"}),
                       "variant_config": variant.model_dump(), "encoder": {k: meta[k] for k in ("name", "dim")}}
         # Under `accelerate launch` every rank trains (gradients all-reduced); rank 0 alone tracks, saves and tests.
         with main_process_run("student", run_params, inputs=[prepared, rationales, embeddings],
-                              experiment=params.tracking.experiment, run_name=f"{variant_name}-seed{seed}",
-                              tags={"relkd.variant": variant_name, "relkd.seed": str(seed)}) as run_:
+                              experiment=params.tracking.experiment, run_name=f"{name or variant_name}-seed{seed}",
+                              tags={"relkd.variant": name or variant_name, "relkd.recipe": variant_name,
+                                    "relkd.seed": str(seed)}) as run_:
             model, tokenizer, history = train_student(
                 train, valid, labels, emb if variant.needs_embeddings else None,
                 notes if variant.needs_rationales else None, variant, cfg, seed,
@@ -73,13 +77,15 @@ def guiding_rationales(train, notes: list, emb, rationales: str, which: str = "a
 
 
 def _main(a) -> None:
-    run(a.params, a.variant, a.prepared, a.rationales, a.embeddings, a.out, a.metrics)
+    run(a.params, a.variant, a.prepared, a.rationales, a.embeddings, a.out, a.metrics, a.name)
 
 
 main = stage_command(__doc__, _main, ("variant", "variant name (params.yaml student.variants)"),
                      ("prepared", "prepared data folder"), ("rationales", "annotate output (JSONL)"),
                      ("embeddings", "embed output folder"), ("out", "student folder (one sub-folder per seed)"),
-                     ("metrics", "metrics JSON"))
+                     ("metrics", "metrics JSON"),
+                     options=[click.Option(["--name"], default=None,
+                                           help="the row's name (MLflow tag relkd.variant); default: the variant")])
 
 if __name__ == "__main__":
     main()

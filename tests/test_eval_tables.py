@@ -63,13 +63,43 @@ def test_teacher_table_picks_best_single_perspective_and_orders_like_table1():
             r("SingleCoT", "few-shot", 0.50, persp="user"), r("SingleCoT", "few-shot", 0.54, persp="rules"),
             r("SingleCoT", "few-shot", 0.52, persp="struct"), r("SingleCoT", "SFT", 0.60, persp="struct")]
     out = teacher_table(rows)
-    assert [o["model"] for o in out] == ["Best-SingleCoT (few-shot)", "Best-SingleCoT (SFT)",
+    # After training, a single-perspective prompt of the MPCoT teacher is not the paper's Best-SingleCoT (a teacher
+    # trained on one perspective): it keeps a name of its own.
+    assert [o["model"] for o in out] == ["Best-SingleCoT (few-shot)", "MPCoT, best perspective prompt (SFT)",
                                          "MPCoT (few-shot)", "MPCoT (SFT)", "MPCoT (SFT+DPO)"]
     assert out[0]["perspective"] == "rules" and out[0]["ACC"] == "54.00"
     assert out[1]["perspective"] == "struct"
     assert "| MPCoT (SFT+DPO) | 68.00 | 50.00 | 1.00 |" in to_markdown(out, TEACHER_COLUMNS)
     with pytest.raises(ValueError, match="two rows for teacher 'MPCoT'"):
         teacher_table(rows + [r("MPCoT", "SFT", 0.1)])
+
+
+def test_teacher_tables_hold_the_trained_single_perspective_rows_with_paired_deltas():
+    from relkd.eval.tables import ablation_table
+
+    gold = ["a", "b", "a", "b"]
+
+    def r(teacher, stage, preds, persp=None):
+        acc = sum(p == g for p, g in zip(preds, gold)) / 4
+        return {"teacher": teacher, "stage": stage, "accuracy": acc, "macro_f1": acc, "unparseable_rate": 0.0,
+                "perspective": persp, "preds": preds}
+    rows = [r("MPCoT", "SFT+DPO", ["a", "b", "a", "b"]), r("MPCoT", "SFT", ["a", "b", "a", "a"]),
+            r("SingleCoT-trained", "SFT", ["a", "a", "a", "a"], "user"),
+            r("SingleCoT-trained", "SFT", ["b", "b", "b", "a"], "rules"),
+            r("SingleCoT-trained", "SFT+DPO", ["a", "b", "b", "a"], "user"),
+            r("SingleCoT-trained", "SFT+MPCoT DPO", ["a", "b", "a", "a"], "user"),
+            r("S-CoT", "SFT+DPO", ["a", "a", "b", "b"], "user"), r("ProgressiveCoT", "SFT", ["b", "b", "a", "a"])]
+    out = teacher_table(rows, gold=gold, labels=["a", "b"])
+    assert [o["model"] for o in out] == ["Best-SingleCoT (SFT)", "Best-SingleCoT (SFT+DPO)",
+                                         "S-CoT user (SFT+DPO, size-matched)", "ProgressiveCoT (SFT)",
+                                         "MPCoT (SFT)", "MPCoT (SFT+DPO)"]  # the Table 3 row stays out
+    assert out[0]["perspective"] == "user" and "one perspective" in out[0]["what"] and "curriculum" in out[3]["what"]
+    assert out[0]["delta_accuracy"] == pytest.approx(-0.5) and out[-1]["ΔACC (95% CI)"] == "-"
+    low, high = out[0]["delta_accuracy_ci"]
+    assert -1 <= low <= -0.5 <= high <= 0
+    t3 = ablation_table(rows, gold, ["a", "b"])
+    assert [o["model"] for o in t3] == ["user SFT", "+ user DPO", "+ MPCoT DPO", "rules SFT", "MPCoT (SFT+DPO)"]
+    assert t3[1]["delta_accuracy"] == pytest.approx(0.0) and t3[2]["delta_accuracy"] == pytest.approx(0.25)
 
 
 def test_by_dataset_puts_datasets_side_by_side():

@@ -49,31 +49,65 @@ def test_repro_runs_teacher_and_students(repo):
     rationales = [json.loads(line) for line in (root / "data/teacher/rationales.jsonl").read_text().splitlines()]
     assert len(rationales) == train_rows and all("probs" in r for r in rationales)
     teacher = json.loads((root / "metrics" / "teacher_eval.json").read_text())["table"]
-    assert {"MPCoT (few-shot)", "MPCoT (SFT)", "MPCoT (SFT+DPO)", "Best-SingleCoT (SFT)"} <= set(teacher)
-    variants = yaml.safe_load((root / "params.yaml").read_text())["student"]["variants"]
+    assert {"MPCoT (few-shot)", "MPCoT (SFT)", "MPCoT (SFT+DPO)", "MPCoT, best perspective prompt (SFT)"} <= set(teacher)
+    rows = _student_rows(root)
     compare = json.loads((root / "metrics" / "compare.json").read_text())
-    assert set(compare) == set(variants)
+    assert set(compare) == set(rows)
     assert "delta_accuracy" in compare["lrkd_gat"] and "delta_accuracy" not in compare["plain"]
-    assert (root / "reports/student/compare.md").read_text().count("\n| ") >= len(variants)
-    assert len(list((root / "plots" / "confusion").glob("*.json"))) == len(variants)
+    assert (root / "reports/student/compare.md").read_text().count("\n| ") >= len(rows)
+    assert len(list((root / "plots" / "confusion").glob("*.json"))) == len(rows)
     assert (root / "models/teacher/dpo/adapter_config.json").exists()
-    # MLflow: one run per SFT and DPO stage, one per student variant and seed, in the embedded store
+    # MLflow: one SFT and one DPO run per teacher, one run per student row and seed, in the embedded store
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{root}/registry/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
-    stages = [r.data.tags.get("relkd.stage") for r in runs]
-    assert stages.count("teacher_sft") == 1 and stages.count("teacher_dpo") == 1
+    teachers = {stage: sorted(r.data.tags["relkd.teacher"] for r in runs if r.data.tags.get("relkd.stage") == stage)
+                for stage in ("teacher_sft", "teacher_dpo")}
+    assert teachers["teacher_sft"] == ["mpcot", "progressive:ProgressiveCoT", "single:business_rules",
+                                       "single:user_intent"]
+    assert teachers["teacher_dpo"] == ["mpcot", *sorted(f"single:{p}+{k}" for p in ("business_rules", "user_intent")
+                                                        for k in ("aligned", "mpcot")), "single:user_intent+size_matched"]
     assert sorted(r.data.tags["relkd.variant"] for r in runs if r.data.tags.get("relkd.stage") == "student") \
-        == sorted(variants)
+        == sorted([*rows, "single_business_rules", "single_user_intent"])
+
+
+def _student_rows(root) -> list[str]:
+    student = yaml.safe_load((root / "params.yaml").read_text())["student"]
+    return [*student["variants"], *student["ensembles"], *student["combined"]]
+
+
+def test_repro_builds_the_papers_remaining_rows(repo):
+    """The tiny profile's part of paper-tables: every kind of its stages ran and wrote its rows."""
+    root, _ = repo
+    from relkd.io import read_jsonl
+
+    for p in ("user_intent", "business_rules"):  # a single-perspective teacher learns from its own perspective only
+        data = read_jsonl(root / f"data/teacher/single/{p}/sft_data.jsonl")
+        assert data and {d["group"] for d in data} == {p}
+        assert (root / f"models/teacher/single/{p}/dpo_mpcot/adapter_config.json").exists()
+    mpcot = read_jsonl(root / "data/teacher/pairs/pairs.jsonl")
+    assert len(read_jsonl(root / "data/teacher/single/user_intent/pairs/size_matched/pairs.jsonl")) == len(mpcot)
+    teacher = json.loads((root / "metrics/teacher_eval.json").read_text())
+    assert {"Best-SingleCoT (SFT)", "Best-SingleCoT (SFT+DPO)", "S-CoT user_intent (SFT+DPO, size-matched)",
+            "ProgressiveCoT (SFT)"} <= set(teacher["table"])
+    assert "+ MPCoT DPO" in teacher["ablation"] and "delta_accuracy" in teacher["ablation"]["+ MPCoT DPO"]
+    o = teacher["oracle"]  # the oracle and pass@k both hold the control perspective's single pass
+    assert o["k"] == 2 and o["n"] == 6 and o["oracle"] >= o["single_pass"] <= o["pass@2"]
+    assert "what" in (root / "reports/teacher/teacher_table.md").read_text()
+    combined = read_jsonl(root / "data/embeddings_combined/lrkd_combined/rationales.jsonl")
+    assert combined and all(r["rationale"].count(" [SEP] ") >= 1 for r in combined)
+    results = json.loads((root / "models/student/avg_ensemble/results.json").read_text())
+    assert set(next(iter(results.values()))["members"]) == {"user_intent", "business_rules"}
+    assert "`avg_ensemble`'s members alone" in (root / "reports/student/compare.md").read_text()
 
 
 def test_repro_serves_scores_and_compares_champion_with_challenger(repo):
     root, _ = repo
     state = json.loads((root / "data/registry/register.json").read_text())
-    variants = yaml.safe_load((root / "params.yaml").read_text())["student"]["variants"]
-    assert set(state["versions"]) == set(variants)
-    assert state["champion_variant"] == "plain" and state["challenger_variant"] != "plain"
+    assert set(state["versions"]) == set(_student_rows(root))
+    # The tiny profile names the Avg. Ensemble the only candidate: its one ONNX graph is what the challenger serves.
+    assert state["champion_variant"] == "plain" and state["challenger_variant"] == "avg_ensemble"
     served = sorted(p.name for p in (root / "triton_repo/relevance_student").iterdir() if p.name.isdigit())
     assert served == sorted([state["aliases"]["champion"], state["aliases"]["challenger"]], key=int)
     batch = pd.read_parquet(root / "data/nightly/batch.parquet")

@@ -459,3 +459,24 @@ def test_the_stub_loads_each_graph_on_its_device_only(exported, tmp_path):
     assert "model.onnx was saved optimised for cpu" in got["1GPU"] and "runs on gpu" in got["1GPU"], got
     assert "asks for KIND_GPU but this onnxruntime has no CUDA provider" in got["2GPU"], got
     assert "stub-requirements-gpu.txt" in got["2GPU"]
+
+
+def test_the_encoder_scope_of_an_ensemble_holds_every_members_encoder():
+    """An Avg. Ensemble's graph has one backbone per member, and the exporter may give two members' identical weights
+    one name: every backbone's weight MatMuls are found (the head after them is not)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from relkd.serving.export import encoder_weight_matmuls
+
+    w = lambda name: numpy_helper.from_array(np.ones((2, 2), np.float32), name)  # noqa: E731
+    ln = "student.members.0.backbone.encoder.layer.0.output.LayerNorm.weight"  # both members' (one name)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="member0"),
+             helper.make_node("LayerNormalization", ["h0", ln], ["o0"], name="ln0"),
+             helper.make_node("MatMul", ["x", "w1"], ["h1"], name="member1"),
+             helper.make_node("LayerNormalization", ["h1", ln], ["o1"], name="ln1"),
+             helper.make_node("Add", ["o0", "o1"], ["s"]), helper.make_node("MatMul", ["s", "w2"], ["y"], name="head")]
+    graph = helper.make_graph(nodes, "ensemble", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [w("w0"), w("w1"), w("w2"), numpy_helper.from_array(np.ones(2, np.float32), ln)])
+    assert sorted(encoder_weight_matmuls(onnx.helper.make_model(graph))) == ["member0", "member1"]

@@ -249,3 +249,61 @@ def test_a_hinted_rationale_is_an_answer_the_teacher_can_write(completion, why):
     text, reason = clean_hinted(" asks for a Brewlin blender. It sells a Brewlin blender jug." + completion, labels)
     assert reason is None and text == "The query asks for a Brewlin blender. It sells a Brewlin blender jug."
     assert len(text.split()) <= MAX_HINT_WORDS
+
+
+def test_aligned_pairs_stay_within_one_perspective(records):
+    pairs = sel.aligned_pairs(records, seed=0, max_per_pair=10)
+    got = sorted((p["pair_id"], p["rejected_perspective"], p["rejected"], p["chosen"]) for p in pairs)
+    # Only a perspective whose own samples disagree gives a pair: chosen and rejected both come from it.
+    assert got == sorted([
+        ("p1", S, "Reasoning: model\nLabel: model mismatch", "Reasoning: brand is Bose\nLabel: brand mismatch"),
+        ("p2", S, "Reasoning: size\nLabel: attribute mismatch", "Reasoning: model R10 not R50\nLabel: model mismatch"),
+        ("p4", U, "Reasoning: colour\nLabel: attribute mismatch", "Reasoning: does the job\nLabel: strongly relevant"),
+        ("p4", R, "Reasoning: rule attr\nLabel: attribute mismatch", "Reasoning: same job\nLabel: strongly relevant"),
+        ("p5", U, "Reasoning: a mat is a mat\nLabel: strongly relevant",
+         "Reasoning: bath mat is for the bathroom\nLabel: category mismatch"),
+        ("p5", R, "Reasoning: mat\nLabel: strongly relevant", "Reasoning: bath mat not yoga mat\nLabel: category mismatch"),
+    ])  # p3: the one right sample has no rationale
+    assert all(p["chosen_perspective"] == p["rejected_perspective"] == p["prompt_perspective"] for p in pairs)
+    only_u = sel.aligned_pairs([r for r in records if sel._get(r, "perspective") == U], seed=0, max_per_pair=10)
+    assert {p["pair_id"] for p in only_u} == {"p4", "p5"} and {p["chosen_perspective"] for p in only_u} == {U}
+
+
+def test_size_matched_has_exactly_the_target_count(records):
+    pairs = sel.aligned_pairs(records, seed=0, max_per_pair=10)
+    four = sel.size_matched(pairs, 4, seed=1)
+    assert len(four) == 4 and all(p in pairs for p in four)
+    assert four == sel.size_matched(pairs, 4, seed=1) and len(sel.size_matched(pairs, 0, seed=1)) == 0
+    with pytest.raises(ValueError, match="6 preference pairs, fewer than the 7"):
+        sel.size_matched(pairs, 7, seed=1)
+
+
+def test_the_size_matched_search_widens_until_it_has_the_target():
+    import pandas as pd
+
+    # 40 pairs; a pair gives one aligned pair when its two samples disagree (every third pair).
+    pool = pd.DataFrame({"pair_id": [f"q{i:02d}" for i in range(40)], "label": ["a", "b"] * 20})
+    asked = []
+
+    def ask(frame):
+        asked.append(len(frame))
+        return [sel.Generation(pid, U, s, f"r{s}", gold if (s == 0 or i % 3) else "z", gold)
+                for i, (pid, gold) in enumerate(zip(frame["pair_id"], frame["label"])) for s in (0, 1)]
+
+    pairs, got, n = sel.widened_pairs(ask, pool, n_start=5, target=6, draw_seed=0, seed=0, max_per_pair=2)
+    assert len(pairs) == 6 and asked == [5, 10, 20] and n == 20  # 1, 3, then 6+ pairs found
+    assert {r.pair_id for r in got} >= {p["pair_id"] for p in pairs}
+    with pytest.raises(ValueError, match="fewer than the 30"):
+        sel.widened_pairs(ask, pool, n_start=5, target=30, draw_seed=0, seed=0, max_per_pair=2)
+
+
+def test_oracle_comparison_follows_the_paper(records):
+    out = sel.oracle_comparison(records, 3)
+    # Every perspective's first sample is right on 2 of 5 pairs; the tie goes to the first name (business_rules).
+    assert out["control_perspective"] == R and out["single_pass"] == pytest.approx(0.4)
+    assert out["pass@3"] == pytest.approx(0.8) and out["oracle"] == pytest.approx(0.8)
+    assert out["per_perspective"][U] == {"single_pass": pytest.approx(0.4), "pass@3": pytest.approx(0.6)}
+    assert out["hits"]["oracle"] == [True, True, False, True, True]  # p1..p5: p3 no perspective's first sample
+    assert out["hits"]["single_pass"] == [True, False, False, False, True]
+    with pytest.raises(ValueError, match="pass@4 needs 4 samples"):
+        sel.oracle_comparison(records, 4)

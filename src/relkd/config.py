@@ -44,6 +44,19 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
+    def _single_perspective_rows(self):
+        """The students of the single-perspective teachers, the Avg. Ensemble and LRKD-Combined need those teachers."""
+        s, perspectives = self.student, self.teacher.single.perspectives
+        if perspectives and s.single_variant not in s.variants:
+            raise ValueError(f"student.single_variant {s.single_variant!r} (the recipe of the single-perspective "
+                             f"teachers' students) is not one of student.variants {sorted(s.variants)}")
+        if s.table6_rows and len(perspectives) < 2:
+            raise ValueError(f"student.ensembles / student.combined {s.table6_rows} join the students or rationales of "
+                             f"the single-perspective teachers, but teacher.single.perspectives is {perspectives}: "
+                             "name at least two")
+        return self
+
+    @model_validator(mode="after")
     def _int8_serves_on_cpu(self):
         if self.export.int8 and self.triton.device == "gpu":
             raise ValueError("export.int8 serves a dynamically quantised graph, made for onnxruntime's CPU integer "

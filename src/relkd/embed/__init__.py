@@ -51,3 +51,21 @@ def encoder_info(model_name: str = "pypi:all-MiniLM-L6-v2", max_length: int = 25
     """What to store beside the vectors: encoder name, max_length and width."""
     model = _load(model_name, max_length, "cpu")
     return {"name": model_name, "max_length": int(model.max_seq_length), "dim": _dim(model)}
+
+
+def separator(model_name: str, max_length: int = 256) -> str:
+    """The encoder's separator token with a space either side (' [SEP] ' for BERT-family encoders, ' </s> ' for
+    XLM-R ones such as BGE-M3): what LRKD-Combined joins the single-perspective rationales with by default."""
+    token = getattr(_load(model_name, max_length, "cpu").tokenizer, "sep_token", None)
+    if not token:
+        raise ValueError(f"encoder {model_name!r} has no separator token; set student.combined_separator")
+    return f" {token} "
+
+
+def combined_rationales(per_teacher, sep: str) -> dict[str, str]:
+    """LRKD-Combined's texts (paper appendix D.2): for every pair each teacher annotated, the teachers' rationales
+    in the given order joined by `sep`. `per_teacher` is a sequence of {pair_id: rationale}, one per teacher."""
+    if len(per_teacher) < 2:
+        raise ValueError(f"combining needs at least 2 teachers' rationales, got {len(per_teacher)}")
+    shared = set(per_teacher[0]).intersection(*per_teacher[1:])
+    return {pid: sep.join(" ".join(str(t[pid]).split()) for t in per_teacher) for pid in per_teacher[0] if pid in shared}

@@ -8,8 +8,31 @@ from relkd.eval.stats import mean_std
 STUDENT_COLUMNS = ("model", "ACC", "F1", "ΔACC (95% CI)", "ΔF1 (95% CI)", "ret. ACC", "ret. F1")
 TEACHER_COLUMNS = ("model", "ACC", "F1", "unparseable")
 STAGE_ORDER = ("few-shot", "SFT", "SFT+DPO")
-SINGLE, BEST_SINGLE, MPCOT = "SingleCoT", "Best-SingleCoT", "MPCoT"
+MPCOT_DPO = "SFT+MPCoT DPO"  # a single-perspective SFT teacher's DPO on MPCoT's pairs (Table 3)
+# Row kinds of teacher_eval: SINGLE = a teacher asked under one perspective's prompt (the untrained one at few-shot,
+# the MPCoT-trained one after); TRAINED_SINGLE = a teacher trained on one perspective's data (teacher.single);
+# SIZE_MATCHED = such a teacher's DPO on as many of its own pairs as MPCoT's; MPCOT = the MPCoT teacher.
+SINGLE, TRAINED_SINGLE, SIZE_MATCHED, MPCOT = "SingleCoT", "SingleCoT-trained", "S-CoT", "MPCoT"
+BEST_SINGLE, MPCOT_AS_SINGLE = "Best-SingleCoT", "MPCoT, best perspective prompt"
+REFERENCE = "MPCoT (SFT+DPO)"
 _METRICS = ("accuracy", "macro_f1")
+_WHAT = {
+    (SINGLE, "few-shot"): "untrained, few-shot under one perspective's prompt",
+    (SINGLE, None): "the MPCoT-trained teacher asked under one perspective's prompt (with the shots)",
+    (TRAINED_SINGLE, "SFT"): "SFT on one perspective's consistent (and label-hinted) rationales, asked under its "
+                             "prompt",
+    (TRAINED_SINGLE, "SFT+DPO"): "that SFT, then DPO on pairs of its own perspective's answers",
+    (TRAINED_SINGLE, MPCOT_DPO): "that SFT, then DPO on MPCoT's cross-perspective pairs posed under its prompt",
+    (SIZE_MATCHED, "SFT+DPO"): "that SFT, then DPO on exactly as many pairs of its own answers as MPCoT's DPO has",
+    (MPCOT, "few-shot"): "untrained: the majority vote of the three perspectives' few-shot answers",
+    (MPCOT, "SFT"): "SFT on the union of the three perspectives' consistent (and label-hinted) rationales, asked "
+                    "under the unified prompt",
+    (MPCOT, "SFT+DPO"): "that SFT, then DPO on cross-perspective preference pairs",
+    (MPCOT, "SFT+DPO+GRPO"): "that SFT+DPO, then GRPO (TaoSR1's third stage)",
+}
+PROGRESSIVE_WHAT = ("MPCoT's SFT set and steps in a curriculum, shortest rationales first (buckets of rising length in "
+                    "words, one after another), asked under the unified prompt; the paper's ProgressiveCoT follows "
+                    "LREF's multi-stage CoT SFT, described only briefly: an approximation")
 
 
 def _pct(x: float) -> str:
@@ -71,44 +94,109 @@ def student_table(results: Mapping[str, Sequence[Mapping]], *, baseline: str = "
     return rows
 
 
-def teacher_table(rows: Sequence[Mapping], *, select_by: str = "accuracy") -> list[dict]:
-    """Teacher rows in Table 1 order: Best-SingleCoT, other baselines, then MPCoT; within each,
-    few-shot, SFT, SFT+DPO.
+def describe(teacher: str, stage: str) -> str:
+    """One line saying what a teacher row is: trained on what, asked how (a kind not listed is a ProgressiveCoT
+    teacher of teacher.progressive)."""
+    what = _WHAT.get((teacher, stage)) or (teacher == SINGLE and _WHAT[(SINGLE, None)])
+    return what or PROGRESSIVE_WHAT
 
-    Each input row has ``teacher``, ``stage``, ``accuracy``, ``macro_f1`` and ``unparseable_rate``.
-    Rows with teacher "SingleCoT" also name their ``perspective``; per stage the one with the highest
-    `select_by` becomes "Best-SingleCoT" (the paper's top-performing single perspective) and keeps
-    its perspective name.
+
+def _delta(row: Mapping, ref: Mapping, gold: Sequence, labels: Sequence) -> dict:
+    """Δ of `row` vs `ref` in accuracy and macro-F1 with their 95% paired bootstrap intervals (same test pairs)."""
+    from relkd.eval.stats import bootstrap_diff_ci
+
+    out = {}
+    for m, short in zip(_METRICS, ("ACC", "F1")):
+        ci = bootstrap_diff_ci(gold, ref["preds"], row["preds"], m, labels, n_boot=1000, seed=0)
+        out[f"delta_{m}"], out[f"delta_{m}_ci"] = ci["diff"], [ci["low"], ci["high"]]
+        out[f"Δ{short} (95% CI)"] = f"{_signed(ci['diff'])} [{_signed(ci['low'])}, {_signed(ci['high'])}]"
+    return out
+
+
+def _teacher_row(model: str, r: Mapping, best_of: int = 0) -> dict:
+    """A table row; `best_of` > 0: the best of that many perspectives' rows (the row says which one)."""
+    p = r.get("perspective")
+    where = f"; the best of {best_of} perspectives: {p}" if best_of else f" ({p})" if p else ""
+    return {"model": model, "teacher": r["teacher"], "stage": r["stage"], "perspective": p,
+            "what": describe(r["teacher"], r["stage"]) + where,
+            "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "unparseable_rate": r["unparseable_rate"],
+            "ACC": _pct(r["accuracy"]), "F1": _pct(r["macro_f1"]), "unparseable": _pct(r["unparseable_rate"]),
+            **({"preds": r["preds"]} if "preds" in r else {})}
+
+
+def teacher_table(rows: Sequence[Mapping], *, select_by: str = "accuracy", gold: Sequence | None = None,
+                  labels: Sequence | None = None) -> list[dict]:
+    """Teacher rows in Table 1 order: Best-SingleCoT (few-shot, and after SFT / SFT+DPO from the teachers trained
+    on one perspective), the MPCoT teacher asked under its best perspective prompt, the size-matched S-CoT rows,
+    other baselines (ProgressiveCoT), then MPCoT; within each, few-shot, SFT, SFT+DPO. Each row says what it is.
+
+    Each input row has ``teacher``, ``stage``, ``accuracy``, ``macro_f1`` and ``unparseable_rate``. Rows of kind
+    SINGLE and TRAINED_SINGLE name their ``perspective``; per stage the one with the highest `select_by` is kept
+    (the paper's top-performing single perspective) with its perspective; TRAINED_SINGLE rows of the Table 3 stage
+    (MPCOT_DPO) stay out (:func:`ablation_table`). SIZE_MATCHED rows are kept one per perspective. With `gold` and
+    `labels` (and each row's ``preds`` on the same test pairs) every row gets its Δ vs MPCoT (SFT+DPO) with the 95%
+    paired bootstrap interval.
     """
     if select_by not in _METRICS:
         raise ValueError(f"select_by {select_by!r} is not supported; use one of {_METRICS}")
     picked: dict[tuple[str, str], Mapping] = {}
+    among: dict[tuple[str, str], int] = {}  # how many perspectives a best-of row was picked from
     for r in rows:
         teacher, stage = r["teacher"], r["stage"]
         if teacher == SINGLE:
-            key = (BEST_SINGLE, stage)
-            if key not in picked or r[select_by] > picked[key][select_by]:
-                picked[key] = r
+            teacher = BEST_SINGLE if stage == "few-shot" else MPCOT_AS_SINGLE
+        elif teacher == TRAINED_SINGLE:
+            if stage == MPCOT_DPO:
+                continue
+            teacher = BEST_SINGLE
+        elif teacher == SIZE_MATCHED:
+            teacher = f"{SIZE_MATCHED} {r['perspective']}"
+        else:
+            if (teacher, stage) in picked:
+                raise ValueError(f"two rows for teacher {teacher!r} at stage {stage!r}; pass one per stage "
+                                 f"(single perspectives go in as teacher {SINGLE!r} with a perspective)")
+            picked[(teacher, stage)] = r
             continue
-        if (teacher, stage) in picked:
-            raise ValueError(f"two rows for teacher {teacher!r} at stage {stage!r}; pass one per stage "
-                             f"(single perspectives go in as teacher {SINGLE!r} with a perspective)")
-        picked[(teacher, stage)] = r
+        key = (teacher, stage)
+        if teacher != f"{SIZE_MATCHED} {r['perspective']}":
+            among[key] = among.get(key, 0) + 1
+        if key not in picked or r[select_by] > picked[key][select_by]:
+            picked[key] = r
     teachers = list(dict.fromkeys(t for t, _ in picked))
     stages = list(STAGE_ORDER) + [s for s in dict.fromkeys(s for _, s in picked) if s not in STAGE_ORDER]
 
     def teacher_rank(t: str) -> tuple[int, int]:
-        return (0 if t == BEST_SINGLE else 2 if t == MPCOT else 1, teachers.index(t))
+        rank = {BEST_SINGLE: 0, MPCOT_AS_SINGLE: 1, MPCOT: 4}.get(t, 2 if t.startswith(SIZE_MATCHED) else 3)
+        return rank, teachers.index(t)
 
     out = []
     for teacher, stage in sorted(picked, key=lambda k: (teacher_rank(k[0]), stages.index(k[1]))):
-        r = picked[(teacher, stage)]
-        out.append({
-            "model": f"{teacher} ({stage})", "teacher": teacher, "stage": stage,
-            "perspective": r.get("perspective"),
-            "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "unparseable_rate": r["unparseable_rate"],
-            "ACC": _pct(r["accuracy"]), "F1": _pct(r["macro_f1"]), "unparseable": _pct(r["unparseable_rate"]),
-        })
+        model = f"{teacher} ({stage}, size-matched)" if teacher.startswith(SIZE_MATCHED) else f"{teacher} ({stage})"
+        out.append(_teacher_row(model, picked[(teacher, stage)], among.get((teacher, stage), 0)))
+    ref = next((r for r in out if r["model"] == REFERENCE), None)
+    if gold is not None and ref is not None and "preds" in ref:
+        for r in out:
+            r.update(_delta(r, ref, gold, labels) if r is not ref else {"ΔACC (95% CI)": "-", "ΔF1 (95% CI)": "-"})
+    return out
+
+
+def ablation_table(rows: Sequence[Mapping], gold: Sequence, labels: Sequence) -> list[dict]:
+    """Table 3: per single-perspective teacher, its SFT row, then "+ <perspective> DPO" (its own pairs) and
+    "+ MPCoT DPO" (MPCoT's pairs) as Δ vs that SFT with 95% paired bootstrap intervals; MPCoT (SFT+DPO) last."""
+    trained = {(r["perspective"], r["stage"]): r for r in rows if r["teacher"] == TRAINED_SINGLE}
+    out = []
+    for p in dict.fromkeys(r["perspective"] for r in rows if r["teacher"] == TRAINED_SINGLE):
+        base = trained.get((p, "SFT"))
+        if base is None:
+            continue
+        out.append(_teacher_row(f"{p} SFT", base))
+        for stage, name in (("SFT+DPO", f"+ {p} DPO"), (MPCOT_DPO, "+ MPCoT DPO")):
+            if (p, stage) in trained:
+                out.append({**_teacher_row(name, trained[(p, stage)]), **_delta(trained[(p, stage)], base, gold,
+                                                                                   labels)})
+    ref = next((r for r in rows if r["teacher"] == MPCOT and r["stage"] == "SFT+DPO"), None)
+    if ref is not None:
+        out.append(_teacher_row(REFERENCE, ref))
     return out
 
 

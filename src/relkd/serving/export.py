@@ -14,6 +14,7 @@ short search queries and titles then cost what they are, not ``max_length``.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from relkd.serving.triton_model import LEXICAL_INPUT, length_buckets
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAMES = ("logits", "latent")
 OPSET = 18
+# The weight names of a student's backbone in its exported graph (an Avg. Ensemble's: student.members.<i>.backbone.).
+STUDENT_BACKBONE = re.compile(r"student\.(?:members\.\d+\.)?backbone\.")
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX and PyTorch outputs (float32 reorderings stay ~1e-6)
 
 
@@ -261,17 +264,19 @@ def export_onnx(module, tokenizer, out_path: str | Path, max_length: int,
 def encoder_weight_matmuls(model) -> list[str]:
     """The names of the encoder's weight MatMuls in an ONNX graph of the student: MatMul nodes whose second
     input is a weight (an initializer) and that feed the backbone's last LayerNormalization (the one whose
-    scale is a ``student.backbone.*`` weight). What is left out stays fp32: the embeddings, every
+    scale is a ``student.backbone.*`` weight; the last of each member's backbone in an Avg. Ensemble). What is left out stays fp32: the embeddings, every
     LayerNorm, the attention products of two activations, the latent reasoning extractor and the head."""
     nodes = list(model.graph.node)
     inits = {i.name for i in model.graph.initializer}
     producer = {out: n for n in nodes for out in n.output}
-    backbone_ln = [n for n in nodes if n.op_type == "LayerNormalization"
-                   and len(n.input) > 1 and n.input[1].startswith("student.backbone.")]
+    # Every backbone LayerNorm: their ancestors are those of each backbone's last one (an ensemble has several
+    # backbones, and the exporter may give identical weights of two members one name, so names cannot tell them apart).
+    backbone_ln = [n for n in nodes if n.op_type == "LayerNormalization" and len(n.input) > 1
+                   and STUDENT_BACKBONE.match(n.input[1])]
     if not backbone_ln:
         raise ValueError("no backbone LayerNormalization in the graph (a student export names its LayerNorm "
                          "weights student.backbone.*); quantise it whole with scope='all'")
-    seen, todo = set(), [backbone_ln[-1]]
+    seen, todo = set(), backbone_ln
     while todo:  # the ancestors of the backbone's last LayerNorm
         node = todo.pop()
         if id(node) in seen:

@@ -83,6 +83,27 @@ def named_variants() -> dict[str, VariantConfig]:
     }
 
 
+# A single-perspective teacher's student is a row named SINGLE_PREFIX + perspective (models/student_single/<p>).
+SINGLE_PREFIX = "single_"
+_AUX = {"ced_kd": "CED-KD: a decoder reconstructs the rationale in training (dropped at inference)",
+        "mkd": "MKD: a CRF tags the rationale's words in the input in training",
+        "crsd": "CRSD: InfoNCE pulls the plain view towards the rationale-augmented one in training"}
+
+
+def describe(variant: VariantConfig, lam: float) -> str:
+    """One line saying what a variant's student is (its extractor, guidance and auxiliary objective)."""
+    if variant.r_from_cls:
+        parts = [f"no extractor: h_cls itself guided (λ {lam:g}) towards the rationale embedding"]
+    elif variant.extractor == "none":
+        parts = ["cross-encoder on the gold labels"]
+    else:
+        guided = f"guided (λ {lam:g}) towards the rationale embedding" if variant.guidance else "no guidance loss"
+        parts = [f"{variant.extractor} latent reasoning extractor, {guided}"]
+    if variant.aux != "none":
+        parts.append(_AUX[variant.aux])
+    return "; ".join(parts)
+
+
 # The embedded default trains Table 1 and CRSD; the ablation rows cost ~5 of the 25 minutes a whole `dvc repro`
 # may take on 2 cores, and are one `relkd profile ablations` away.
 DEFAULT_VARIANTS = ("plain", "lrkd_mlp", "lrkd_poly", "lrkd_gat", "ced_kd", "mkd", "crsd")
@@ -153,6 +174,49 @@ class StudentConfig(Section):
         description="student variants by name: plain, lrkd_mlp, lrkd_poly, lrkd_gat, ced_kd, mkd, crsd (the "
         "ablations no_extractor, no_guidance and lrkd_gat+crsd: profiles/ablations.yaml)",
     )
+
+    single_variant: str = Field(
+        "lrkd_gat", description="the recipe (a name in `variants`) of the students of the single-perspective teachers "
+        "(teacher.single: one student each, the Avg. Ensemble's members) and of LRKD-Combined")
+    ensembles: list[str] = Field(
+        default_factory=list, description="Avg. Ensemble rows by name: the class probabilities of the single-"
+        "perspective teachers' students averaged at inference, registered, exported and served as one ONNX graph; "
+        "[] = none")
+    combined: list[str] = Field(
+        default_factory=list, description="LRKD-Combined rows by name: a student.single_variant student guided by "
+        "the encoder's embedding of the single-perspective teachers' rationales of a pair concatenated "
+        "(teacher.single.perspectives in order, joined by combined_separator); [] = none")
+    combined_separator: str | None = Field(
+        None, description="text between the concatenated rationales of LRKD-Combined; None = the rationale "
+        "encoder's separator token with a space either side")
+
+    @model_validator(mode="after")
+    def _table6_rows(self) -> "StudentConfig":
+        names = [*self.ensembles, *self.combined]
+        clash = sorted({n for n in names if n in self.variants or names.count(n) > 1 or n.startswith(SINGLE_PREFIX)})
+        if clash:
+            raise ValueError(f"ensembles and combined name rows of the student table ({clash} clash with a variant, "
+                             f"each other or the '{SINGLE_PREFIX}' rows of the single-perspective students): rename")
+        return self
+
+    def row_description(self, name: str, perspectives) -> str:
+        """What a student-table row is: a variant trained on the MPCoT teacher's rationales, an Avg. Ensemble or
+        LRKD-Combined of the single-perspective teachers `perspectives`."""
+        single = self.variants.get(self.single_variant)
+        if name in self.ensembles:
+            return (f"Avg. Ensemble: the mean class probabilities of {len(perspectives)} {self.single_variant} "
+                    f"students, each trained on one single-perspective teacher's rationales ({', '.join(perspectives)})")
+        if name in self.combined:
+            return (f"LRKD-Combined: {self.single_variant} ({describe(single, self.lam_for(single))}) on the "
+                    f"embedding of the {len(perspectives)} single-perspective teachers' rationales concatenated")
+        variant = self.variants[name]
+        return describe(variant, self.lam_for(variant)) + (
+            "; the MPCoT teacher's rationales" if variant.guidance or variant.aux != "none" else "")
+
+    @property
+    def table6_rows(self) -> list[str]:
+        """The student rows beyond `variants` that register and compare take in: the ensembles, then LRKD-Combined."""
+        return [*self.ensembles, *self.combined]
 
     def lam_for(self, variant: VariantConfig) -> float:
         """The guidance weight a variant trains with (0 when its guidance is off)."""

@@ -237,7 +237,8 @@ def save_student(model: Student, tokenizer, folder: str | Path) -> Path:
 
 
 def load_student(folder: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a student saved by :func:`save_student`; returns (Student in eval mode, tokenizer)."""
+    """Rebuild a student saved by :func:`save_student` (or an Avg. Ensemble saved by
+    :func:`relkd.student.ensemble.save_ensemble`); returns (the model in eval mode, tokenizer)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer
 
@@ -246,6 +247,12 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu"):
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder} has no {STUDENT_FILE}: it is not a student saved by save_student")
     meta = json.loads(meta_path.read_text())
+    if meta.get("kind") is not None:  # an ensemble of students (relkd.student.ensemble)
+        from relkd.student.ensemble import KIND, load_ensemble
+
+        if meta["kind"] != KIND:
+            raise ValueError(f"{meta_path} has kind {meta['kind']!r}; this code loads students and {KIND!r}")
+        return load_ensemble(folder, meta, device)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{meta_path} has format_version {meta.get('format_version')!r}; this code reads "
                          f"{FORMAT_VERSION}: retrain the student or use the matching relkd version")

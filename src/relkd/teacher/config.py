@@ -10,6 +10,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from relkd.section import Section
+from relkd.teacher.prompts import PERSPECTIVES
+
+PerspectiveName = Literal[PERSPECTIVES]
 
 
 class SamplingConfig(Section):
@@ -125,7 +128,9 @@ class DPOSection(TrainerSection):
     batch_size: int = Field(4, ge=1, description="per-device batch of preference pairs")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps warming up linearly (whole steps, "
                                 "rounded down)")
-    max_length: int = Field(384, ge=16, description="prompt + completion tokens; a longer pair is left out")
+    max_length: int = Field(448, ge=16, description="prompt + completion tokens; a longer pair is left out (as long "
+                            "as SFT's: a single-perspective teacher's pairs are posed under a perspective prompt with "
+                            "the few-shot shots, as its SFT examples are)")
     logging_steps: int | None = Field(1, ge=1, description="log every N optimiser steps (a DPO run here is a few "
                                       "steps: once per epoch showed one loss); None = once per epoch")
 
@@ -139,6 +144,43 @@ class EvalConfig(Section):
         False, description="also answer under each perspective's own prompt after SFT and DPO (the table's "
         "SingleCoT rows of the trained stages); false keeps the few-shot perspectives (the MPCoT vote needs them) "
         "and the unified rows only: less than half the generations on a large test set")
+    oracle_k: int | None = Field(
+        None, ge=2, description="samples per test pair and perspective for the oracle comparison (the untrained "
+        "teacher, few-shot, sampled with `sampling`): the multi-perspective oracle (right when any perspective's "
+        "first sample is) against the single-perspective pass@k control (the perspective whose first sample is "
+        "right most often, any of its first k samples) and that perspective's single pass; None = not run")
+
+
+class SingleSection(Section):
+    """Single-perspective teachers: each trained as MPCoT's teacher is (SFT, then DPO), on one perspective's data."""
+
+    perspectives: list[PerspectiveName] = Field(
+        default_factory=list, description="the perspectives that get a teacher of their own: SFT on that "
+        "perspective's consistency-filtered (and label-hinted) rationales posed under its own prompt, then DPO on "
+        "pairs of its own answers (chosen and rejected from the same perspective) and, apart, on MPCoT's pairs "
+        "posed under its prompt; each final teacher annotates the students' pairs for a student of its own "
+        "(student.single_variant); [] = none")
+    size_matched: list[PerspectiveName] = Field(
+        default_factory=list, description="perspectives (of `perspectives`) whose SFT teacher also gets a DPO on "
+        "exactly as many pairs of its own answers as MPCoT's DPO has (the conflict search widened over the "
+        "training split until there are enough)")
+
+    @model_validator(mode="after")
+    def _size_matched_are_trained(self) -> "SingleSection":
+        if len(set(self.perspectives)) != len(self.perspectives):
+            raise ValueError(f"perspectives lists a perspective twice: {self.perspectives}")
+        extra = sorted(set(self.size_matched) - set(self.perspectives))
+        if extra or len(set(self.size_matched)) != len(self.size_matched):
+            raise ValueError(f"size_matched {self.size_matched} must name each perspective once, each one of "
+                             f"perspectives {self.perspectives} (their SFT teachers are the ones it continues)")
+        return self
+
+
+class CurriculumSection(Section):
+    """A ProgressiveCoT SFT teacher: MPCoT's SFT set and steps, ordered from the shortest rationales to the longest."""
+
+    phases: int = Field(3, ge=1, description="buckets of rising rationale length (words), trained one after "
+                        "another, each for teacher.sft.epochs passes: the same examples and steps as MPCoT's SFT")
 
 
 class AnnotateConfig(Section):
@@ -300,6 +342,10 @@ class TeacherConfig(Section):
     shards: ShardConfig = ShardConfig()
     grpo: GRPOSection = GRPOSection()
     tiers: TeacherTierSection = TeacherTierSection()
+    single: SingleSection = SingleSection()
+    progressive: dict[str, CurriculumSection] = Field(
+        default_factory=dict, description="ProgressiveCoT SFT teachers by name: MPCoT's SFT set in a curriculum of "
+        "rising rationale length, asked under the unified prompt; {} = none")
 
     @property
     def scores_labels(self) -> bool:

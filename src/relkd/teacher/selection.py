@@ -166,37 +166,89 @@ def preference_pairs(records: Iterable[Any], seed: int, max_per_pair: int) -> li
     for pid in sorted(conflicts.resolvable):
         by_perspective = groups[pid]
         chosen = [r for p in sorted(by_perspective) for r in by_perspective[p] if is_correct(r) and _rationale(r)]
-        rng = random.Random(f"{seed}:{pid}")
-        queues = []
-        for p in conflicts.failing[pid]:
-            seen, cands = set(), []
-            for rej in by_perspective[p]:
-                for cho in chosen:
-                    key = (_completion(rej), _completion(cho))
-                    if key not in seen:
-                        seen.add(key)
-                        cands.append((rej, cho, key))
-            rng.shuffle(cands)
-            queues.append(cands)
-        drawn = []
-        while len(drawn) < max_per_pair and any(queues):
-            for queue in queues:
-                if queue and len(drawn) < max_per_pair:
-                    drawn.append(queue.pop(0))
-        for rej, cho, (rejected, chosen_text) in drawn:
-            out.append({
-                "pair_id": pid,
-                "prompt_perspective": _get(rej, "perspective"),
-                "chosen": chosen_text,
-                "rejected": rejected,
-                "chosen_perspective": _get(cho, "perspective"),
-                "rejected_perspective": _get(rej, "perspective"),
-                "chosen_label": _get(cho, "label"),
-                "rejected_label": _get(rej, "label"),
-                "chosen_sample": _get(cho, "sample"),
-                "rejected_sample": _get(rej, "sample"),
-            })
+        out += _drawn(pid, [by_perspective[p] for p in conflicts.failing[pid]], chosen, seed, max_per_pair)
     return out
+
+
+def aligned_pairs(records: Iterable[Any], seed: int, max_per_pair: int) -> list[dict]:
+    """Perspective-aligned preference pairs, the DPO data of a single-perspective teacher: for a pair on which the
+    k samples of one perspective disagree (some right, some wrong), rejected = a wrong sample and chosen = a right
+    one with a rationale, both of that same perspective. Drawn as :func:`preference_pairs` draws (seeded per pair,
+    identical texts once, up to ``max_per_pair``); records of several perspectives give each its own pairs."""
+    if max_per_pair < 1:
+        raise ValueError(f"max_per_pair must be >= 1, got {max_per_pair}")
+    out = []
+    for pid, by_perspective in sorted(_grouped(records).items()):
+        for p, recs in sorted(by_perspective.items()):
+            chosen = [r for r in recs if is_correct(r) and _rationale(r)]
+            wrong = [r for r in recs if not is_correct(r)]
+            if chosen and wrong:
+                out += _drawn(pid, [wrong], chosen, f"{seed}:{p}", max_per_pair)
+    return out
+
+
+def _drawn(pid: str, rejected_groups: Sequence[Sequence[Any]], chosen: Sequence[Any], seed, max_per_pair: int) -> list:
+    """Up to `max_per_pair` (rejected, chosen) pairs for one pair: each group of rejected samples against every
+    chosen one, identical texts once, shuffled (seeded by `seed` and the pair), the groups taken in turn."""
+    rng = random.Random(f"{seed}:{pid}")
+    queues = []
+    for group in rejected_groups:
+        seen, cands = set(), []
+        for rej in group:
+            for cho in chosen:
+                key = (_completion(rej), _completion(cho))
+                if key not in seen:
+                    seen.add(key)
+                    cands.append((rej, cho, key))
+        rng.shuffle(cands)
+        queues.append(cands)
+    drawn = []
+    while len(drawn) < max_per_pair and any(queues):
+        for queue in queues:
+            if queue and len(drawn) < max_per_pair:
+                drawn.append(queue.pop(0))
+    return [{
+        "pair_id": pid,
+        "prompt_perspective": _get(rej, "perspective"),
+        "chosen": chosen_text,
+        "rejected": rejected,
+        "chosen_perspective": _get(cho, "perspective"),
+        "rejected_perspective": _get(rej, "perspective"),
+        "chosen_label": _get(cho, "label"),
+        "rejected_label": _get(rej, "label"),
+        "chosen_sample": _get(cho, "sample"),
+        "rejected_sample": _get(rej, "sample"),
+    } for rej, cho, (rejected, chosen_text) in drawn]
+
+
+def widened_pairs(ask, pool, n_start: int, target: int, draw_seed: int, seed: int,
+                  max_per_pair: int) -> tuple[list[dict], list, int]:
+    """Exactly `target` perspective-aligned pairs (:func:`aligned_pairs`, then :func:`size_matched`), the conflict
+    search widened until there are enough: `ask(pairs frame) -> records` judges a class-balanced draw of `pool`
+    (relkd.data.splits.balanced_sample, `draw_seed`) of `n_start` pairs, then twice as many (a draw that holds the
+    smaller one: with a generation cache only the new pairs cost), up to all of `pool`. Returns (pairs, the last
+    draw's records, its size)."""
+    from relkd.data.splits import balanced_sample
+
+    n = min(n_start, len(pool))
+    while True:
+        records = ask(balanced_sample(pool, n, draw_seed))
+        pairs = aligned_pairs(records, seed, max_per_pair)
+        if len(pairs) >= target or n >= len(pool):
+            return size_matched(pairs, target, seed), records, n
+        n = min(len(pool), 2 * n)
+
+
+def size_matched(pairs: Sequence[dict], target: int, seed: int) -> list[dict]:
+    """Exactly `target` of `pairs` (a seeded draw, in their order): the size-matched single-perspective DPO set,
+    as many pairs as MPCoT's. Fewer than `target` pairs is an error naming the shortfall."""
+    if target < 0:
+        raise ValueError(f"target must be >= 0, got {target}")
+    if len(pairs) < target:
+        raise ValueError(f"{len(pairs)} preference pairs, fewer than the {target} to match: search more pairs "
+                         "(a larger training split) or sample more per pair (teacher.pairs.k)")
+    keep = set(random.Random(seed).sample(range(len(pairs)), target))
+    return [p for i, p in enumerate(pairs) if i in keep]
 
 
 def pair_counts(pairs: Iterable[dict]) -> dict[tuple[str, str], int]:
@@ -243,6 +295,30 @@ def pass_at_k(records: Iterable[Any], perspective: str, k: int) -> float:
         raise ValueError(f"pass@{k} needs {k} samples per pair, but {len(short)} pair(s) of {perspective!r} "
                          f"have fewer (e.g. {pid!r}: {n}); generate more samples or lower k")
     return sum(any(map(is_correct, recs[:k])) for recs in runs.values()) / len(runs)
+
+
+def oracle_comparison(records: Iterable[Any], k: int) -> dict:
+    """The paper's check that perspective diversity, not more attempts, makes the oracle (section 3.2): the
+    multi-perspective oracle (a pair is right when any perspective's first sample is) against the single-perspective
+    pass@k control (the perspective whose first sample is right most often; a pair is right when any of its first
+    k samples is) and that perspective's single pass. Every perspective needs k samples per pair.
+
+    Returns ``oracle``, ``control_perspective``, ``pass@k``, ``single_pass``, ``per_perspective`` ({perspective:
+    {single_pass, pass@k}}) and ``hits`` ({"oracle", "pass@k", "single_pass"}: per pair, sorted by pair id, whether
+    it counts as right), for paired intervals."""
+    records = list(records)
+    perspectives = sorted({_get(r, "perspective") for r in records})
+    per = {p: {"single_pass": pass_at_k([r for r in records if _get(r, "perspective") == p], p, 1),
+               f"pass@{k}": pass_at_k(records, p, k)} for p in perspectives}
+    control = max(perspectives, key=lambda p: (per[p]["single_pass"], -perspectives.index(p)))
+    groups = _grouped(records)
+    pids = sorted(groups)
+    hits = {"oracle": [any(is_correct(recs[0]) for recs in groups[pid].values()) for pid in pids],
+            f"pass@{k}": [any(map(is_correct, groups[pid][control][:k])) for pid in pids],
+            "single_pass": [is_correct(groups[pid][control][0]) for pid in pids]}
+    return {"oracle": sum(hits["oracle"]) / len(pids), "control_perspective": control,
+            f"pass@{k}": per[control][f"pass@{k}"], "single_pass": per[control]["single_pass"], "k": k,
+            "n": len(pids), "per_perspective": per, "pair_ids": pids, "hits": hits}
 
 
 def unparseable_rate(records: Iterable[Any], perspective: str | None = None) -> float:

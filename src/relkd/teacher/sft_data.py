@@ -28,13 +28,20 @@ def hint_pool(train: pd.DataFrame, have: set, n_consistent: int, cap: int | None
     return pool.reset_index(drop=True)
 
 
+def prompt_names(n: int, perspective: str | None, share: float, seed: int) -> list[str]:
+    """The prompt each of `n` SFT examples is posed under: MPCoT's mix (`perspective` None: a `share` under the
+    perspective prompts, the rest under the unified one, :func:`relkd.teacher.prompts.sft_prompt_names`), or, for a
+    single-perspective teacher, that perspective's prompt for every example (the prompt it is asked under later)."""
+    return sft_prompt_names(n, share, seed) if perspective is None else [perspective] * n
+
+
 def posed(tokenizer, examples: list[dict], train: pd.DataFrame, prompts: dict[str, Perspective], labels: Sequence[str],
-          shots, share: float, seed: int) -> list[dict]:
-    """Each example posed under a prompt (a `share` of them under a perspective prompt with the few-shot shots,
-    the rest under the unified one: :func:`relkd.teacher.prompts.sft_prompt_names`), as prompt-completion
-    examples with their prompt's name as ``group`` (a training batch holds one group)."""
-    names = sft_prompt_names(len(examples), share, seed)
+          shots, names: Sequence[str]) -> list[dict]:
+    """Example i posed under prompt ``names[i]`` (:func:`prompt_names`; a perspective prompt with the few-shot shots,
+    the unified one without), as prompt-completion examples with their prompt's name as ``group`` (a training batch
+    holds one group)."""
     pairs = train.loc[[e["pair_id"] for e in examples]].reset_index(drop=True)
     data = prompted_examples(tokenizer, [prompts[n] for n in names], pairs, labels,
                              [e["rationale"] for e in examples], [e["label"] for e in examples], shots)
     return [dict(e, **d, prompt_name=n, group=n) for e, d, n in zip(examples, data, names)]
+

@@ -102,6 +102,54 @@ class PromptGroupSampler(torch.utils.data.Sampler):
         return sum(math.ceil(n / self.batch_size) for n in sizes.values())
 
 
+def curriculum_phases(rationales: Sequence[str], phases: int) -> list[int]:
+    """ProgressiveCoT's curriculum: the phase (0 .. phases - 1) of each example, by its rationale's length in words,
+    shortest first, in `phases` buckets of (nearly) equal size; equal lengths keep their order."""
+    if phases < 1:
+        raise ValueError(f"phases must be >= 1, got {phases}")
+    order = sorted(range(len(rationales)), key=lambda i: (len(rationales[i].split()), i))
+    out = [0] * len(rationales)
+    for rank, i in enumerate(order):
+        out[i] = rank * phases // max(len(rationales), 1)
+    return out
+
+def curriculum_batches(groups: Sequence, phases: Sequence[int], batch_size: int, seed: int, passes: int) -> list:
+    """ProgressiveCoT's order: the phases one after another (0 first), each phase's examples for `passes` passes,
+    every pass cut into one-prompt batches (:func:`prompt_batches`, seeded by seed, phase and pass)."""
+    out = []
+    for phase in sorted(set(phases)):
+        members = [i for i, ph in enumerate(phases) if ph == phase]
+        for k in range(passes):
+            batches = prompt_batches([groups[i] for i in members], batch_size, seed + 1000 * phase + k)
+            out += [[members[j] for j in batch] for batch in batches]
+    return out
+
+
+class CurriculumSampler(PromptGroupSampler):
+    """A batch sampler for a curriculum: one Trainer epoch is the whole of :func:`curriculum_batches`."""
+
+    def __init__(self, groups: Sequence, phases: Sequence[int], batch_size: int, seed: int, passes: float):
+        super().__init__(groups, batch_size, seed)
+        if len(phases) != len(groups) or passes != int(passes) or passes < 1:
+            raise ValueError(f"a curriculum needs one phase per example ({len(phases)} for {len(groups)}) and a "
+                             f"whole number of passes per phase (teacher.sft.epochs = {passes})")
+        self.phases, self.passes = list(phases), int(passes)
+
+    def __iter__(self):
+        return iter(curriculum_batches(self.groups, self.phases, self.batch_size, self.seed, self.passes))
+
+    def __len__(self) -> int:
+        return len(curriculum_batches(self.groups, self.phases, self.batch_size, self.seed, self.passes))
+
+
+def batch_sampler(groups: Sequence, batch_size: int, seed: int, phases: Sequence[int] | None = None,
+                  passes: float = 1) -> PromptGroupSampler:
+    """Shuffled one-prompt batches each epoch, or, given `phases`, a curriculum (:class:`CurriculumSampler`)."""
+    if phases is None:
+        return PromptGroupSampler(groups, batch_size, seed)
+    return CurriculumSampler(groups, phases, batch_size, seed, passes)
+
+
 class _Items(torch.utils.data.Dataset):
     def __init__(self, n: int):
         self.n = n
@@ -122,13 +170,16 @@ class CompletionTrainer(Trainer):
 
     extra_keys = ("mean_token_accuracy",)
 
-    def __init__(self, *args, rows: Sequence[Row], groups: Sequence, pad_id: int, prefix_sharing: bool, **kwargs):
+    def __init__(self, *args, rows: Sequence[Row], groups: Sequence, pad_id: int, prefix_sharing: bool,
+                 phases: Sequence[int] | None = None, passes: float = 1, **kwargs):
         super().__init__(*args, train_dataset=_Items(len(groups)), data_collator=_collate, **kwargs)
         self.rows, self.groups, self.pad_id, self.prefix_sharing = list(rows), list(groups), pad_id, prefix_sharing
+        self.phases, self.passes = phases, passes
         self._extra: dict[str, list[float]] = {}
 
     def get_train_dataloader(self):
-        sampler = PromptGroupSampler(self.groups, self.args.per_device_train_batch_size, self.args.seed)
+        sampler = batch_sampler(self.groups, self.args.per_device_train_batch_size, self.args.seed, self.phases,
+                                self.passes)
         loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
                                              num_workers=self.args.dataloader_num_workers)
         return self.accelerator.prepare(loader)
@@ -257,16 +308,19 @@ def _report_to() -> list[str]:
     return ["mlflow"] if mlflow.active_run() is not None else []
 
 
-def training_arguments(cfg: TrainerSection, output_dir: str | Path, groups: Sequence, flags: dict) -> TrainingArguments:
+def training_arguments(cfg: TrainerSection, output_dir: str | Path, groups: Sequence, flags: dict,
+                       phases: Sequence[int] | None = None) -> TrainingArguments:
     """TrainingArguments from a teacher training section: AdamW with no weight decay and gradients clipped at
     1.0 (the loop this replaced), the section's schedule with whole warmup steps, a checkpoint every
-    ``cfg.save_steps`` steps (two kept), MLflow when a run is active."""
+    ``cfg.save_steps`` steps (two kept), MLflow when a run is active. With a curriculum (`phases`) the Trainer's one
+    epoch is the whole curriculum, each phase ``cfg.epochs`` passes: the schedule spans the same steps."""
+    epochs = cfg.epochs if phases is None else 1
+    n_batches = len(batch_sampler(groups, cfg.batch_size, cfg.seed, phases, cfg.epochs))
     return TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=epochs, learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-        warmup_steps=warmup_steps(len(PromptGroupSampler(groups, cfg.batch_size, cfg.seed)),
-                                  cfg.grad_accum * _world_size(), cfg.epochs, cfg.warmup_ratio),
+        warmup_steps=warmup_steps(n_batches, cfg.grad_accum * _world_size(), epochs, cfg.warmup_ratio),
         seed=cfg.seed, use_cpu=flags["use_cpu"], bf16=flags["bf16"],
         activation_checkpointing=flags["activation_checkpointing"],
         activation_checkpointing_kwargs={"use_reentrant": False} if flags["activation_checkpointing"] else None,
@@ -319,12 +373,15 @@ def _train_and_check(trainer: CompletionTrainer, cfg: TrainerSection, key: str, 
 
 
 def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFTSection,
-        checkpoints: str | Path | None = None, callbacks: Sequence[TrainerCallback] = ()) -> dict:
+        checkpoints: str | Path | None = None, callbacks: Sequence[TrainerCallback] = (),
+        phases: Sequence[int] | None = None) -> dict:
     """LoRA SFT on ``[{"prompt": str, "completion": str[, "group": prompt name]}, ...]`` (a batch holds one
     group's examples; see the module docstring); saves the adapter to `out_dir` (rank 0); returns metrics
     (train_loss, first/last logged loss and mean_token_accuracy, steps, how far the adapter moved, ...).
     With `checkpoints`, the Trainer saves every ``cfg.save_steps`` steps under ``checkpoints/<run fingerprint>``
-    and a rerun resumes from the newest checkpoint there."""
+    and a rerun resumes from the newest checkpoint there. With `phases` (one per example,
+    :func:`relkd.teacher.sft_data.curriculum_phases`) the examples are trained phase after phase, each phase for
+    ``cfg.epochs`` passes (ProgressiveCoT's curriculum) instead of shuffled together."""
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
@@ -344,11 +401,12 @@ def sft(model_path: str, examples: Sequence[dict], out_dir: str | Path, cfg: SFT
                                              target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM"))
     if flags["activation_checkpointing"]:
         model.enable_input_require_grads()  # the frozen embeddings' output must carry a gradient into the checkpoints
-    with _output_dir(checkpoints, run_fingerprint(model_path, rows, groups, cfg)) as output_dir:
+    order = None if phases is None else ["curriculum", [int(p) for p in phases]]
+    with _output_dir(checkpoints, run_fingerprint(model_path, rows, groups, cfg, start=order)) as output_dir:
         trainer = CompletionTrainer(
-            model=model, args=training_arguments(cfg, output_dir, groups, flags), rows=rows, groups=groups,
+            model=model, args=training_arguments(cfg, output_dir, groups, flags, phases), rows=rows, groups=groups,
             pad_id=tokenizer.pad_token_id, prefix_sharing=flags["prefix_sharing"], processing_class=tokenizer,
-            callbacks=list(callbacks))
+            callbacks=list(callbacks), phases=phases, passes=cfg.epochs)
         return _train_and_check(trainer, cfg, "teacher.sft", out_dir)
 
 
