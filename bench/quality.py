@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown  # noqa: E402
+from common import HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, dotted, machine, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = {"none": "the teacher's own rationales (paper)", "gold": "label-hinted rationales"}
@@ -68,21 +68,6 @@ def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Pa
     sample.to_csv(out, index=False)
     return {"file_rows": len(frame), "file_queries": int(len(queries)), "sample_rows": len(sample),
             "sample_queries": len(chosen)}
-
-
-def dotted(assignments: list[str]) -> dict:
-    """`--set teacher.sft.max_examples=128` (values parsed as YAML) as a nested params overlay."""
-    out: dict = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. student.epochs=5")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def overlay(a, sample: Path) -> dict:
@@ -155,10 +140,9 @@ def student_rows(compare: dict, variants: list[str]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="CSV (optionally .gz) with query, title and graded label columns")
-    ap.add_argument("--columns", default='{"query": "search_term", "title": "product_title", '
-                    '"label": "relevance", "pair_id": "id"}', help="JSON: canonical name -> column")
-    ap.add_argument("--thresholds", default='[[0.0, "irrelevant"], [1.67, "partial"], [2.33, "substitute"], '
-                    '[3.0, "exact"]]', help="JSON [[min_score, class], ...] (the Home Depot README's mapping)")
+    ap.add_argument("--columns", default=json.dumps(HOMEDEPOT_COLUMNS), help="JSON: canonical name -> column")
+    ap.add_argument("--thresholds", default=json.dumps(HOMEDEPOT_THRESHOLDS),
+                    help="JSON [[min_score, class], ...] (the Home Depot README's mapping)")
     ap.add_argument("--queries", type=int, default=1000, help="queries sampled from the file (all their rows; "
                     "1,000 Home Depot queries: ~4,000 training pairs for the students and peers)")
     ap.add_argument("--annotate", type=int, default=400, help="train pairs the teacher annotates (the guidance "
