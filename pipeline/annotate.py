@@ -1,4 +1,5 @@
-"""Stage `annotate`: the final teacher writes one rationale (and label) for every student training pair."""
+"""Stage `annotate`: the final teacher writes one rationale (and label) for every student training pair; with
+`teacher.annotate.source: oracle` (a control) the embedded catalogue's construction writes them instead."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, shard
 from relkd.teacher.generation import make_backend, model_id
 from relkd.teacher.judge import hinted_rationales, judge, prompts_for
+from relkd.teacher.oracle import oracle_records
 from relkd.teacher.prompts import UNIFIED, load_perspective
 
 
@@ -25,6 +27,24 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     # N workers each take their shard (same cache folder, one file per worker); the merge is the folder.
     mine = set(shard(list(train["pair_id"]), cfg.shards.num_shards, cfg.shards.shard_index))
     train = train[train["pair_id"].isin(mine)].reset_index(drop=True)
+    records = oracle_records(train, cfg.sampling.seed) if cfg.annotate.source == "oracle" else \
+        teacher_records(cfg, train, labels, teacher_adapter, prompts_dir, cache_dir)
+    write_jsonl(out, records)
+    gold = [r["gold"] for r in records]
+    rep = classification_report(gold, [r["label"] for r in records], labels)
+    metrics = {"source": cfg.annotate.source, "n_pairs": len(records), "teacher_accuracy_on_train": rep["accuracy"],
+               "teacher_macro_f1_on_train": rep["macro_f1"],
+               "unparseable_rate": classification_report(gold, [r["parsed_label"] for r in records],
+                                                         labels)["unparseable_rate"],
+               "empty_rationale_rate": sum(not r["rationale"] for r in records) / max(len(records), 1),
+               "mean_rationale_words": sum(len(r["rationale"].split()) for r in records) / max(len(records), 1)}
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def teacher_records(cfg, train, labels, teacher_adapter, prompts_dir, cache_dir) -> list[dict]:
+    """The final teacher's greedy answer under the unified prompt for every pair (label-hinted rationales with
+    `annotate.hint: gold`)."""
     model_path = resolve(cfg.model)
     backend = make_backend(cfg, model_path, teacher_adapter)
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
@@ -39,17 +59,7 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
         hinted = hinted_rationales(backend, cache, mid, train, unified, labels, sampling, cfg.sampling.seed,
                                    cfg.annotate.batch_size)
         records = [dict(r, rationale=text, hint_dropped=why) for r, (text, why) in zip(records, hinted)]
-    write_jsonl(out, records)
-    gold = [r["gold"] for r in records]
-    rep = classification_report(gold, [r["label"] for r in records], labels)
-    metrics = {"n_pairs": len(records), "teacher_accuracy_on_train": rep["accuracy"],
-               "teacher_macro_f1_on_train": rep["macro_f1"],
-               "unparseable_rate": classification_report(gold, [r["parsed_label"] for r in records],
-                                                         labels)["unparseable_rate"],
-               "empty_rationale_rate": sum(not r["rationale"] for r in records) / max(len(records), 1),
-               "mean_rationale_words": sum(len(r["rationale"].split()) for r in records) / max(len(records), 1)}
-    write_json(metrics_path, metrics)
-    return metrics
+    return records
 
 
 def _main(a) -> None:
