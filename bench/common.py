@@ -136,6 +136,31 @@ def dotted(assignments: list[str]) -> dict:
     return out
 
 
+def dvc_repro(clone: Path, log: Path, *targets: str) -> float:
+    """`dvc repro TARGETS` in a clone of this repository (its own src/ on the path), the log appended to `log` and
+    each stage's start printed; returns the seconds it took."""
+    # The clone's own src/ first: the environment's relkd is an editable install of this checkout, whose
+    # uncommitted changes must not leak into a run of the committed pipeline.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(clone / "src"), os.environ.get("PYTHONPATH")])),
+               GX_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as fh:
+        proc = subprocess.Popen(["dvc", "repro", *targets], cwd=clone, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            fh.write(line)
+            if line.startswith(("Running stage", "Stage ")) or "ERROR" in line:
+                print(f"[{time.strftime('%H:%M:%S')}] {line.rstrip()}", flush=True)
+        if proc.wait():
+            raise SystemExit(f"dvc repro {' '.join(targets)} failed in {clone}; see {log}")
+    return time.perf_counter() - start
+
+
 class CellStore:
     """The finished cells of a long benchmark, one JSON file per cell in `folder`: a cell is written (atomically)
     as soon as it finishes, and a re-run with the same folder skips it. Keys are '/'-joined names."""

@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, dotted, machine, markdown  # noqa: E402
+from common import HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, dotted, dvc_repro, machine, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = {"none": "the teacher's own rationales (paper)", "gold": "label-hinted rationales"}
@@ -91,26 +89,6 @@ def set_params(clone: Path, over: dict, variants: dict, hint: str, profile: str 
     params["teacher"]["annotate"]["hint"] = hint
     parse_params(params)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-def repro(clone: Path, log: Path, *targets: str) -> float:
-    # The clone's own src/ first: the environment's relkd is an editable install of this checkout, whose
-    # uncommitted changes must not leak into a run of the committed pipeline.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(clone / "src"), os.environ.get("PYTHONPATH")])),
-               GX_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as fh:
-        proc = subprocess.Popen(["dvc", "repro", *targets], cwd=clone, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            fh.write(line)
-            if line.startswith(("Running stage", "Stage ")) or "ERROR" in line:
-                print(f"[{time.strftime('%H:%M:%S')}] {line.rstrip()}", flush=True)
-        if proc.wait():
-            raise SystemExit(f"dvc repro {' '.join(targets)} failed in {clone}; see {log}")
-    return time.perf_counter() - start
 
 
 def read(clone: Path, rel: str) -> dict:
@@ -194,7 +172,7 @@ def main() -> None:
         set_params(clone, over, variants, hint, a.profile)
         result["settings"]["train_rows"] = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))[
             "student"].get("train_rows", "annotated")
-        wall = repro(clone, work / f"repro-{hint}.log", "compare", "teacher_eval")
+        wall = dvc_repro(clone, work / f"repro-{hint}.log", "compare", "teacher_eval")
         result["wall_s"][hint] = round(wall, 1)
         result["rounds"][hint] = {"compare": read(clone, "metrics/compare.json"),
                                   "peers": read(clone, "reports/student/peers.json"),

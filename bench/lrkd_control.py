@@ -1,0 +1,231 @@
+"""Does LRKD transfer reasoning when there is reasoning to transfer? The oracle control on the embedded catalogue.
+
+In a clone of this repository (--workdir, kept: a re-run resumes) the real pipeline runs up to `embed` twice on one
+embedded catalogue, every training pair annotated (`teacher.annotate.max_pairs: null`): once with the teacher's
+rationales (the trained SmolLM2 teacher, `teacher.annotate.source: teacher`) and once with the oracle's
+(`source: oracle`: each pair's reason written from the catalogue's construction, a control); each round's e_cot
+probe (metrics/embed.json) says how much of the label its rationales carry. Then, at each training size (a seeded
+prefix of the training queries) and seed, it trains with the library's `train_student` on the same pairs:
+
+* `plain` and `no_guidance` (the GAT extractor, λ 0);
+* LRKD-MLP / Poly / GAT guided by (a) the teacher's e_cot, (b) the oracle's, (c) the oracle's shuffled across the
+  training pairs (a rationale-shaped target with no per-pair information; the permutation seeded per seed);
+* any `--try NAME=JSON`: the LRKD rows again with those student-section overrides (e.g. '{"lam": 1}'), guided by
+  the oracle and by its shuffle, to find what makes the guidance work.
+
+Every finished cell (size, row, seed) is written to --workdir at once and skipped on a re-run. The table: test
+ACC / macro-F1 (mean ± std over seeds), Δ vs plain and, for the oracle rows, Δ vs the same extractor on the
+shuffled oracle, with paired bootstrap intervals over test pairs and seeds (relkd.eval.stats.bootstrap_diff_ci),
+and the guidance term's share of CE in the last epoch. Only the table goes to bench/results/<name>.{md,json}.
+
+    nice -n 10 python bench/lrkd_control.py --workdir DIR --queries 400 --sizes 32 130 all --name lrkd_control
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CellStore, compare_rows, dvc_repro, report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("teacher", "oracle")
+EXTRACTORS = ("mlp", "poly", "gat")
+
+
+def workspace(work: Path, n_queries: int, sets: dict, profile: str | None) -> Path:
+    """A clone of this repository's HEAD with the catalogue size and every training pair annotated; both rounds of
+    rationales run (each copied to work/sources/<source>, with the round's metrics)."""
+    from relkd.config import merge, parse_params
+
+    clone = work / "repo"
+    if not clone.exists():
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    for source in SOURCES:
+        dest = work / "sources" / source
+        if (dest / "embed.json").exists():
+            continue
+        params = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))
+        if profile:
+            params = merge(params, yaml.safe_load((clone / "profiles" / f"{profile}.yaml").read_text(encoding="utf-8")))
+        params = merge(params, merge({"data": {"catalogue": {"n_queries": n_queries}},
+                                      "teacher": {"annotate": {"max_pairs": None, "source": source}}}, sets))
+        parse_params(params)
+        (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True),
+                                           encoding="utf-8")
+        wall = dvc_repro(clone, work / f"repro-{source}.log", "embed")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clone / "data/teacher/rationales.jsonl", dest / "rationales.jsonl")
+        shutil.copytree(clone / "data/embeddings", dest / "embeddings", dirs_exist_ok=True)
+        for name in ("annotate", "embed"):
+            shutil.copy(clone / "metrics" / f"{name}.json", dest / f"{name}.json")
+        print(f"{source}: rationales and e_cot in {wall / 60:.1f} min", flush=True)
+    return clone
+
+
+def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict]]:
+    """row name -> (variant spec, e_cot source or None, student overrides)."""
+    rows = {"plain": ({"extractor": "none", "guidance": False}, None, {}),
+            "no_guidance": ({"extractor": "gat", "guidance": False, "lam": 0.0}, None, {})}
+    for source in ("teacher", "oracle", "shuffled"):
+        for ext in EXTRACTORS:
+            rows[f"lrkd_{ext} / {source}"] = ({"extractor": ext}, source, {})
+    for name, over in tries.items():
+        for source in ("oracle", "shuffled"):
+            for ext in EXTRACTORS:
+                rows[f"lrkd_{ext} / {source} / {name}"] = ({"extractor": ext}, source, over)
+    return rows
+
+
+def guidance_targets(work: Path, train) -> dict[str, np.ndarray]:
+    """Each source's e_cot aligned with `train` (NaN where a pair has none)."""
+    from pipeline.common import read_embeddings
+
+    out = {}
+    for source in SOURCES:
+        vectors, meta = read_embeddings(work / "sources" / source / "embeddings")
+        row_of = {p: i for i, p in enumerate(meta["pair_ids"])}
+        missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
+        out[source] = np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]])
+    return out
+
+
+def shuffled(emb: np.ndarray, seed: int) -> np.ndarray:
+    """The rows of `emb` permuted among the pairs that have one (seeded): the same targets, no pair's own."""
+    out = emb.copy()
+    have = np.flatnonzero(np.isfinite(emb).all(axis=1))
+    out[have] = emb[np.random.default_rng(seed).permutation(have)]
+    return out
+
+
+def train_cell(row, train, valid, test, labels, emb, seed: int, params) -> dict:
+    from relkd.student.config import StudentConfig, VariantConfig
+    from relkd.student.trainer import kept_epoch, predict, train_student
+
+    spec, source, over = row
+    variant = VariantConfig(**spec)
+    cfg = StudentConfig.model_validate({**params.student.model_dump(), **over})
+    t0 = time.time()
+    model, tok, history = train_student(train, valid, labels, emb if variant.needs_embeddings else None, None,
+                                        variant, cfg, seed, lexical_recipe=params.peers.lexical)
+    codes = predict(model, tok, test, cfg.eval_batch_size)[0].argmax(1)
+    kept = kept_epoch(history)
+    return {"pred": [int(c) for c in codes], "minutes": (time.time() - t0) / 60, "n_train": len(train),
+            "best_epoch": kept["epoch"], "valid_macro_f1": kept.get("valid_macro_f1"),
+            "guidance_to_ce": [h.get("train_guidance_to_ce") for h in history],
+            "train_guidance": [h.get("train_guidance") for h in history], "overrides": over}
+
+
+def vs_shuffled(gold, systems: dict, labels) -> dict[str, str]:
+    """Δ macro-F1 of each oracle row vs the same extractor (and overrides) on the shuffled oracle."""
+    from relkd.eval.stats import bootstrap_diff_ci
+
+    out = {}
+    for name, preds in systems.items():
+        if " / oracle" in name:
+            base = systems[name.replace(" / oracle", " / shuffled")]
+            ci = bootstrap_diff_ci(gold, base, preds, "macro_f1", labels, seed=0)
+            out[name] = f"{100 * ci['diff']:+.2f} [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True, help="the clone, both rounds of rationales and the finished cells")
+    ap.add_argument("--queries", type=int, default=400, help="data.catalogue.n_queries (4 pairs each; split "
+                    "65/15/20 by query)")
+    ap.add_argument("--sizes", nargs="+", default=["32", "130", "all"], help="training queries per point, or 'all'")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[13, 14, 15])
+    ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=JSON",
+                    help="LRKD rows again with student overrides, e.g. 'lam1={\"lam\": 1}'")
+    ap.add_argument("--try-sizes", nargs="+", default=None, help="sizes the --try rows run at (default: all)")
+    ap.add_argument("--profile", default=None, help="a profiles/NAME.yaml merged over the workspace's params.yaml "
+                    "(tiny: a smoke run with tiny models)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override of the workspace (before the rationales run)")
+    ap.add_argument("--name", default="lrkd_control")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    a = ap.parse_args()
+    from common import dotted
+
+    from pipeline.common import read_labels, read_split
+    from relkd.config import load_params
+
+    work = Path(a.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    clone = workspace(work, a.queries, dotted(a.set), a.profile)
+    params = load_params(clone / "params.yaml")
+    prepared = clone / "data" / "prepared"
+    labels = read_labels(str(prepared))
+    train, valid, test = (read_split(str(prepared), s) for s in ("train", "valid", "test"))
+    targets = guidance_targets(work, train)
+    tries = {}
+    for item in a.tries:
+        name, sep, over = item.partition("=")
+        if not sep:
+            ap.error(f"--try {item!r}: expected NAME=JSON")
+        tries[name] = json.loads(over)
+    rows = rows_to_train(tries)
+    if a.rows:
+        rows = {k: v for k, v in rows.items() if k in a.rows or any(k.endswith(f" / {t}") for t in tries)}
+    order = train["query_id"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
+    store = CellStore(work / "cells")
+    gold = test["label"].tolist()
+    table, probes = [], {s: json.loads((work / "sources" / s / "embed.json").read_text()) for s in SOURCES}
+    for size in a.sizes:
+        n = len(order) if size == "all" else int(size)
+        part = train["query_id"].isin(set(order[:n])).to_numpy()
+        sub = train[part].reset_index(drop=True)
+        systems, cells = {}, {}
+        for name, row in rows.items():
+            if row[2] and a.try_sizes and size not in a.try_sizes:
+                continue
+            runs = []
+            for seed in a.seeds:
+                key = f"{size}/{name.replace(' / ', '__')}/seed{seed}"
+                cell = store.get(key)
+                if cell is None:
+                    source = row[1]
+                    emb = None if source is None else (
+                        shuffled(targets["oracle"][part], seed) if source == "shuffled" else targets[source][part])
+                    cell = store.put(key, train_cell(row, sub, valid, test, labels, emb, seed, params))
+                    print(f"[{time.strftime('%H:%M:%S')}] {key}: {cell['minutes']:.1f} min, valid F1 "
+                          f"{100 * cell['valid_macro_f1']:.1f}", flush=True)
+                runs.append(cell)
+            systems[name] = [[labels[c] for c in r["pred"]] for r in runs]
+            cells[name] = runs
+        shuffle_delta = vs_shuffled(gold, systems, labels)
+        for r in compare_rows(gold, systems, labels, "plain", "plain"):
+            runs = cells[r["model"]]
+            table.append({"train queries": size, "train pairs": runs[0]["n_train"], **r,
+                          "ΔF1 vs shuffled oracle [95% CI]": shuffle_delta.get(r["model"], ""),
+                          "λ·guidance / CE (last epoch)": "" if runs[0]["guidance_to_ce"][-1] is None else
+                          f"{np.mean([c['guidance_to_ce'][-1] for c in runs]):.2f}",
+                          "min / run": f"{np.mean([c['minutes'] for c in runs]):.1f}"})
+    extra = {"queries": a.queries, "sizes": a.sizes, "seeds": a.seeds, "tries": tries, "set": a.set,
+             "split": {s: len(f) for s, f in (("train", train), ("valid", valid), ("test", test))},
+             "e_cot_probe": {s: p["e_cot_probe"] for s, p in probes.items()},
+             "annotate": {s: json.loads((work / "sources" / s / "annotate.json").read_text()) for s in SOURCES},
+             "profile": a.profile, "student": params.student.model_dump(exclude={"variants", "seeds"}),
+             "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
+                                      text=True).stdout.strip()}
+    columns = ["train queries", "train pairs", "model", "seeds", "ACC", "F1", "ΔACC vs plain [95% CI]",
+               "ΔF1 vs plain [95% CI]", "ΔF1 vs shuffled oracle [95% CI]", "λ·guidance / CE (last epoch)", "min / run"]
+    report(a.name, table, columns, extra, a.out)
+    for source, p in probes.items():
+        q = p["e_cot_probe"]
+        print(f"e_cot probe, {source}: ACC {100 * q['accuracy']:.1f} / F1 {100 * q['macro_f1']:.1f} on {q['n']} "
+              f"pairs (majority {100 * q['majority_rate']:.1f})")
+
+
+if __name__ == "__main__":
+    main()
