@@ -208,7 +208,7 @@ def main() -> None:
             runs = cells[r["model"]]
             table.append({"train queries": size, "train pairs": runs[0]["n_train"], **r,
                           "ΔF1 vs shuffled oracle [95% CI]": shuffle_delta.get(r["model"], ""),
-                          "λ·guidance / CE (last epoch)": "" if runs[0]["guidance_to_ce"][-1] is None else
+                          "λ·guidance / CE (last epoch)": "" if rows[r["model"]][1] is None else
                           f"{np.mean([c['guidance_to_ce'][-1] for c in runs]):.2f}",
                           "min / run": f"{np.mean([c['minutes'] for c in runs]):.1f}"})
     extra = {"queries": a.queries, "sizes": a.sizes, "seeds": a.seeds, "tries": tries, "set": a.set,
