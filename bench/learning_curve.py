@@ -24,6 +24,7 @@ interval of each Δ vs the lexical LR at the same size, the training pairs and t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -36,7 +37,7 @@ from common import (HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, CellStore, compare_
                     report)
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("majority", "lexical_lr", "lexical_hgb", "cross_encoder", "student", "student_tokens_only")
+MODELS = ("majority", "lexical_lr", "lexical_hgb", "student", "cross_encoder", "student_tokens_only")
 NAMES = {"majority": "peer: majority class", "lexical_lr": "peer: lexical features + logistic regression",
          "lexical_hgb": "peer: lexical features + gradient boosting",
          "cross_encoder": "peer: sentence-transformers CrossEncoder", "student": "student (plain + lexical head)",
@@ -112,7 +113,8 @@ def fit_predict(model: str, train, valid, test, labels, seed: int, params, stude
         from relkd.models import resolve
 
         ce = params.peers.cross_encoder
-        peer = train_cross_encoder(train, valid, labels, resolve(student.backbone), seed, epochs or ce.epochs,
+        # No validation set: the CrossEncoder's trainer would only log its loss there (nothing is selected by it).
+        peer = train_cross_encoder(train, None, labels, resolve(student.backbone), seed, epochs or ce.epochs,
                                    ce.batch_size, ce.lr, ce.warmup_ratio, student.max_length,
                                    weight_decay=ce.weight_decay, eval_batch_size=student.eval_batch_size)
         return peer.predict_proba(test).argmax(1), {"epochs": epochs or ce.epochs, "history": peer.history}
@@ -138,8 +140,9 @@ def main() -> None:
     ap.add_argument("--valid-share", type=float, default=None, help="share of queries in validation "
                     "(default: params' data.split.valid)")
     ap.add_argument("--test-share", type=float, default=None, help="share of queries in test (data.split.test)")
-    ap.add_argument("--valid-pairs", type=int, default=1000, help="cap on validation pairs (whole queries)")
-    ap.add_argument("--test-pairs", type=int, default=3000, help="cap on test pairs (whole queries)")
+    ap.add_argument("--valid-pairs", type=int, default=500, help="cap on validation pairs (whole queries; they pick "
+                    "the students' epoch)")
+    ap.add_argument("--test-pairs", type=int, default=2000, help="cap on test pairs (whole queries)")
     ap.add_argument("--sizes", nargs="+", default=["400", "1600", "all"], help="training queries per point, "
                     "or 'all'; nested")
     ap.add_argument("--epochs", type=int, nargs="+", default=None, help="epochs of the students and the "
@@ -178,28 +181,43 @@ def main() -> None:
     trains = nested_train(train, a.sizes)
     print(json.dumps(info), {s: len(t) for s, t in trains.items()}, flush=True)
     store = CellStore(Path(a.workdir) / "cells")
+    same = {"data": Path(a.data).name, "split": info, "profile": a.profile, "set": a.set,
+            "test_pair_ids": hashlib.sha1("|".join(test["pair_id"]).encode()).hexdigest()}
+    if (Path(a.workdir) / "settings.json").is_file():
+        before = json.loads((Path(a.workdir) / "settings.json").read_text(encoding="utf-8"))
+        if before != same:
+            raise SystemExit(f"--workdir {a.workdir} holds cells of other data settings ({before}); give another "
+                             "--workdir or the same settings")
+    else:
+        Path(a.workdir).mkdir(parents=True, exist_ok=True)
+        (Path(a.workdir) / "settings.json").write_text(json.dumps(same, indent=2), encoding="utf-8")
     gold = test["label"].tolist()
     todo = [*a.models, *extras]
-    results = {}
-    for i, size in enumerate(a.sizes):
+    def seeds_at(i: int, model: str) -> list[int]:
         seeds = a.seeds if a.runs is None else a.seeds[:a.runs[i]]
-        epochs = None if a.epochs is None else a.epochs[i]
-        for model in todo:
-            runs = []
-            for seed in (seeds[:1] if model in SEEDLESS else seeds):
-                key = f"{model}/{size}/seed{seed}"
-                cell = store.get(key)
-                if cell is None:
-                    t0 = time.time()
-                    codes, notes = fit_predict("student" if model in extras else model, trains[size], valid, test,
-                                               labels, seed, params, extras.get(model, {}), epochs)
-                    cell = store.put(key, {"pred": [int(c) for c in codes], "minutes": (time.time() - t0) / 60,
-                                           "n_train": len(trains[size]), **notes})
-                    f1 = macro_f1(gold, [labels[c] for c in cell["pred"]], labels)
-                    print(f"[{time.strftime('%H:%M:%S')}] {key}: {cell['minutes']:.1f} min, test F1 {100 * f1:.2f}",
-                          flush=True)
-                runs.append(cell)
-            results[(size, model)] = runs
+        return seeds[:1] if model in SEEDLESS else seeds
+
+    def cell_key(i: int, model: str, seed: int) -> str:
+        return f"{model}/{a.sizes[i]}" + ("" if a.epochs is None else f"/e{a.epochs[i]}") + f"/seed{seed}"
+
+    # Seed by seed across the sizes: the first seed of every size (the curve) is in before any second seed.
+    for k in range(len(a.seeds)):
+        for i, size in enumerate(a.sizes):
+            for model in todo:
+                seeds = seeds_at(i, model)
+                if k >= len(seeds) or store.get(cell_key(i, model, seeds[k])) is not None:
+                    continue
+                key, t0 = cell_key(i, model, seeds[k]), time.time()
+                codes, notes = fit_predict("student" if model in extras else model, trains[size], valid, test,
+                                           labels, seeds[k], params, extras.get(model, {}),
+                                           None if a.epochs is None else a.epochs[i])
+                cell = store.put(key, {"pred": [int(c) for c in codes], "minutes": (time.time() - t0) / 60,
+                                       "n_train": len(trains[size]), **notes})
+                f1 = macro_f1(gold, [labels[c] for c in cell["pred"]], labels)
+                print(f"[{time.strftime('%H:%M:%S')}] {key}: {cell['minutes']:.1f} min, test F1 {100 * f1:.2f}",
+                      flush=True)
+    results = {(size, m): [store.get(cell_key(i, m, seed)) for seed in seeds_at(i, m)]
+               for i, size in enumerate(a.sizes) for m in todo}
     rows = []
     for size in a.sizes:
         systems = {m: [[labels[c] for c in r["pred"]] for r in results[(size, m)]] for m in todo}

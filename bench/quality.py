@@ -13,8 +13,9 @@ the label's reasons, which a chance-level teacher's own rationales do not.
     python bench/quality.py --data PATH/TO/homedepot_dev.csv.gz   # the benchmark data file, never committed
 
 The defaults are the Home Depot file's columns and the class mapping its README suggests, the real-cpu
-profile, and sizes at which the plain student can learn the noisy graded labels (about 4,000 training pairs;
-on 884 it fell below the majority class). Timed on 2026-12-06 (2 cores): `--queries 600 --rounds none --variants
+profile, and every query of the file (`--queries all`): the students and the peers train on all the labelled
+training pairs, which is what a team would do, while the teacher annotates a sample of them (`--annotate`); a
+number of queries samples fewer (600 queries: 2,416 training pairs, the runs below). Timed on 2026-12-06 (2 cores): `--queries 600 --rounds none --variants
 plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the teacher's stages 23, each student 12 for 3 seeds, the
 peers 11); every round of `--rounds` adds its annotation and students. Re-running with the same --workdir
 resumes (DVC skips the stages that finished). The data stays in --workdir (outside the repository); only the tables are written to
@@ -51,8 +52,9 @@ def _variants() -> dict:
 VARIANTS = _variants()
 
 
-def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Path) -> dict:
-    """Every row of `n_queries` queries drawn at random (the split by query happens in `prepare`)."""
+def sample_queries(data: str, query_col: str, n_queries: int | None, seed: int, out: Path) -> dict:
+    """Every row of `n_queries` queries drawn at random, or of all of them with None (the split by query happens in
+    `prepare`)."""
     import numpy as np
     import pandas as pd
 
@@ -61,7 +63,8 @@ def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Pa
         raise SystemExit(f"--data {data}: no column {query_col!r} (columns: {list(frame.columns)}); "
                          "pass --query-col")
     queries = frame[query_col].drop_duplicates()
-    chosen = set(queries.sample(n=min(n_queries, len(queries)), random_state=np.random.RandomState(seed)))
+    n = len(queries) if n_queries is None else min(n_queries, len(queries))
+    chosen = set(queries.sample(n=n, random_state=np.random.RandomState(seed)))
     sample = frame[frame[query_col].isin(chosen)]
     sample.to_csv(out, index=False)
     return {"file_rows": len(frame), "file_queries": int(len(queries)), "sample_rows": len(sample),
@@ -121,8 +124,9 @@ def main() -> None:
     ap.add_argument("--columns", default=json.dumps(HOMEDEPOT_COLUMNS), help="JSON: canonical name -> column")
     ap.add_argument("--thresholds", default=json.dumps(HOMEDEPOT_THRESHOLDS),
                     help="JSON [[min_score, class], ...] (the Home Depot README's mapping)")
-    ap.add_argument("--queries", type=int, default=1000, help="queries sampled from the file (all their rows; "
-                    "1,000 Home Depot queries: ~4,000 training pairs for the students and peers)")
+    ap.add_argument("--queries", type=lambda v: None if v == "all" else int(v), default=None,
+                    help="queries sampled from the file (all their rows), or 'all' (the default: every training "
+                    "pair of the file's split; 1,000 Home Depot queries: ~4,000 training pairs)")
     ap.add_argument("--annotate", type=int, default=400, help="train pairs the teacher annotates (the guidance "
                     "targets; the students train on every training pair, student.train_rows: all)")
     ap.add_argument("--teacher-test", type=int, default=200, help="test pairs the teacher tables are measured on "
@@ -157,7 +161,7 @@ def main() -> None:
               f"({commit[:10]})", flush=True)
     if not clone.exists():
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    sample = work / f"sample-q{a.queries}-seed{a.seed}.csv"
+    sample = work / f"sample-q{a.queries or 'all'}-seed{a.seed}.csv"
     sizes = sample_queries(a.data, json.loads(a.columns)["query"], a.queries, a.seed, sample)
     print(f"workdir {work}; sample {sizes}", flush=True)
     from relkd.config import merge
