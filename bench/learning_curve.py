@@ -42,7 +42,8 @@ NAMES = {"majority": "peer: majority class", "lexical_lr": "peer: lexical featur
          "lexical_hgb": "peer: lexical features + gradient boosting",
          "cross_encoder": "peer: sentence-transformers CrossEncoder", "student": "student (plain + lexical head)",
          "student_tokens_only": "student, tokens only (no lexical head)"}
-SEEDLESS = ("majority", "lexical_lr")  # deterministic: one run per size (gradient boosting draws its early-stopping split)
+# Deterministic: one run per size (gradient boosting draws its early-stopping split, so it runs per seed).
+SEEDLESS = ("majority", "lexical_lr")
 
 
 def load_params(profile: str | None, data_overlay: dict, sets: list[str]):

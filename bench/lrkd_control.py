@@ -219,7 +219,8 @@ def main() -> None:
              "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
                                       text=True).stdout.strip()}
     columns = ["train queries", "train pairs", "model", "seeds", "ACC", "F1", "ΔACC vs plain [95% CI]",
-               "ΔF1 vs plain [95% CI]", "ΔF1 vs shuffled oracle [95% CI]", "λ·guidance / CE (last epoch)", "min / run"]
+               "ΔF1 vs plain [95% CI]", "ΔF1 vs shuffled oracle [95% CI]", "λ·guidance / CE (last epoch)",
+               "min / run"]
     report(a.name, table, columns, extra, a.out)
     for source, p in probes.items():
         q = p["e_cot_probe"]

@@ -15,10 +15,11 @@ the label's reasons, which a chance-level teacher's own rationales do not.
 The defaults are the Home Depot file's columns and the class mapping its README suggests, the real-cpu
 profile, and every query of the file (`--queries all`): the students and the peers train on all the labelled
 training pairs, which is what a team would do, while the teacher annotates a sample of them (`--annotate`); a
-number of queries samples fewer (600 queries: 2,416 training pairs, the runs below). Timed on 2026-12-06 (2 cores): `--queries 600 --rounds none --variants
-plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the teacher's stages 23, each student 12 for 3 seeds, the
-peers 11); every round of `--rounds` adds its annotation and students. Re-running with the same --workdir
-resumes (DVC skips the stages that finished). The data stays in --workdir (outside the repository); only the tables are written to
+number of queries samples fewer (600 queries: 2,416 training pairs, the runs below). Timed on 2026-12-06
+(2 cores): `--queries 600 --rounds none --variants plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the
+teacher's stages 23, each student 12 for 3 seeds, the peers 11); every round of `--rounds` adds its annotation
+and students. Re-running with the same --workdir resumes (DVC skips the stages that finished). The data stays in
+--workdir (outside the repository); only the tables are written to
 bench/results/quality.{md,json}.
 """
 from __future__ import annotations
