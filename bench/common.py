@@ -136,18 +136,25 @@ def dotted(assignments: list[str]) -> dict:
     return out
 
 
-def dvc_repro(clone: Path, log: Path, *targets: str) -> float:
-    """`dvc repro TARGETS` in a clone of this repository (its own src/ on the path), the log appended to `log` and
-    each stage's start printed; returns the seconds it took."""
-    # The clone's own src/ first: the environment's relkd is an editable install of this checkout, whose
-    # uncommitted changes must not leak into a run of the committed pipeline.
-    import subprocess
+def clone_env(clone: Path) -> dict:
+    """The environment a command runs with in a clone of this repository: this interpreter's bin first (dvc, python),
+    the clone's own src/ first on the path (the environment's relkd is an editable install of this checkout, whose
+    uncommitted changes must not leak into a run of the committed pipeline), offline, no outside MLflow server."""
     import sys
 
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=os.pathsep.join(filter(None, [str(clone / "src"), os.environ.get("PYTHONPATH")])),
                GX_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def dvc_repro(clone: Path, log: Path, *targets: str) -> float:
+    """`dvc repro TARGETS` in a clone of this repository (its own src/ on the path), the log appended to `log` and
+    each stage's start printed; returns the seconds it took."""
+    import subprocess
+
+    env = clone_env(clone)
     start = time.perf_counter()
     with open(log, "a", encoding="utf-8") as fh:
         proc = subprocess.Popen(["dvc", "repro", *targets], cwd=clone, env=env, stdout=subprocess.PIPE,

@@ -34,41 +34,62 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CellStore, compare_rows, dvc_repro, report  # noqa: E402
+from common import CellStore, clone_env, compare_rows, dotted, dvc_repro, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("teacher", "oracle")
 EXTRACTORS = ("mlp", "poly", "gat")
 
 
 def workspace(work: Path, n_queries: int, sets: dict, profile: str | None) -> Path:
-    """A clone of this repository's HEAD with the catalogue size and every training pair annotated; both rounds of
-    rationales run (each copied to work/sources/<source>, with the round's metrics)."""
+    """A clone of this repository's HEAD with params for the control: the catalogue size and every training pair
+    annotated."""
     from relkd.config import merge, parse_params
 
     clone = work / "repo"
     if not clone.exists():
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    for source in SOURCES:
-        dest = work / "sources" / source
-        if (dest / "embed.json").exists():
-            continue
         params = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))
         if profile:
             params = merge(params, yaml.safe_load((clone / "profiles" / f"{profile}.yaml").read_text(encoding="utf-8")))
         params = merge(params, merge({"data": {"catalogue": {"n_queries": n_queries}},
-                                      "teacher": {"annotate": {"max_pairs": None, "source": source}}}, sets))
+                                      "teacher": {"annotate": {"max_pairs": None}}}, sets))
         parse_params(params)
         (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True),
                                            encoding="utf-8")
-        wall = dvc_repro(clone, work / f"repro-{source}.log", "embed")
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(clone / "data/teacher/rationales.jsonl", dest / "rationales.jsonl")
-        shutil.copytree(clone / "data/embeddings", dest / "embeddings", dirs_exist_ok=True)
-        for name in ("annotate", "embed"):
-            shutil.copy(clone / "metrics" / f"{name}.json", dest / f"{name}.json")
-        print(f"{source}: rationales and e_cot in {wall / 60:.1f} min", flush=True)
     return clone
+
+
+def rationales(work: Path, clone: Path, source: str) -> Path:
+    """The round of `source`'s rationales and e_cot, copied to work/sources/<source> with the round's annotate and
+    embed metrics. The teacher's round is `dvc repro embed` (the teacher's stages first). The oracle reads no
+    teacher, and DVC would train one first (annotate lists the teacher as a dep), so its round runs the prepare,
+    annotate and embed stages' own commands from dvc.yaml, outside DVC."""
+    dest = work / "sources" / source
+    if (dest / "embed.json").exists():
+        return dest
+    params = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))
+    params["teacher"]["annotate"]["source"] = source
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    log = work / f"rationales-{source}.log"
+    t0 = time.time()
+    if source == "teacher":
+        dvc_repro(clone, log, "embed")
+    else:
+        stages = yaml.safe_load((clone / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+        for name in ("prepare", "annotate", "embed"):
+            if name == "prepare" and (clone / "data/prepared/labels.json").exists():
+                continue
+            print(f"[{time.strftime('%H:%M:%S')}] {name} ({source})", flush=True)
+            with open(log, "a", encoding="utf-8") as fh:
+                subprocess.run(stages[name]["cmd"], shell=True, cwd=clone, env=clone_env(clone), stdout=fh,
+                               stderr=subprocess.STDOUT, check=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(clone / "data/teacher/rationales.jsonl", dest / "rationales.jsonl")
+    shutil.copytree(clone / "data/embeddings", dest / "embeddings", dirs_exist_ok=True)
+    for name in ("annotate", "embed"):
+        shutil.copy(clone / "metrics" / f"{name}.json", dest / f"{name}.json")
+    print(f"{source}: rationales and e_cot in {(time.time() - t0) / 60:.1f} min", flush=True)
+    return dest
 
 
 def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict]]:
@@ -85,17 +106,14 @@ def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict]]:
     return rows
 
 
-def guidance_targets(work: Path, train) -> dict[str, np.ndarray]:
-    """Each source's e_cot aligned with `train` (NaN where a pair has none)."""
+def guidance_target(folder: Path, train) -> np.ndarray:
+    """A round's e_cot aligned with `train` (NaN where a pair has none)."""
     from pipeline.common import read_embeddings
 
-    out = {}
-    for source in SOURCES:
-        vectors, meta = read_embeddings(work / "sources" / source / "embeddings")
-        row_of = {p: i for i, p in enumerate(meta["pair_ids"])}
-        missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
-        out[source] = np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]])
-    return out
+    vectors, meta = read_embeddings(folder / "embeddings")
+    row_of = {p: i for i, p in enumerate(meta["pair_ids"])}
+    missing = np.full(vectors.shape[1], np.nan, dtype=np.float32)
+    return np.stack([vectors[row_of[p]] if p in row_of else missing for p in train["pair_id"]])
 
 
 def shuffled(emb: np.ndarray, seed: int) -> np.ndarray:
@@ -155,19 +173,25 @@ def main() -> None:
     ap.add_argument("--name", default="lrkd_control")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
-    from common import dotted
-
     from pipeline.common import read_labels, read_split
     from relkd.config import load_params
 
     work = Path(a.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     clone = workspace(work, a.queries, dotted(a.set), a.profile)
+    folders = {"oracle": rationales(work, clone, "oracle")}  # the oracle's rows first: they need no teacher
     params = load_params(clone / "params.yaml")
     prepared = clone / "data" / "prepared"
     labels = read_labels(str(prepared))
     train, valid, test = (read_split(str(prepared), s) for s in ("train", "valid", "test"))
-    targets = guidance_targets(work, train)
+    targets = {}
+
+    def target(source: str) -> np.ndarray:
+        if source not in targets:
+            folders[source] = folders.get(source) or rationales(work, clone, source)
+            targets[source] = guidance_target(folders[source], train)
+        return targets[source]
+
     tries = {}
     for item in a.tries:
         name, sep, over = item.partition("=")
@@ -178,31 +202,39 @@ def main() -> None:
     if a.rows:
         rows = {k: v for k, v in rows.items() if k in a.rows or any(k.endswith(f" / {t}") for t in tries)}
     order = train["query_id"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
+    parts = {size: train["query_id"].isin(set(order[:len(order) if size == "all" else int(size)])).to_numpy()
+             for size in a.sizes}
     store = CellStore(work / "cells")
     gold = test["label"].tolist()
-    table, probes = [], {s: json.loads((work / "sources" / s / "embed.json").read_text()) for s in SOURCES}
-    for size in a.sizes:
-        n = len(order) if size == "all" else int(size)
-        part = train["query_id"].isin(set(order[:n])).to_numpy()
-        sub = train[part].reset_index(drop=True)
-        systems, cells = {}, {}
-        for name, row in rows.items():
-            if row[2] and a.try_sizes and size not in a.try_sizes:
-                continue
-            runs = []
-            for seed in a.seeds:
-                key = f"{size}/{name.replace(' / ', '__')}/seed{seed}"
-                cell = store.get(key)
-                if cell is None:
+
+    def planned(size: str, name: str) -> bool:
+        return not (rows[name][2] and a.try_sizes and size not in a.try_sizes)
+
+    def key(size: str, name: str, seed: int) -> str:
+        return f"{size}/{name.replace(' / ', '__')}/seed{seed}"
+
+    # The teacher's rows last: its round (the teacher's training, then annotating every pair) is the long one.
+    for teacher_pass in (False, True):
+        for size in a.sizes:
+            part = parts[size]
+            sub = train[part].reset_index(drop=True)
+            for name, row in rows.items():
+                if (row[1] == "teacher") != teacher_pass or not planned(size, name):
+                    continue
+                for seed in a.seeds:
+                    if store.get(key(size, name, seed)) is not None:
+                        continue
                     source = row[1]
                     emb = None if source is None else (
-                        shuffled(targets["oracle"][part], seed) if source == "shuffled" else targets[source][part])
-                    cell = store.put(key, train_cell(row, sub, valid, test, labels, emb, seed, params))
-                    print(f"[{time.strftime('%H:%M:%S')}] {key}: {cell['minutes']:.1f} min, valid F1 "
-                          f"{100 * cell['valid_macro_f1']:.1f}", flush=True)
-                runs.append(cell)
-            systems[name] = [[labels[c] for c in r["pred"]] for r in runs]
-            cells[name] = runs
+                        shuffled(target("oracle")[part], seed) if source == "shuffled" else target(source)[part])
+                    cell = store.put(key(size, name, seed), train_cell(row, sub, valid, test, labels, emb, seed, params))
+                    print(f"[{time.strftime('%H:%M:%S')}] {key(size, name, seed)}: {cell['minutes']:.1f} min, valid "
+                          f"F1 {100 * cell['valid_macro_f1']:.1f}", flush=True)
+
+    table = []
+    for size in a.sizes:
+        cells = {name: [store.get(key(size, name, seed)) for seed in a.seeds] for name in rows if planned(size, name)}
+        systems = {name: [[labels[c] for c in r["pred"]] for r in runs] for name, runs in cells.items()}
         shuffle_delta = vs_shuffled(gold, systems, labels)
         for r in compare_rows(gold, systems, labels, "plain", "plain"):
             runs = cells[r["model"]]
@@ -211,10 +243,11 @@ def main() -> None:
                           "λ·guidance / CE (last epoch)": "" if rows[r["model"]][1] is None else
                           f"{np.mean([c['guidance_to_ce'][-1] for c in runs]):.2f}",
                           "min / run": f"{np.mean([c['minutes'] for c in runs]):.1f}"})
+    probes = {s: json.loads((f / "embed.json").read_text()) for s, f in folders.items()}
     extra = {"queries": a.queries, "sizes": a.sizes, "seeds": a.seeds, "tries": tries, "set": a.set,
              "split": {s: len(f) for s, f in (("train", train), ("valid", valid), ("test", test))},
              "e_cot_probe": {s: p["e_cot_probe"] for s, p in probes.items()},
-             "annotate": {s: json.loads((work / "sources" / s / "annotate.json").read_text()) for s in SOURCES},
+             "annotate": {s: json.loads((f / "annotate.json").read_text()) for s, f in folders.items()},
              "profile": a.profile, "student": params.student.model_dump(exclude={"variants", "seeds"}),
              "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
                                       text=True).stdout.strip()}
