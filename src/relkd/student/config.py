@@ -130,6 +130,10 @@ class StudentConfig(Section):
         "GAT -4.89 / Poly -4.30 with, -1.16 / -1.71 without: at initialisation CE sends no gradient into the "
         "backbone (zero token head) while the guidance sends 1.6-3.9, so the backbone first learns the rationales")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate; here ~51 steps on ~520 pairs (3e-4 over 8 epochs: valid F1 0.61, 1e-4: 0.60 and still rising); paper: 2e-6 at batch 256 on 100k+ pairs")
+    head_lr: float | None = Field(
+        None, gt=0, description="learning rate of every parameter outside the backbone (the extractor, the heads, "
+        "the guidance projection, the training-only heads); None = lr. A few dozen steps at the backbone's lr move "
+        "a freshly initialised extractor by a few percent of its weights: too little to fit e_cot (paper: one lr)")
     epochs: int = Field(3, ge=1, description="training epochs; the epoch best on validation macro-F1 is kept "
                         "(3 on the embedded default: 8 took 2.7x longer for +1-2 valid F1; paper: 5)")
     train_rows: Literal["all", "annotated"] = Field(
