@@ -10,8 +10,9 @@ prefix of the training queries) and seed, it trains with the library's `train_st
 * `plain` and `no_guidance` (the GAT extractor, λ 0);
 * LRKD-MLP / Poly / GAT guided by (a) the teacher's e_cot, (b) the oracle's, (c) the oracle's shuffled across the
   training pairs (a rationale-shaped target with no per-pair information; the permutation seeded per seed);
-* any `--try NAME=JSON`: the LRKD rows again with those student-section overrides (e.g. '{"lam": 1}'), guided by
-  the oracle and by its shuffle, to find what makes the guidance work.
+* any `--try NAME=JSON`: plain and the LRKD rows guided by the oracle and by its shuffle again, with those
+  student-section overrides (e.g. '{"lam": 1}'; Δ against that try's plain, which is the plain row when the
+  overrides only touch the guidance), to find what makes the guidance work.
 
 Every finished cell (size, row, seed) is written to --workdir at once and skipped on a re-run. The table: test
 ACC / macro-F1 (mean ± std over seeds), Δ vs plain and, for the oracle rows, Δ vs the same extractor on the
@@ -92,18 +93,30 @@ def rationales(work: Path, clone: Path, source: str) -> Path:
     return dest
 
 
-def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict]]:
-    """row name -> (variant spec, e_cot source or None, student overrides)."""
-    rows = {"plain": ({"extractor": "none", "guidance": False}, None, {}),
-            "no_guidance": ({"extractor": "gat", "guidance": False, "lam": 0.0}, None, {})}
+GUIDANCE_ONLY = {"lam", "guidance_normalize", "guidance_into_backbone"}  # knobs an unguided student ignores
+
+
+def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict, str]]:
+    """row name -> (variant spec, e_cot source or None, student overrides, the cell's name). A try's plain row shares
+    the plain cells when its overrides only touch the guidance."""
+    rows = {"plain": ({"extractor": "none", "guidance": False}, None, {}, "plain"),
+            "no_guidance": ({"extractor": "gat", "guidance": False, "lam": 0.0}, None, {}, "no_guidance")}
     for source in ("teacher", "oracle", "shuffled"):
         for ext in EXTRACTORS:
-            rows[f"lrkd_{ext} / {source}"] = ({"extractor": ext}, source, {})
+            rows[f"lrkd_{ext} / {source}"] = ({"extractor": ext}, source, {}, f"lrkd_{ext} / {source}")
     for name, over in tries.items():
+        rows[f"plain / {name}"] = (rows["plain"][0], None, over,
+                                   "plain" if set(over) <= GUIDANCE_ONLY else f"plain / {name}")
         for source in ("oracle", "shuffled"):
             for ext in EXTRACTORS:
-                rows[f"lrkd_{ext} / {source} / {name}"] = ({"extractor": ext}, source, over)
+                row = f"lrkd_{ext} / {source} / {name}"
+                rows[row] = ({"extractor": ext}, source, over, row)
     return rows
+
+
+def group_of(name: str, tries: dict) -> str:
+    """The try a row belongs to ("" for the rows without overrides): its Δ is against that try's plain row."""
+    return next((t for t in tries if name.endswith(f" / {t}")), "")
 
 
 def guidance_target(folder: Path, train) -> np.ndarray:
@@ -128,7 +141,7 @@ def train_cell(row, train, valid, test, labels, emb, seed: int, params) -> dict:
     from relkd.student.config import StudentConfig, VariantConfig
     from relkd.student.trainer import kept_epoch, predict, train_student
 
-    spec, source, over = row
+    spec, source, over, _ = row
     variant = VariantConfig(**spec)
     cfg = StudentConfig.model_validate({**params.student.model_dump(), **over})
     t0 = time.time()
@@ -211,7 +224,7 @@ def main() -> None:
         return not (rows[name][2] and a.try_sizes and size not in a.try_sizes)
 
     def key(size: str, name: str, seed: int) -> str:
-        return f"{size}/{name.replace(' / ', '__')}/seed{seed}"
+        return f"{size}/{rows[name][3].replace(' / ', '__')}/seed{seed}"
 
     # The teacher's rows last: its round (the teacher's training, then annotating every pair) is the long one.
     for teacher_pass in (False, True):
@@ -236,7 +249,12 @@ def main() -> None:
         cells = {name: [store.get(key(size, name, seed)) for seed in a.seeds] for name in rows if planned(size, name)}
         systems = {name: [[labels[c] for c in r["pred"]] for r in runs] for name, runs in cells.items()}
         shuffle_delta = vs_shuffled(gold, systems, labels)
-        for r in compare_rows(gold, systems, labels, "plain", "plain"):
+        compared = []
+        for group in ["", *tries]:
+            members = {k: v for k, v in systems.items() if group_of(k, tries) == group}
+            if members:
+                compared += compare_rows(gold, members, labels, f"plain / {group}" if group else "plain", "plain")
+        for r in compared:
             runs = cells[r["model"]]
             table.append({"train queries": size, "train pairs": runs[0]["n_train"], **r,
                           "ΔF1 vs shuffled oracle [95% CI]": shuffle_delta.get(r["model"], ""),
