@@ -9,7 +9,9 @@ prefix of the training queries) and seed, it trains with the library's `train_st
 
 * `plain` and `no_guidance` (the GAT extractor, λ 0);
 * LRKD-MLP / Poly / GAT guided by (a) the teacher's e_cot, (b) the oracle's, (c) the oracle's shuffled across the
-  training pairs (a rationale-shaped target with no per-pair information; the permutation seeded per seed);
+  training pairs (a rationale-shaped target with no per-pair information; the permutation seeded per seed), and
+  (d) the oracle's class centroid (each pair's target the mean oracle e_cot of the training pairs with its gold
+  label: the label's information and none of the pair's own reason);
 * any `--try NAME=JSON`: plain and the LRKD rows guided by the oracle and by its shuffle again, with those
   student-section overrides (e.g. '{"lam": 1}'; Δ against that try's plain, which is the plain row when the
   overrides only touch the guidance), to find what makes the guidance work.
@@ -101,7 +103,7 @@ def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict, str]]:
     the plain cells when its overrides only touch the guidance."""
     rows = {"plain": ({"extractor": "none", "guidance": False}, None, {}, "plain"),
             "no_guidance": ({"extractor": "gat", "guidance": False, "lam": 0.0}, None, {}, "no_guidance")}
-    for source in ("teacher", "oracle", "shuffled"):
+    for source in ("teacher", "oracle", "shuffled", "centroid"):
         for ext in EXTRACTORS:
             rows[f"lrkd_{ext} / {source}"] = ({"extractor": ext}, source, {}, f"lrkd_{ext} / {source}")
     for name, over in tries.items():
@@ -153,6 +155,17 @@ def train_cell(row, train, valid, test, labels, emb, seed: int, params) -> dict:
             "best_epoch": kept["epoch"], "valid_macro_f1": kept.get("valid_macro_f1"),
             "guidance_to_ce": [h.get("train_guidance_to_ce") for h in history],
             "train_guidance": [h.get("train_guidance") for h in history], "overrides": over}
+
+
+def centroids(emb: np.ndarray, labels: list) -> np.ndarray:
+    """Each row replaced by the mean of the rows with the same label (among the rows that have one)."""
+    out = emb.copy()
+    have = np.isfinite(emb).all(axis=1)
+    labels = np.asarray(labels)
+    for label in np.unique(labels):
+        rows = have & (labels == label)
+        out[rows] = emb[rows].mean(axis=0)
+    return out
 
 
 def vs_shuffled(gold, systems: dict, labels) -> dict[str, str]:
@@ -239,7 +252,9 @@ def main() -> None:
                         continue
                     source = row[1]
                     emb = None if source is None else (
-                        shuffled(target("oracle")[part], seed) if source == "shuffled" else target(source)[part])
+                        shuffled(target("oracle")[part], seed) if source == "shuffled" else
+                        centroids(target("oracle")[part], sub["label"].tolist()) if source == "centroid" else
+                        target(source)[part])
                     cell = store.put(key(size, name, seed), train_cell(row, sub, valid, test, labels, emb, seed, params))
                     print(f"[{time.strftime('%H:%M:%S')}] {key(size, name, seed)}: {cell['minutes']:.1f} min, valid "
                           f"F1 {100 * cell['valid_macro_f1']:.1f}", flush=True)
