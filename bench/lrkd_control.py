@@ -98,19 +98,19 @@ def rationales(work: Path, clone: Path, source: str) -> Path:
 GUIDANCE_ONLY = {"lam", "guidance_normalize", "guidance_into_backbone"}  # knobs an unguided student ignores
 
 
-def rows_to_train(tries: dict) -> dict[str, tuple[dict, str | None, dict, str]]:
+def rows_to_train(tries: dict, extractors=EXTRACTORS) -> dict[str, tuple[dict, str | None, dict, str]]:
     """row name -> (variant spec, e_cot source or None, student overrides, the cell's name). A try's plain row shares
     the plain cells when its overrides only touch the guidance."""
     rows = {"plain": ({"extractor": "none", "guidance": False}, None, {}, "plain"),
             "no_guidance": ({"extractor": "gat", "guidance": False, "lam": 0.0}, None, {}, "no_guidance")}
     for source in ("teacher", "oracle", "shuffled", "centroid"):
-        for ext in EXTRACTORS:
+        for ext in extractors:
             rows[f"lrkd_{ext} / {source}"] = ({"extractor": ext}, source, {}, f"lrkd_{ext} / {source}")
     for name, over in tries.items():
         rows[f"plain / {name}"] = (rows["plain"][0], None, over,
                                    "plain" if set(over) <= GUIDANCE_ONLY else f"plain / {name}")
         for source in ("oracle", "shuffled"):
-            for ext in EXTRACTORS:
+            for ext in extractors:
                 row = f"lrkd_{ext} / {source} / {name}"
                 rows[row] = ({"extractor": ext}, source, over, row)
     return rows
@@ -189,6 +189,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["32", "130", "all"], help="training queries per point, or 'all'")
     ap.add_argument("--seeds", type=int, nargs="+", default=[13, 14, 15])
     ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--extractors", nargs="+", default=list(EXTRACTORS), choices=EXTRACTORS,
+                    help="the LRKD extractors trained (default: all three)")
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=JSON",
                     help="LRKD rows again with student overrides, e.g. 'lam1={\"lam\": 1}'")
     ap.add_argument("--try-sizes", nargs="+", default=None, help="sizes the --try rows run at (default: all)")
@@ -224,7 +226,7 @@ def main() -> None:
         if not sep:
             ap.error(f"--try {item!r}: expected NAME=JSON")
         tries[name] = json.loads(over)
-    rows = rows_to_train(tries)
+    rows = rows_to_train(tries, a.extractors)
     if a.rows:
         rows = {k: v for k, v in rows.items() if k in a.rows or any(k.endswith(f" / {t}") for t in tries)}
     order = train["query_id"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
