@@ -241,9 +241,10 @@ def main() -> None:
     def key(size: str, name: str, seed: int) -> str:
         return f"{size}/{rows[name][3].replace(' / ', '__')}/seed{seed}"
 
-    # The teacher's rows last: its round (the teacher's training, then annotating every pair) is the long one.
-    for teacher_pass in (False, True):
-        for size in a.sizes:
+    # At each size the teacher's rows come last: its round (the teacher's training, then annotating every pair) is
+    # the long one, run when its first row is due.
+    for size in a.sizes:
+        for teacher_pass in (False, True):
             part = parts[size]
             sub = train[part].reset_index(drop=True)
             for name, row in rows.items():
