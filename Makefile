@@ -1,6 +1,7 @@
 # The two commands of README.md: `make run` (pipeline) and `make test` (test suite).
-# Both create the environments first when missing or stale: .venv (training stack) and
-# .venv-triton (the Triton server's own numpy<2 environment).
+# Both create the environments first when missing or stale: .venv (training stack) and .venv-triton (the Triton
+# server's own numpy<2 environment); `make test` also .venv-llm (an OpenAI-compatible LLM server the tests serve the
+# teacher's HTTP backend with).
 SHELL := /bin/bash
 VENV ?= .venv
 # DVC remote for `dvc push` / `dvc pull`: a local folder by default; any DVC URL works (s3://..., gs://...).
@@ -23,4 +24,5 @@ run: env remote
 	dvc repro
 
 test: env
+	@bash scripts/setup_llm_server_env.sh
 	python -m pytest -q $(PYTEST_ARGS)

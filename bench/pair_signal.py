@@ -56,7 +56,7 @@ def main() -> None:
     from relkd.eval.metrics import classification_report
     from relkd import lexical
     from relkd.eval.peers import feature_classifier
-    from relkd.eval.peers_config import LexicalPeerConfig
+    from relkd.eval.config import LexicalPeerConfig
     from relkd.eval.stats import bootstrap_diff_ci
 
     prepared = Path(a.prepared)

@@ -88,7 +88,7 @@ def build_repo(student_dir: str, fp32_onnx: Path, params, work: Path, labels, ma
     info = {"labels": list(labels), "max_length": max_length, "temperature": 1.0,
             "tier_thresholds": list(e.target_precisions),
             "relevance_weights": [float(e.relevance_weights.get(lab, 0.0)) for lab in labels],
-            "intra_op_threads": e.intra_op_threads, "bucket_rows": e.bucket_rows,
+            "intra_op_threads": e.intra_op_threads, "bucket_rows": e.bucket_rows, "optimized_for": "cpu",
             "registry": {"name": "bench", "version": 1, "alias": "champion", "variant": "bench"}}
     repo = work / "repo"
     write_version(repo, t.model_name, 1, optimize(fp32_onnx, work / "fp32.opt.onnx"), student_dir, info)
@@ -195,8 +195,9 @@ def main() -> None:
             for protocol, port, bs, explain, concurrency in runs:
                 n = len(frame) if bs > 1 else min(len(frame), 100)
                 sub = frame.iloc[:n]
-                dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", protocol, a.model_name, version,
-                                               batch_size=bs, concurrency=concurrency, explain=explain,
+                cfg = params.score.model_copy(update={"protocol": protocol, "batch_size": bs,
+                                                      "concurrency": concurrency, "explain": explain})
+                dt = timed(lambda: score_frame(sub, f"127.0.0.1:{port}", cfg, a.model_name, version,
                                                progress=False), 1)
                 what = "" if explain else f", no explanation, concurrency {concurrency}"
                 rows.append({"path": f"Triton {protocol}, batch {bs} (v{version}){what}", "pairs_per_s": n / dt,

@@ -54,12 +54,14 @@ def client(url: str, version: str, batch: int, duration: float, max_requests: in
     from relkd.data.config import CatalogueConfig
     from relkd.data.catalogue import generate_catalogue
     from relkd.serving.client import _Session, _infer_batch
+    from relkd.serving.config import ScoreConfig
 
     df = generate_catalogue(CatalogueConfig(n_queries=200, pairs_per_query=3), seed=seed)
     queries, titles = df["query"].astype(str).tolist(), df["title"].astype(str).tolist()
     rng = np.random.default_rng(seed)
-    session = _Session(module, url, 60.0, model_name="relevance_student", version=version, batch_size=batch,
-                       concurrency=1, retries=0, backoff=0.0, max_chars=10_000, explain=True)
+    session = _Session(module, url, 60.0, "relevance_student", version,
+                       ScoreConfig(batch_size=batch, concurrency=1, retries=0, backoff=0.0, max_chars=10_000,
+                                   explain=True))
     latencies, failures, rows = [], [], 0
     end = time.monotonic() + duration
     try:

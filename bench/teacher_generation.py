@@ -30,7 +30,7 @@ def main() -> None:
     from relkd.data.config import CatalogueConfig
     from relkd.models import resolve
     from relkd.teacher.config import SamplingConfig, TeacherConfig
-    from relkd.teacher.generation import make_backend, resolve_backend
+    from relkd.teacher.engine import make_engine, resolve_backend
     from relkd.teacher.judge import prompts_for
     from relkd.teacher.prompts import PERSPECTIVES, load_perspectives
 
@@ -42,7 +42,7 @@ def main() -> None:
     engines = ["transformers"] + (["vllm"] if resolve_backend("auto") == "vllm" else [])
     for engine in engines:
         cfg = TeacherConfig(model=a.model, backend=engine, batch_size=a.batch)
-        backend = make_backend(cfg, resolve(a.model))
+        backend = make_engine(cfg, resolve(a.model)).teacher()
         prompts = prompts_for(backend.tokenizer, persp, pairs, LABELS)
         tok = backend.tokenizer
 

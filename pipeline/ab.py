@@ -30,7 +30,7 @@ def run(params_path, batch, scores, prepared, out, metrics_path, teacher_scores=
     params = setup(params_path)
     cfg = params.ab
     from relkd.serving.ab import ab_markdown, ab_report, traffic_split
-    from relkd.serving.client import read_table
+    from relkd.serving.inputs import read_table
 
     labels = read_labels(prepared)
     if not (Path(scores) / "challenger" / "scores.parquet").exists():

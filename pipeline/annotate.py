@@ -9,8 +9,8 @@ from relkd.eval.metrics import classification_report
 from relkd.io import write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, shard
-from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import hinted_rationales, judge, prompts_for
+from relkd.teacher.engine import make_engine
+from relkd.teacher.judge import Asking, hinted_rationales, judge, prompts_for
 from relkd.teacher.oracle import oracle_records
 from relkd.teacher.prompts import UNIFIED, load_perspective
 
@@ -46,18 +46,16 @@ def teacher_records(cfg, train, labels, teacher_adapter, prompts_dir, cache_dir)
     """The final teacher's greedy answer under the unified prompt for every pair (label-hinted rationales with
     `annotate.hint: gold`)."""
     model_path = resolve(cfg.model)
-    backend = make_backend(cfg, model_path, teacher_adapter)
+    teacher = make_engine(cfg, model_path).teacher(teacher_adapter)
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
-    sampling = cfg.sampling.model_copy(update={"temperature": 0.0})  # one rationale per pair: the greedy one
+    asking = Asking.of(cfg, greedy=True, batch_size=cfg.annotate.batch_size)  # one rationale per pair: the greedy one
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    mid = model_id(model_path, teacher_adapter)
-    records = judge(backend, cache, mid, train, prompts_for(backend.tokenizer, unified, train, labels), UNIFIED,
-                    labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.annotate.batch_size, cfg.scores_labels)
+    records = judge(teacher, cache, train, prompts_for(teacher.tokenizer, unified, train, labels), UNIFIED, labels,
+                    asking)
     if cfg.annotate.hint == "gold":
         # The rationale is a label-hinted one (which never names a class); the teacher's own answer, label and
         # distribution stay in the record, so the metrics below still measure the teacher.
-        hinted = hinted_rationales(backend, cache, mid, train, unified, labels, sampling, cfg.sampling.seed,
-                                   cfg.annotate.batch_size)
+        hinted = hinted_rationales(teacher, cache, train, unified, labels, asking)
         records = [dict(r, rationale=text, hint_dropped=why) for r, (text, why) in zip(records, hinted)]
     return records
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -26,7 +27,21 @@ def stage_command(description: str, call: Callable[[SimpleNamespace], None], *pa
 
 def setup(params_path: str) -> Params:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _share_cores()
     return load_params(params_path)
+
+
+def _share_cores() -> None:
+    """`accelerate launch` gives every process it starts OMP_NUM_THREADS=1 unless told otherwise (right for one
+    process per GPU); on a CPU host that would leave a lone training process one core, so the host's cores are
+    shared among the launched processes instead."""
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ or os.environ.get("OMP_NUM_THREADS") != "1":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
 def read_split(prepared: str, name: str):

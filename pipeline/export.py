@@ -1,5 +1,6 @@
 """Stage `export`: champion and challenger -> optimised (optionally int8) ONNX, calibrated temperature and
-tier thresholds, an explanation index -> Triton model repository versions (version = registry version)."""
+tier thresholds, an explanation index -> Triton model repository versions (version = registry version), and the
+online A/B router beside them."""
 from __future__ import annotations
 
 import json
@@ -51,7 +52,7 @@ def from_registry(name: str, version: str, scratch: Path) -> tuple[str, Path, Pa
 def export_version(params, role: str, version: str, prepared, embeddings, rationales, repo, work: Path,
                    plots: Path, scratch: Path) -> dict:
     from relkd.serving.calibration import fit_serving
-    from relkd.serving.export import agreement_rate, optimize, quantize_int8, score_pairs
+    from relkd.serving.export import agreement_rate, graph_for, quantize_int8, score_pairs
     from relkd.serving.repository import write_version
     from relkd.student.model import load_student
 
@@ -62,16 +63,14 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     max_length = model.max_length  # travels with the saved student
     valid = read_split(prepared, "valid")
     pairs = list(zip(valid["query"], valid["title"]))
-    served, info = onnx, {"graph": "fp32"}
-    if ecfg.optimize:
-        served = optimize(onnx, work / f"{variant}.opt.onnx")
-        info["graph"] = "fp32-optimised"
-    if ecfg.int8:
+    served, fused_for = graph_for(onnx, work / f"{variant}.opt.onnx", params.triton.device, ecfg.optimize)
+    info = {"graph": "fp32-optimised" if fused_for else "fp32"}
+    if ecfg.int8:  # CPU only (the params check refuses int8 with triton.device gpu)
         q = quantize_int8(onnx, work / f"{variant}.int8.onnx")
         agree = agreement_rate(q, model, tokenizer, pairs, max_length)  # the student's lexical tables feed both
         info["int8_agreement"] = agree["agreement"]
         if agree["agreement"] >= ecfg.min_int8_agreement:
-            served, info["graph"] = q, "int8"
+            served, fused_for, info["graph"] = q, "cpu", "int8"
     # Calibration on the validation split, from the graph that will be served.
     logits, _ = score_pairs(served, tokenizer, pairs, max_length, lexical_tables=model.lexical_tables)
     y = np.array([labels.index(lab) for lab in valid["label"]])
@@ -83,6 +82,7 @@ def export_version(params, role: str, version: str, prepared, embeddings, ration
     serving_info = {"labels": labels, "max_length": max_length, "temperature": fit["temperature"],
                     "tier_thresholds": fit["tier_thresholds"], "relevance_weights": fit["relevance_weights"],
                     "intra_op_threads": ecfg.intra_op_threads, "bucket_rows": ecfg.bucket_rows,
+                    "optimized_for": fused_for,
                     "registry": {"name": params.registry.name, "version": int(version), "alias": role,
                                  "variant": variant}}
     explain = explain_index(scfg.variants[variant], embeddings, rationales) if ecfg.explain else None
@@ -121,7 +121,10 @@ def run(params_path, prepared, aliases_path, embeddings, rationales, repo, out, 
                                          Path(plots), Path(scratch)) for role, v in roles.items()}
     t = params.triton
     write_config(repo, t.model_name, sorted(int(v) for v in roles.values()), t.max_batch_size,
-                 t.preferred_batch_sizes, t.max_queue_delay_us, t.instance_count)
+                 t.preferred_batch_sizes, t.max_queue_delay_us, t.instance_count, t.device)
+    from relkd.serving.router import write_router
+
+    write_router(repo, {role: int(v) for role, v in roles.items()}, params.ab, params.online, t)  # the live A/B entry
     write_json(Path(out) / "export.json", exported)
     metrics = {role: {k: v for k, v in e.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                for role, e in exported.items()}

@@ -23,7 +23,8 @@ def reference_profile(prepared: str, tier_share: list[float]) -> dict:
 def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> dict:
     params = setup(params_path)
     cfg, t = params.score, params.triton
-    from relkd.serving.client import read_table, score_file
+    from relkd.serving.client import score_file
+    from relkd.serving.inputs import read_table
     from relkd.serving.drift import drift_check, profile
     from relkd.serving.server import triton
 
@@ -34,9 +35,7 @@ def run(params_path, batch, repo, export_json, prepared, out, metrics_path) -> d
         url = f"127.0.0.1:{server.grpc_port if cfg.protocol == 'grpc' else server.http_port}"
         for role, e in exported.items():
             t0 = time.perf_counter()
-            summary[role] = score_file(batch, Path(out) / role, url, cfg.protocol, t.model_name, e["version"],
-                                       cfg.batch_size, cfg.concurrency, cfg.retries, cfg.backoff, cfg.max_chars,
-                                       shard_size=cfg.shard_size, explain=cfg.explain)
+            summary[role] = score_file(batch, Path(out) / role, url, cfg, t.model_name, e["version"])
             seconds = time.perf_counter() - t0
             write_json(Path(out) / role / "cost.json", {
                 "pairs": summary[role]["scored"], "seconds": seconds,

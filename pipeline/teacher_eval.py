@@ -11,8 +11,8 @@ from relkd.eval.tables import MPCOT, SINGLE, TEACHER_COLUMNS, teacher_table, to_
 from relkd.io import read_jsonl, write_json, write_jsonl, write_text
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache
-from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge, judge_perspectives, majority, prompts_for
+from relkd.teacher.engine import make_engine
+from relkd.teacher.judge import Asking, judge, judge_perspectives, majority, prompts_for
 from relkd.teacher.parsing import error_kind
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective, load_perspectives
 
@@ -31,24 +31,21 @@ def row(records: list[dict], labels, stage: str, teacher: str, perspective: str 
             "parse_errors": dict(Counter(error_kind(r["error"]) for r in first if r["error"]))}
 
 
-def evaluate(cfg, stage: str, adapter, test, labels, shots, perspectives, unified, cache_dir) -> tuple[list, list]:
-    model_path = resolve(cfg.model)
-    backend = make_backend(cfg, model_path, adapter)
-    mid = model_id(model_path, adapter)
+def evaluate(cfg, teacher, stage: str, trained: bool, test, labels, shots, perspectives, unified,
+             cache_dir) -> tuple[list, list]:
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    sampling = cfg.sampling.model_copy(update={"temperature": 0.0}) if cfg.eval.greedy else cfg.sampling
+    asking = Asking.of(cfg, greedy=cfg.eval.greedy)
     records, rows = [], []
-    if adapter is None or cfg.eval.single_after_training:
-        per = judge_perspectives(backend, cache, mid, test, perspectives, PERSPECTIVES, labels, shots, 1, sampling,
-                                 cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
+    if not trained or cfg.eval.single_after_training:
+        per = judge_perspectives(teacher, cache, test, perspectives, PERSPECTIVES, labels, shots, asking)
         records = [dict(r, stage=stage) for name in PERSPECTIVES for r in per[name]]
         rows = [row(per[name], labels, stage, SINGLE, name) for name in PERSPECTIVES]
-    if adapter is None:
+    if not trained:
         # The untrained model has no unified training: its MPCoT is the three perspectives' vote.
         mp = majority(records, labels)
     else:
-        mp = judge(backend, cache, mid, test, prompts_for(backend.tokenizer, unified, test, labels), UNIFIED,
-                   labels, 1, sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
+        mp = judge(teacher, cache, test, prompts_for(teacher.tokenizer, unified, test, labels), UNIFIED, labels,
+                   asking)
     records += [dict(r, stage=stage) for r in mp]
     rows.append(row(mp, labels, stage, MPCOT, None))
     return rows, records
@@ -66,8 +63,10 @@ def run(params_path, prepared, fewshot, sft, dpo, final, prompts_dir, out, cache
     stages = [("few-shot", None), ("SFT", sft), ("SFT+DPO", dpo)]
     if cfg.grpo.enabled:  # TaoSR1's RL stage on top (teacher_grpo); its rows join the table
         stages.append(("SFT+DPO+GRPO", final))
+    engine = make_engine(cfg, resolve(cfg.model))  # one engine; each adapter is a teacher it serves
     for stage, adapter in stages:
-        r, g = evaluate(cfg, stage, adapter, test, labels, shots, perspectives, unified, cache_dir)
+        r, g = evaluate(cfg, engine.teacher(adapter), stage, adapter is not None, test, labels, shots, perspectives,
+                        unified, cache_dir)
         rows += r
         records += g
     table = teacher_table(rows)

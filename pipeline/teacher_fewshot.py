@@ -10,8 +10,8 @@ from relkd.io import write_json, write_jsonl
 from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
-from relkd.teacher.generation import make_backend, model_id
-from relkd.teacher.judge import judge_perspectives
+from relkd.teacher.engine import make_engine
+from relkd.teacher.judge import Asking, judge_perspectives
 from relkd.teacher.prompts import PERSPECTIVES, draw_shots, load_perspectives
 
 
@@ -48,12 +48,10 @@ def run(params_path: str, prepared: str, prompts_dir: str, out: str, cache_dir: 
     shots = draw_shots(train, cfg.fewshot.n_shots, cfg.fewshot.seed, exclude=set(seed_set["query_id"]))
     perspectives = load_perspectives(prompts_dir)
     model_path = resolve(cfg.model)
-    backend = make_backend(cfg, model_path)
-    mid = model_id(model_path)
+    teacher = make_engine(cfg, model_path).teacher()
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    per = judge_perspectives(backend, cache, mid, seed_set, perspectives, PERSPECTIVES, labels, shots,
-                             cfg.sampling.k, cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size,
-                             cfg.scores_labels)
+    per = judge_perspectives(teacher, cache, seed_set, perspectives, PERSPECTIVES, labels, shots,
+                             Asking.of(cfg, n=cfg.sampling.k))
     records = [r for name in PERSPECTIVES for r in per[name]]
     Path(out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(out) / "generations.jsonl", records)

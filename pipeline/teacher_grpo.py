@@ -4,11 +4,10 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 from pipeline.common import read_labels, read_split, setup, stage_command
-from relkd.io import write_json
+from relkd.io import new_path, write_json
 from relkd.models import resolve
 from relkd.tracking import log_metrics, stage_run
 
@@ -19,7 +18,7 @@ def copy_adapter(src, out) -> None:
     """`src` copied to `out` through a temporary sibling, so a half-copied folder never sits at `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = new_path(out.parent, f".{out.name}.", ".tmp", directory=True)  # the umask's permissions
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -31,16 +30,15 @@ def copy_adapter(src, out) -> None:
 def probe(cfg, model_path: str, adapter, pairs, labels, unified, cache_dir) -> tuple[list[str], list[dict]]:
     """The rendered unified prompts of `pairs` and the teacher's k sampled answers to each (cached)."""
     from relkd.teacher.cache import GenerationCache
-    from relkd.teacher.generation import make_backend, model_id
-    from relkd.teacher.judge import judge, prompts_for
+    from relkd.teacher.engine import make_engine
+    from relkd.teacher.judge import Asking, judge, prompts_for
     from relkd.teacher.prompts import UNIFIED
 
-    backend = make_backend(cfg, model_path, adapter)
-    prompts = prompts_for(backend.tokenizer, unified, pairs, labels)
+    teacher = make_engine(cfg, model_path).teacher(adapter)
+    prompts = prompts_for(teacher.tokenizer, unified, pairs, labels)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    records = judge(backend, cache, model_id(model_path, adapter), pairs, prompts, UNIFIED, labels, cfg.grpo.k,
-                    cfg.sampling, cfg.sampling.seed, cfg.label_decision, cfg.batch_size, cfg.scores_labels)
-    del backend  # the inference copy of the teacher; GRPO loads its own trainable one
+    records = judge(teacher, cache, pairs, prompts, UNIFIED, labels, Asking.of(cfg, n=cfg.grpo.k))
+    del teacher  # the inference copy of the teacher; GRPO loads its own trainable one
     gc.collect()
     return prompts, records
 
@@ -58,7 +56,7 @@ def run(params_path, prepared, dpo_adapter, prompts_dir, out, cache_dir, metrics
     from relkd.data.splits import balanced_sample
     from relkd.teacher.grpo import dynamic_sample, grpo, pass_rates
     from relkd.teacher.prompts import UNIFIED, load_perspective
-    from relkd.teacher.training import MetricsCallback
+    from relkd.teacher.trainers import MetricsCallback
 
     labels = read_labels(prepared)
     pairs = balanced_sample(read_split(prepared, "train"), cfg.grpo.n_pairs, cfg.grpo.seed)

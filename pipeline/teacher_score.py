@@ -2,6 +2,7 @@
 probability; the output is an A/B arm (id, label, tier, probs) plus the measured cost per 1000 pairs."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -26,11 +27,11 @@ def _ids(df: pd.DataFrame) -> list[str]:
 def run(params_path, batch, prepared, teacher_adapter, prompts_dir, out, cache_dir) -> dict:
     params = setup(params_path)
     cfg = params.teacher
-    from relkd.serving.client import read_table
+    from relkd.serving.inputs import read_table
     from relkd.serving.triton_model import text_problem
     from relkd.teacher.cache import GenerationCache, generation_key
-    from relkd.teacher.generation import make_backend, model_id
-    from relkd.teacher.judge import judge, prompts_for
+    from relkd.teacher.engine import make_engine
+    from relkd.teacher.judge import Asking, judge, prompts_for
     from relkd.teacher.prompts import UNIFIED, load_perspective
     from relkd.teacher.tiers import cumulative_tiers, top_score
 
@@ -58,12 +59,12 @@ def run(params_path, batch, prepared, teacher_adapter, prompts_dir, out, cache_d
 
     model_path = resolve(cfg.model)
     start = time.perf_counter()
-    backend = make_backend(cfg, model_path, teacher_adapter)
+    teacher = make_engine(cfg, model_path).teacher(teacher_adapter)
     load_s = time.perf_counter() - start
     unified = load_perspective(Path(prompts_dir) / f"{UNIFIED}.yaml")
-    prompts = prompts_for(backend.tokenizer, unified, pairs, labels)
+    prompts = prompts_for(teacher.tokenizer, unified, pairs, labels)
     limit = cfg.max_prompt_tokens - cfg.sampling.max_new_tokens - _ANSWER_FRAME_TOKENS
-    lengths = [len(x) for x in backend.tokenizer(prompts)["input_ids"]] if prompts else []
+    lengths = [len(x) for x in teacher.tokenizer(prompts)["input_ids"]] if prompts else []
     long_rows = {k for k, n in enumerate(lengths) if n > limit}
     for k in sorted(long_rows):
         rejects.append({"row": ok[k], "id": ids[ok[k]], "reason": (
@@ -73,13 +74,13 @@ def run(params_path, batch, prepared, teacher_adapter, prompts_dir, out, cache_d
     pairs, prompts = pairs.iloc[keep].reset_index(drop=True), [prompts[k] for k in keep]
     rows = [ok[k] for k in keep]
 
-    greedy = cfg.sampling.model_copy(update={"temperature": 0.0})  # one rationale per pair: the greedy one
+    # One rationale per pair (the greedy one); the tiers are cumulative label probabilities, so labels are scored.
+    asking = dataclasses.replace(Asking.of(cfg, greedy=True), scored=True)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    mid = model_id(model_path, teacher_adapter)
-    hits = sum(generation_key(mid, p, 1, greedy, cfg.sampling.seed, labels) in cache for p in prompts)
+    hits = sum(generation_key(teacher.cache_id, p, 1, asking.sampling, asking.seed, labels) in cache
+               for p in prompts)
     start = time.perf_counter()
-    records = judge(backend, cache, mid, pairs, prompts, UNIFIED, labels, 1, greedy, cfg.sampling.seed,
-                    cfg.label_decision, cfg.batch_size) if len(pairs) else []
+    records = judge(teacher, cache, pairs, prompts, UNIFIED, labels, asking) if len(pairs) else []
     seconds = time.perf_counter() - start
 
     probs = [r["probs"] for r in records]

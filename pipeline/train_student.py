@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline._results import record_test, seed_summary
+from pipeline._ranks import main_process_run, on_main_process
 from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command, training_frame
 from relkd.io import write_json
-from relkd.tracking import log_metrics, stage_run
+from relkd.tracking import log_metrics
 
 
 def run(params_path, variant_name, prepared, rationales, embeddings, out, metrics_path) -> dict:
@@ -31,18 +32,23 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
         folder = seed_dir(out, seed)
         run_params = {"variant": variant_name, "seed": seed, "student": cfg.model_dump(exclude={"variants", "seeds"}),
                       "variant_config": variant.model_dump(), "encoder": {k: meta[k] for k in ("name", "dim")}}
-        with stage_run("student", run_params, inputs=[prepared, rationales, embeddings],
-                       experiment=params.tracking.experiment, run_name=f"{variant_name}-seed{seed}",
-                       tags={"relkd.variant": variant_name, "relkd.seed": str(seed)}) as run_:
+        # Under `accelerate launch` every rank trains (gradients all-reduced); rank 0 alone tracks, saves and tests.
+        with main_process_run("student", run_params, inputs=[prepared, rationales, embeddings],
+                              experiment=params.tracking.experiment, run_name=f"{variant_name}-seed{seed}",
+                              tags={"relkd.variant": variant_name, "relkd.seed": str(seed)}) as run_:
             model, tokenizer, history = train_student(
                 train, valid, labels, emb if variant.needs_embeddings else None,
                 notes if variant.needs_rationales else None, variant, cfg, seed,
                 log=lambda m, step: log_metrics(m, step=step), lexical_recipe=params.peers.lexical)
+            if not on_main_process():
+                continue
             save_student(model, tokenizer, folder)
             probs = predict(model, tokenizer, test, cfg.eval_batch_size)[0]
             results[str(seed)] = record_test(folder, test, probs, labels, run_, "student", epochs=history,
                                              n_train=len(train),
                                              n_train_with_rationale=int(np.isfinite(emb).all(axis=1).sum()))
+    if not on_main_process():
+        return {}
     write_json(Path(out) / "results.json", results)
     metrics = seed_summary(results)
     write_json(metrics_path, metrics)

@@ -112,3 +112,57 @@ def test_profiles_define_named_variants_as_the_code_does():
             assert VariantConfig(**spec) == named[name], f"{path}: {name!r} differs from named_variants()"
             seen += 1
     assert seen >= 3
+
+
+def test_params_yaml_is_rendered_from_the_typed_defaults():
+    """One home per default and description: params.yaml is exactly the typed defaults rendered with each Field's
+    description (`relkd params write --defaults`); a default or description changed in one place only fails here."""
+    from relkd.params_text import params_yaml
+
+    assert Path("params.yaml").read_text(encoding="utf-8") == params_yaml(parse_params({})), (
+        "params.yaml is not the rendered defaults: run `relkd params write --defaults`")
+
+
+def test_configuration_doc_is_current():
+    from relkd.config import Params
+    from relkd.params_text import configuration_md
+
+    assert Path("docs/configuration.md").read_text(encoding="utf-8") == configuration_md(Params), (
+        "docs/configuration.md is stale: run `relkd params doc`")
+
+
+def test_every_key_is_described():
+    from relkd.config import Params
+    from relkd.section import Section
+
+    def walk(cls, path):
+        for name, field in cls.model_fields.items():
+            sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, Section) \
+                else None
+            if sub is not None:
+                assert sub.__doc__, f"section {path}{name} has no docstring"
+                yield from walk(sub, f"{path}{name}.")
+            elif not field.description:
+                yield f"{path}{name}"
+
+    assert list(walk(Params, "")) == []
+
+
+def test_a_profile_keeps_every_comment(tmp_path):
+    """`relkd profile` rewrites params.yaml rendered again: the overlay's values, and every description comment."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from relkd.cli import main
+
+    shutil.copy("params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "small.yaml").write_text("student: {epochs: 1}\n")
+    before = [line for line in (tmp_path / "params.yaml").read_text().splitlines() if line.lstrip().startswith("#")]
+    out = CliRunner().invoke(main, ["profile", "small", "--params", str(tmp_path / "params.yaml"),
+                                    "--profiles", str(tmp_path / "profiles")])
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "params.yaml").read_text()
+    assert load_params(tmp_path / "params.yaml").student.epochs == 1
+    assert [line for line in text.splitlines() if line.lstrip().startswith("#")] == before

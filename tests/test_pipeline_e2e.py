@@ -86,6 +86,13 @@ def test_repro_serves_scores_and_compares_champion_with_challenger(repo):
     ab = json.loads((root / "metrics/ab.json").read_text())
     assert 0.0 <= ab["agreement"] <= 1.0 and ab["n"] == len(scores)
     assert "McNemar" in (root / "reports/ab/ab.md").read_text() or "mcnemar" in (root / "reports/ab/ab.md").read_text()
+    # the online A/B: the batch replayed through the router, every request answered or rejected, and analysed
+    online = json.loads((root / "metrics/ab_online.json").read_text())
+    passes = yaml.safe_load((root / "params.yaml").read_text())["online"]["passes"]
+    assert online["replay"]["answered"] + online["replay"]["rejected"] == passes * len(batch)
+    assert online["verdict"] in ("promote", "keep", "stop") and sum(online["exposures"].values()) == \
+        online["replay"]["answered"]
+    assert "SIMULATED" in (root / "reports/ab/online.md").read_text()
     # the score stage stopped its server: no tritonserver is left
     left = sh("pgrep -x tritonserver || true", root).stdout.strip()
     assert left == "", left
@@ -139,9 +146,10 @@ def test_promote_then_repro_serves_the_new_champion(repo, tmp_path):
     after = json.loads((root / "registry/aliases.json").read_text())["aliases"]
     assert after == {"champion": before["challenger"]}  # the challenger alias went with the promotion
     ran = set(re.findall(r"Running stage '([^']+)'", sh("dvc repro", root).stdout))
-    assert {"export", "score", "ab"} <= ran and not ran & {"register", "student@plain", "teacher_sft"}, ran
+    assert {"export", "score", "ab", "ab_online"} <= ran and not ran & {"register", "student@plain", "teacher_sft"}, ran
     served = sorted(p.name for p in (root / "triton_repo/relevance_student").iterdir() if p.name.isdigit())
     assert served == [before["challenger"]["version"]]
     info = json.loads((root / "reports/export/export.json").read_text())
     assert info["champion"]["version"] == int(before["challenger"]["version"])
     assert json.loads((root / "metrics/ab.json").read_text())["arms"] == 1
+    assert json.loads((root / "metrics/ab_online.json").read_text())["arms"] == 1

@@ -207,6 +207,17 @@ def test_champion_challenger_promotion(student, store):
                          "fail: f1.c 0.0500 < per_class_floor 0.1000"]
     assert aliases(NAME) == {"champion": "1", "challenger": "3"}
 
+    # the online A/B as evidence: a policy pass is not enough when its verdict is not promote for these versions
+    online = {"verdict": "keep", "versions": {"champion": 1, "challenger": 4}, "experiment": "e",
+              "reasons": ["no clear difference"]}
+    d = promote(NAME, POLICY, version=v4, dry_run=True, evidence=online)
+    assert not d.promote and d.reasons[-1].startswith("fail: online A/B verdict is 'keep'")
+    d = promote(NAME, POLICY, version=v4, dry_run=True, evidence={**online, "verdict": "promote"})
+    assert d.promote and d.reasons[-1].startswith("pass: online A/B verdict promote")
+    d = promote(NAME, POLICY, version=v4, dry_run=True, evidence={**online, "verdict": "promote",
+                                                                  "versions": {"champion": 1, "challenger": 3}})
+    assert not d.promote and "not v4 vs v1" in d.reasons[-1]
+
     # better, within the accuracy guard, all classes above the floor: promoted by explicit version
     d = promote(NAME, POLICY, version=v4, dry_run=True)
     assert d.promote and aliases(NAME) == {"champion": "1", "challenger": "3"}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,9 @@ import pytest
 from test_serving_server import MODEL, build_repository, ensure_server_venv, reference, texts
 
 from relkd import procs
-from relkd.serving.client import ScoringRejected, _with_retries, read_table, score_file, score_frame
+from relkd.serving.client import ScoringRejected, _with_retries, score_file, score_frame
+from relkd.serving.config import ScoreConfig as Score
+from relkd.serving.inputs import read_table
 from relkd.serving.server import ServerUnreachable, free_ports, triton
 
 
@@ -55,8 +58,8 @@ def test_score_frame_matches_in_process_and_keeps_every_row(served, protocol):
     server = served["server"]
     df = with_bad_rows(frame(100))
     url = server.grpc_url if protocol == "grpc" else server.http_url
-    scores, rejects = score_frame(df, url, protocol, version=1, batch_size=16, concurrency=2, max_chars=MAX_CHARS,
-                                  progress=False)
+    scores, rejects = score_frame(df, url, Score(protocol=protocol, batch_size=16, concurrency=2, max_chars=MAX_CHARS),
+                                  version=1, progress=False)
     assert len(scores) + len(rejects) == len(df)
     assert dict(zip(rejects["row"], rejects["reason"])).keys() == BAD.keys()
     for row, reason in zip(rejects["row"], rejects["reason"]):
@@ -82,9 +85,10 @@ def test_versions_and_unknown_version(served):
     assert np.abs(np.stack(one["probs"]) - np.stack(two["probs"])).max() > 1e-2
     with pytest.raises(ScoringRejected, match=r"version '7' is not ready.*relevance_student:1"):
         score_frame(df, server.grpc_url, version=7, progress=False)
-    big, _ = score_frame(df, server.http_url, "http", version=1, batch_size=500, progress=False)  # > max_batch_size
+    big, _ = score_frame(df, server.http_url, Score(protocol="http", batch_size=500), version=1,
+                         progress=False)  # > max_batch_size
     np.testing.assert_allclose(np.stack(big["probs"]), np.stack(one["probs"]), atol=1e-6)
-    plain, _ = score_frame(df, server.grpc_url, version="1", explain=False, progress=False)  # no lookup asked for
+    plain, _ = score_frame(df, server.grpc_url, Score(explain=False), version="1", progress=False)  # no lookup
     assert set(plain["explain_id"]) == {""} and set(one["explain_id"]) != {""}
     np.testing.assert_allclose(np.stack(plain["probs"]), np.stack(one["probs"]), atol=1e-6)
 
@@ -115,8 +119,8 @@ def test_csv_jsonl_and_parquet_inputs_agree(served, tmp_path):
     assert read_table(tmp_path / "in.csv").shape == (30, 3)
     results = {}
     for name in ("in.parquet", "in.csv", "in.jsonl"):
-        summary = score_file(tmp_path / name, tmp_path / f"out-{name}", served["server"].grpc_url, version=1,
-                             shard_size=8, progress=False)
+        summary = score_file(tmp_path / name, tmp_path / f"out-{name}", served["server"].grpc_url, Score(shard_size=8),
+                             version=1, progress=False)
         results[name] = pd.read_parquet(summary["scores"])
         rejects = [json.loads(line) for line in summary["rejects"].read_text().splitlines()]
         assert summary["scored"] + summary["rejected"] == 30 and summary["shards"] == 4
@@ -144,8 +148,9 @@ def _same_decisions(a: pd.DataFrame, b: pd.DataFrame, atol: float = 1e-5) -> flo
 _SCORE_SCRIPT = """
 import sys
 from relkd.serving.client import score_file
-score_file(sys.argv[1], sys.argv[2], sys.argv[3], version=1, batch_size=4, concurrency=1, shard_size=300,
-           max_chars=1000, progress=False)
+from relkd.serving.config import ScoreConfig
+score_file(sys.argv[1], sys.argv[2], sys.argv[3], ScoreConfig(batch_size=4, concurrency=1, shard_size=300,
+           max_chars=1000), version=1, progress=False)
 """
 
 
@@ -154,8 +159,8 @@ def test_killed_run_resumes_to_identical_bytes(served, tmp_path):
     url = served["server"].grpc_url
     df = with_bad_rows(frame(3000, seed=6), surrogate=False)
     df.to_parquet(tmp_path / "in.parquet", index=False)
-    score_file(tmp_path / "in.parquet", tmp_path / "whole", url, version=1, batch_size=32, concurrency=2,
-               shard_size=300, max_chars=MAX_CHARS, progress=False)
+    score_file(tmp_path / "in.parquet", tmp_path / "whole", url,
+               Score(batch_size=32, concurrency=2, shard_size=300, max_chars=MAX_CHARS), version=1, progress=False)
 
     out = tmp_path / "resumed"
     proc = subprocess.Popen([sys.executable, "-c", _SCORE_SCRIPT, str(tmp_path / "in.parquet"), str(out), url],
@@ -170,14 +175,15 @@ def test_killed_run_resumes_to_identical_bytes(served, tmp_path):
     done = sorted(p.name for p in (out / "shards").glob("part-*.parquet"))
     assert 1 <= len(done) < 10 and not (out / "scores.parquet").exists(), f"not killed mid-run: {done}"
 
-    summary = score_file(tmp_path / "in.parquet", out, url, version=1, batch_size=4, concurrency=1, shard_size=300,
-                         max_chars=MAX_CHARS, progress=False)
+    summary = score_file(tmp_path / "in.parquet", out, url,
+                         Score(batch_size=4, concurrency=1, shard_size=300, max_chars=MAX_CHARS), version=1,
+                         progress=False)
     assert summary["shards_reused"] == len(done) and summary["rows"] == 3000
     assert (out / "rejects.jsonl").read_bytes() == (tmp_path / "whole" / "rejects.jsonl").read_bytes()
     _same_decisions(pd.read_parquet(out / "scores.parquet"), pd.read_parquet(tmp_path / "whole" / "scores.parquet"))
     assert summary["scored"] + summary["rejected"] == 3000 and summary["rejected"] == len(BAD)
     with pytest.raises(ValueError, match=r"shards of another run \(different \['max_chars'\]\)"):
-        score_file(tmp_path / "in.parquet", out, url, version=1, shard_size=300, max_chars=100, progress=False)
+        score_file(tmp_path / "in.parquet", out, url, Score(shard_size=300, max_chars=100), version=1, progress=False)
 
 
 @pytest.mark.integration
@@ -185,10 +191,10 @@ def test_killed_run_resumes_to_identical_bytes(served, tmp_path):
 def test_dead_server_is_a_clear_error(protocol, tmp_path):
     url = f"127.0.0.1:{procs.free_port()}"
     with pytest.raises(ServerUnreachable, match=rf"Triton at {url} failed a health check 2 time\(s\).*relkd serve"):
-        score_frame(frame(3), url, protocol, retries=1, backoff=0.01, progress=False)
+        score_frame(frame(3), url, Score(protocol=protocol, retries=1, backoff=0.01), progress=False)
     pd.DataFrame({"query": ["a"], "title": ["b"]}).to_csv(tmp_path / "in.csv", index=False)
     with pytest.raises(ServerUnreachable, match=url):
-        score_file(tmp_path / "in.csv", tmp_path / "out", url, protocol, retries=0, progress=False)
+        score_file(tmp_path / "in.csv", tmp_path / "out", url, Score(protocol=protocol, retries=0), progress=False)
 
 
 @pytest.mark.integration
@@ -208,7 +214,7 @@ def test_transient_errors_are_retried_request_errors_are_not(served):
     thread.start()
     try:
         started = time.monotonic()
-        scores, _ = score_frame(frame(8), f"127.0.0.1:{grpc_port}", version=1, retries=8, backoff=0.25,
+        scores, _ = score_frame(frame(8), f"127.0.0.1:{grpc_port}", Score(retries=8, backoff=0.25), version=1,
                                 progress=False)
         assert len(scores) == 8 and ready_at and started < ready_at[0]
     finally:
@@ -248,9 +254,10 @@ def test_a_broken_line_is_rejected_alone(served, tmp_path):
     (tmp_path / "in.jsonl").write_text("\n".join(lines[:10]) + "\n\n" + "\n".join(lines[10:]) + "\n")  # a blank line
     (tmp_path / "in.csv").write_text(frame(21, seed=7).to_csv(index=False).replace("p0006,", "p0006,extra,", 1)
                                      + 'p0021,"usb cable,never closed\n')
-    for name, row, reason in (("in.jsonl", 18, "line 20 is not a JSON object (Invalid control character at column"),
+    for name, row, reason in (("in.jsonl", 18, "line 20 is not a JSON object (Unterminated string starting at column"),
                               ("in.csv", 6, "line 8 has 4 field(s), the header (line 1) has 3 (id,query,title)")):
-        summary = score_file(tmp_path / name, tmp_path / f"out-{name}", url, version=1, shard_size=8, progress=False)
+        summary = score_file(tmp_path / name, tmp_path / f"out-{name}", url, Score(shard_size=8), version=1,
+                             progress=False)
         rejects = [json.loads(line) for line in summary["rejects"].read_text().splitlines()]
         scores = pd.read_parquet(summary["scores"])
         assert rejects[0]["row"] == row and rejects[0]["id"] is None, rejects
@@ -390,8 +397,8 @@ def test_server_killed_mid_run_is_a_clear_error_and_a_rerun_resumes(served, tmp_
     rows = list(scores["row"]) + [r["row"] for r in rejects]
     assert len(rows) == len(set(rows)) == 1200
     assert [r["row"] for r in rejects] == [3, 5, 8]  # row 11 is under the CLI's max_chars
-    whole = score_file(tmp_path / "in.parquet", tmp_path / "whole", served["server"].grpc_url, version=1,
-                       shard_size=200, progress=False)
+    whole = score_file(tmp_path / "in.parquet", tmp_path / "whole", served["server"].grpc_url, Score(shard_size=200),
+                       version=1, progress=False)
     _same_decisions(scores, pd.read_parquet(whole["scores"]))
 
 
@@ -402,11 +409,204 @@ def test_same_input_same_decisions(served, tmp_path):
     frame(600, seed=10).to_parquet(tmp_path / "in.parquet", index=False)
     runs = []
     for k in range(2):
-        summary = score_file(tmp_path / "in.parquet", tmp_path / f"run{k}", served["server"].grpc_url, version=1,
-                             batch_size=8, concurrency=4, progress=False)
+        summary = score_file(tmp_path / "in.parquet", tmp_path / f"run{k}", served["server"].grpc_url,
+                             Score(batch_size=8, concurrency=4), version=1, progress=False)
         runs.append(pd.read_parquet(summary["scores"]))
     assert list(runs[0]["row"]) == list(range(600))
     diff = _same_decisions(*runs)
     print(f"largest probability difference between the two runs: {diff:.2e}; rows that differ at all: "
           f"{int((np.stack(runs[0]['probs']) != np.stack(runs[1]['probs'])).any(axis=1).sum())} of 600; "
           f"explain_id differs: {int((runs[0]['explain_id'] != runs[1]['explain_id']).sum())}")
+
+
+# ------------------------------------------------------------------------------- a nightly job (issue 34)
+def _rejects(summary) -> list[dict]:
+    return [json.loads(line) for line in summary["rejects"].read_text().splitlines()]
+
+
+@pytest.mark.integration
+def test_compressed_inputs_are_read(served, tmp_path):
+    """.csv.gz and .jsonl.gz are read like their plain files, Parquet with any codec; a gzipped Parquet file and a
+    broken gzip file are named with the fix before any server is asked."""
+    import gzip
+
+    df = frame(20, seed=11)
+    df.loc[4, "title"] = ""  # rejected in every format alike
+    df.to_parquet(tmp_path / "plain.parquet", index=False, compression=None)
+    with gzip.open(tmp_path / "in.csv.gz", "wt", encoding="utf-8") as f:
+        f.write(df.to_csv(index=False))
+    with gzip.open(tmp_path / "in.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in df.to_dict("records"))
+    names = ["in.csv.gz", "in.jsonl.gz"]
+    for codec in ("snappy", "gzip", "zstd", "brotli", "lz4"):
+        df.to_parquet(tmp_path / f"{codec}.parquet", index=False, compression=codec)
+        names.append(f"{codec}.parquet")
+    url = served["server"].grpc_url
+    want = score_file(tmp_path / "plain.parquet", tmp_path / "out-plain", url, version=1, progress=False)
+    want_scores = pd.read_parquet(want["scores"])
+    for name in names:
+        got = score_file(tmp_path / name, tmp_path / f"out-{name}", url, version=1, progress=False)
+        assert _rejects(got) == _rejects(want) == [{"row": 4, "id": "p0004", "reason": "title is empty"}], name
+        _same_decisions(pd.read_parquet(got["scores"]), want_scores)
+    (tmp_path / "in.parquet.gz").write_bytes(gzip.compress((tmp_path / "plain.parquet").read_bytes()))
+    with pytest.raises(ValueError, match=r"a gzipped Parquet file; Parquet compresses inside the file.*gunzip it"):
+        score_file(tmp_path / "in.parquet.gz", tmp_path / "out", url, progress=False)
+    (tmp_path / "cut.csv.gz").write_bytes((tmp_path / "in.csv.gz").read_bytes()[:-30])
+    with pytest.raises(ValueError, match=r"cut\.csv\.gz as CSV: it is not a complete gzip file"):
+        score_file(tmp_path / "cut.csv.gz", tmp_path / "out", url, progress=False)
+
+
+@pytest.mark.integration
+def test_an_over_long_field_is_one_rule_in_csv_and_jsonl(served, tmp_path):
+    """A field over the csv module's 131,072-character limit is read, and rejected by max_chars with its id,
+    exactly as the same row in JSONL (it lost its id to the parser's own error before)."""
+    import csv as csv_module
+
+    df = frame(6, seed=12)
+    df.loc[2, "title"] = "x" * 300_000
+    df.to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in df.to_dict("records")))
+    got = {}
+    for name in ("in.csv", "in.jsonl"):
+        summary = score_file(tmp_path / name, tmp_path / f"out-{name}", served["server"].grpc_url,
+                             Score(max_chars=MAX_CHARS), version=1, progress=False)
+        assert summary["scored"] == 5, summary
+        got[name] = _rejects(summary)
+    assert got["in.csv"] == got["in.jsonl"] == [{"row": 2, "id": "p0002", "reason": (
+        "title has 300000 characters, over max_chars=1000 (the model reads only its first max_length tokens; "
+        "shorten the text or raise max_chars)")}]
+    assert csv_module.field_size_limit() == 131072  # the reader's raised limit does not outlive the read
+
+
+def test_a_broken_jsonl_line_is_named_at_the_column_where_it_breaks(tmp_path):
+    from relkd.serving.inputs import read_rows
+
+    good = '{"id": "a", "query": "usb cable", "title": "usb c cable 2m"}'
+    lines = [good, good[:-1], '{"id": "c", "query": "usb" "title": "x"}', good[:-9]]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    _, errors = read_rows(tmp_path / "in.jsonl")
+    assert errors == {
+        1: f"line 2 is not a JSON object (Expecting ',' delimiter at its end, column {len(good)}: the line is cut "
+           "short); write one JSON object per line",
+        2: "line 3 is not a JSON object (Expecting ',' delimiter at column 28 of its 40 characters); write one JSON "
+           "object per line",
+        3: "line 4 is not a JSON object (Unterminated string starting at column 44 of its 51 characters); write one "
+           "JSON object per line"}
+
+
+@pytest.mark.integration
+def test_repeated_ids_keep_the_first_row_and_reject_the_later_ones(served, tmp_path):
+    """The first row with an id keeps it, whatever becomes of it (row 3 is itself rejected for its empty query);
+    later rows with that id are rejected, so every scored id names one row; rows without an id are not
+    duplicates. score_frame applies the same rule."""
+    df = frame(10, seed=13)
+    df.loc[3, "query"] = ""
+    df.loc[[6, 8], "id"] = "p0003"
+    df.loc[[1, 4], "id"] = None
+    df.to_parquet(tmp_path / "in.parquet", index=False)
+    summary = score_file(tmp_path / "in.parquet", tmp_path / "out", served["server"].grpc_url, version=1,
+                         progress=False)
+    rule = ("id 'p0003' repeats the id of row 3 (the first row with an id keeps it, later ones are rejected so scores "
+            "join back by id); give each row its own id")
+    assert _rejects(summary) == [{"row": 3, "id": "p0003", "reason": "query is empty"},
+                                 {"row": 6, "id": "p0003", "reason": rule}, {"row": 8, "id": "p0003", "reason": rule}]
+    assert summary["duplicate_ids"] == 2 and summary["scored"] == 7
+    scores = pd.read_parquet(summary["scores"])
+    assert scores["id"].dropna().is_unique and scores["id"].isna().sum() == 2
+    _, rejects = score_frame(df, served["server"].grpc_url, version=1, progress=False)
+    assert list(rejects["row"]) == [3, 6, 8] and list(rejects["reason"])[1:] == [rule, rule]
+
+
+@pytest.mark.integration
+def test_a_full_disk_names_the_folder_keeps_the_shards_and_the_rerun_resumes(served, tmp_path, monkeypatch):
+    """ENOSPC from the parquet writer (simulated: no privileges for a small filesystem in CI) while a shard and
+    then while the final scores are written: an error naming the folder, the rows kept and the same command;
+    no half-written file is left; the rerun resumes and accounts for every row."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from relkd.cli import main
+
+    frame(30, seed=14).to_parquet(tmp_path / "in.parquet", index=False)
+    out, url = tmp_path / "out", served["server"].grpc_url
+    real = pd.DataFrame.to_parquet
+    writes = []
+
+    def full_disk_at(k: int, name: str = ""):
+        def to_parquet(self, path, *args, **kwargs):
+            writes.append(Path(path).name)
+            if len(writes) == k or (name and Path(path).name.startswith(f".{name}.")):
+                Path(path).write_bytes(b"PAR1 half")  # the device filled up mid-write
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, path, *args, **kwargs)
+        return to_parquet
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk_at(2))
+    res = CliRunner().invoke(main, ["score", str(tmp_path / "in.parquet"), "--out", str(out), "--url", url,
+                                    "--version", "1", "--shard-size", "10"])
+    message = " ".join(res.output.split())
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert (f"Error: no space left on the device of {out} (No space left on device); 10 of 30 rows are done and "
+            f"kept; the 1 finished shard(s) are kept in {out / 'shards'}: run the same command again once space is "
+            "freed on that device and it resumes there") in message, message
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["manifest.json", "part-00000.parquet"]
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk_at(0, name="scores.parquet"))
+    with pytest.raises(OSError, match=r"30 of 30 rows are done and kept; the 3 finished shard\(s\)") as err:
+        score_file(tmp_path / "in.parquet", out, url, Score(shard_size=10), version=1, progress=False)
+    assert err.value.errno == errno.ENOSPC and not list(out.glob("*.tmp")) and not (out / "scores.parquet").exists()
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
+    summary = score_file(tmp_path / "in.parquet", out, url, Score(shard_size=10), version=1, progress=False)
+    assert summary["shards_reused"] == 3 and summary["scored"] + summary["rejected"] == 30
+    assert list(pd.read_parquet(summary["scores"])["row"]) == list(range(30))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_output_files_follow_the_umask(served, tmp_path, umask):
+    """A nightly job's consumers often run as another user: the outputs get the umask's permissions (0600
+    before: the temporary files of atomic writes kept mkstemp's)."""
+    frame(5, seed=15).to_parquet(tmp_path / "in.parquet", index=False)
+    old = os.umask(umask)
+    try:
+        score_file(tmp_path / "in.parquet", tmp_path / "out", served["server"].grpc_url, version=1, progress=False)
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {"scores.parquet", "rejects.jsonl", "manifest.json", "part-00000.parquet"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+@pytest.mark.integration
+def test_sigterm_of_relkd_score_says_what_is_kept_and_returns_once_its_server_is_gone(served, tmp_path):
+    """A scheduler's SIGTERM: `relkd score` (starting its own server) says that it stopped, how many rows are kept
+    and how to resume, exits 143, and by then no process of its server is left; the same command resumes."""
+    import shutil
+
+    repo = shutil.copytree(served["repo"], tmp_path / "own_repo")
+    frame(1200, seed=16).to_parquet(tmp_path / "in.parquet", index=False)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_score_cli(tmp_path / "in.parquet", out, "--repo", str(repo)),
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_first_shard(out, proc)
+        assert _server_processes(str(repo))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        left = _server_processes(str(repo))  # at once: the command returns only after its server is gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = " ".join(err.decode().split())
+    assert proc.returncode == 143 and not left, (proc.returncode, left, err)
+    kept = sorted(p.name for p in (out / "shards").glob("part-*.parquet"))
+    assert 1 <= len(kept) < 6, kept
+    assert (f"relkd score stopped by SIGTERM: scoring stopped: {200 * len(kept)} of 1200 rows are done and kept; "
+            f"the {len(kept)} finished shard(s) are kept in {out / 'shards'}: run the same command again and it "
+            "resumes there; its server is stopped") in err, err
+    summary = score_file(tmp_path / "in.parquet", out, served["server"].grpc_url, Score(shard_size=200),
+                         version="1", progress=False)
+    assert summary["shards_reused"] == len(kept) and summary["scored"] == 1200

@@ -359,3 +359,101 @@ def test_a_lexical_version_folder_computes_its_features_without_relkd(tmp_path):
     assert out.returncode == 0, out.stderr + out.stdout
     np.testing.assert_allclose(np.array(json.loads(out.stdout)),
                                features([q for q, _ in NEW_PAIRS], [t for _, t in NEW_PAIRS], tables), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------ the device (issue 30, point 4)
+def test_each_device_gets_a_graph_fit_for_it(exported, tmp_path):
+    """cpu: onnxruntime's optimised graph, saved with the CPU provider's fused ops; gpu: the exported graph as it
+    is (onnxruntime optimises it at load for the CUDA provider), never the CPU-fused one."""
+    from relkd.serving.export import graph_for
+
+    path, _ = exported
+    cpu, fused = graph_for(path, tmp_path / "opt.onnx", "cpu")
+    assert (cpu, fused) == (tmp_path / "opt.onnx", "cpu")
+    domains = {n.domain for n in onnx.load(str(cpu)).graph.node}
+    assert "com.microsoft" in domains and {n.domain for n in onnx.load(str(path)).graph.node} == {""}
+    assert graph_for(path, tmp_path / "gpu.onnx", "gpu") == (path, None) and not (tmp_path / "gpu.onnx").exists()
+    assert graph_for(path, tmp_path / "plain.onnx", "cpu", optimise=False) == (path, None)
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu', got 'tpu'"):
+        graph_for(path, tmp_path / "x.onnx", "tpu")
+
+
+def test_config_pbtxt_for_each_device():
+    from relkd.serving.repository import config_text
+
+    cpu = config_text("m", [1, 2], instance_count=2)
+    gpu = config_text("m", [1, 2], instance_count=2, device="gpu")
+    assert "instance_group [ { count: 2 kind: KIND_CPU } ]" in cpu.splitlines()
+    assert "instance_group [ { count: 2 kind: KIND_GPU } ]" in gpu.splitlines()
+    assert cpu.replace("KIND_CPU", "KIND_GPU") == gpu  # nothing else differs
+    assert cpu == config_text("m", [1, 2], instance_count=2, device="cpu")  # cpu is the default
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'gpu'\], got 'cuda'"):
+        config_text("m", [1], device="cuda")
+
+
+def test_the_stub_chooses_providers_and_refuses_a_graph_of_another_device():
+    from relkd.config import ConfigError, parse_params
+    from relkd.serving.triton_model import check_graph_device, check_serving_info, instance_device, providers
+
+    assert providers("CPU") == ["CPUExecutionProvider"]
+    assert providers("GPU", 1) == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert instance_device("KIND_GPU") == "gpu" and instance_device("CPU") == "cpu"
+    with pytest.raises(ValueError, match="must say KIND_CPU or KIND_GPU"):
+        providers("MODEL")
+    check_graph_device({"optimized_for": None}, "gpu")  # not optimised: fit for any device
+    check_graph_device({"optimized_for": "cpu"}, "cpu")
+    check_graph_device({}, "cpu")  # versions exported before the key: optimised for the CPU, served there
+    for info, device in (({"optimized_for": "cpu"}, "gpu"), ({}, "gpu"), ({"optimized_for": "gpu"}, "cpu")):
+        fused = info.get("optimized_for", "cpu")
+        with pytest.raises(ValueError, match=rf"saved optimised for {fused} .* runs on {device}; export it again "
+                                             rf"with triton.device: {device}"):
+            check_graph_device(info, device)
+    info = {"labels": ["a", "b"], "max_length": 8, "relevance_weights": [1, 0], "tier_thresholds": [.2, .4, .6, .8]}
+    with pytest.raises(ValueError, match=r"optimized_for must be one of \['cpu', 'gpu'\] or null"):
+        check_serving_info({**info, "optimized_for": "cuda"})
+    with pytest.raises(ConfigError, match="with triton.device: gpu set export.int8: false"):
+        parse_params({"export": {"int8": True}, "triton": {"device": "gpu"}})
+
+
+@pytest.mark.integration
+def test_the_stub_loads_each_graph_on_its_device_only(exported, tmp_path):
+    """model.py's own initialize in the server's environment (.venv-triton: onnxruntime without CUDA), given
+    the kind Triton hands an instance: a CPU-optimised version loads on CPU and is refused on a GPU instance;
+    an unoptimised one loads on CPU, and on a GPU instance is refused for want of the CUDA provider."""
+    import json
+    import subprocess
+
+    from relkd.models import resolve
+    from relkd.serving.export import graph_for
+    from relkd.serving.repository import write_version
+    from test_serving_server import ensure_server_venv
+
+    info = {"labels": ["exact", "substitute", "complement", "irrelevant"], "max_length": MAX_LENGTH,
+            "temperature": 1.0, "relevance_weights": [1.0, 0.5, 0.25, 0.0], "tier_thresholds": [0.2, 0.4, 0.6, 0.8]}
+    repo = tmp_path / "repo"
+    for version, device in ((1, "cpu"), (2, "gpu")):
+        graph, fused = graph_for(exported[0], tmp_path / f"{device}.onnx", device)
+        write_version(repo, "m", version, graph, resolve("tiny:bert"), {**info, "optimized_for": fused})
+    code = ("import importlib.util, json, sys\n"
+            f"spec = importlib.util.spec_from_file_location('model', {str(repo / 'm' / '1' / 'model.py')!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "out = {}\n"
+            "for version in ('1', '2'):\n"
+            "    for kind in ('CPU', 'GPU'):\n"
+            "        model = m.TritonPythonModel()\n"
+            "        try:\n"
+            f"            model.initialize({{'model_repository': {str(repo / 'm')!r}, 'model_version': version,\n"
+            "                              'model_instance_kind': kind, 'model_instance_device_id': '0'})\n"
+            "            out[version + kind] = model.session.get_providers()\n"
+            "        except ValueError as e:\n"
+            "            out[version + kind] = str(e)\n"
+            "print(json.dumps(out))\n")
+    python = ensure_server_venv() / "bin" / "python"
+    res = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr + res.stdout
+    got = json.loads(res.stdout.splitlines()[-1])
+    assert got["1CPU"] == got["2CPU"] == ["CPUExecutionProvider"]
+    assert "model.onnx was saved optimised for cpu" in got["1GPU"] and "runs on gpu" in got["1GPU"], got
+    assert "asks for KIND_GPU but this onnxruntime has no CUDA provider" in got["2GPU"], got
+    assert "stub-requirements-gpu.txt" in got["2GPU"]

@@ -282,3 +282,58 @@ def test_head_lr_moves_everything_outside_the_backbone_at_its_own_rate(data):
     extractor = {id(p) for p in module.student.extractor.parameters()}
     assert any(id(p) in extractor for g in groups if g["lr"] == 3e-3 for p in g["params"])
     assert {g["lr"] for g in _param_groups(module, 0.01, 1e-4)} == {1e-4}
+
+
+@pytest.mark.integration
+def test_the_student_stage_under_accelerate_launch_on_two_processes(tmp_path):
+    """The student stage itself (pipeline.train_student, as dvc.yaml runs it) under `accelerate launch` with two
+    gloo processes: both train (MULTI_CPU, 2 processes in the epochs' record), rank 0 alone opens the MLflow run and
+    writes the model, the test predictions and the metrics."""
+    import mlflow
+    import pandas as pd
+    import yaml
+
+    from pipeline.common import write_embeddings
+    from relkd.io import write_json, write_jsonl
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from ddp_worker import LABELS, dataset
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    splits = {"train": dataset(32, 0), "valid": dataset(8, 1000), "test": dataset(8, 2000)}
+    for name, df in splits.items():
+        df.assign(pair_id=[f"{name}{i}" for i in range(len(df))], query_id=df["query"]).to_parquet(
+            prepared / f"{name}.parquet")
+    write_json(prepared / "labels.json", {"labels": list(LABELS)})
+    ids = [f"train{i}" for i in range(32)]
+    write_jsonl(tmp_path / "rationales.jsonl", [{"pair_id": p, "rationale": "same noun" if i % 2 == 0 else "other",
+                                                 "label": LABELS[i % 2], "gold": LABELS[i % 2]}
+                                                for i, p in enumerate(ids)])
+    write_embeddings(tmp_path / "emb", np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32),
+                     {"pair_ids": ids, "name": "tiny", "dim": 16})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["student"].update(backbone="tiny:bert", max_length=24, epochs=1, batch_size=4, seeds=[7],
+                             num_processes=2, variants={"lrkd_gat": {"extractor": "gat"}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    # On a CPU host accelerate starts several processes only with --multi_gpu (they then use gloo); on a GPU host
+    # the dvc.yaml command (--num_processes N) is enough.
+    res = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "pipeline.train_student", "--params", str(tmp_path / "params.yaml"),
+         "--variant", "lrkd_gat", "--prepared", str(prepared), "--rationales", str(tmp_path / "rationales.jsonl"),
+         "--embeddings", str(tmp_path / "emb"), "--out", str(tmp_path / "student"),
+         "--metrics", str(tmp_path / "metrics.json")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    results = json.loads((tmp_path / "student" / "results.json").read_text())
+    epochs = results["7"]["epochs"]
+    assert (epochs[-1]["distributed_type"], epochs[-1]["num_processes"]) == ("DistributedType.MULTI_CPU", 2)
+    assert (tmp_path / "student" / "seed7").is_dir() and json.loads((tmp_path / "metrics.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and runs[0].data.tags["relkd.variant"] == "lrkd_gat"  # rank 0's run, no other
+    assert pd.read_parquet(next((tmp_path / "student" / "seed7").glob("*.parquet"))).shape[0] == 8

@@ -5,8 +5,9 @@ import pytest
 
 from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, cached_generate, generation_key, shard
+from relkd.teacher.asking import Asking
 from relkd.teacher.config import SamplingConfig
-from relkd.teacher.generation import TransformersBackend, model_id
+from relkd.teacher.hf_backend import TransformersBackend
 
 SAMPLING = SamplingConfig(max_new_tokens=4)
 PROMPTS = [f"Query: item {i}\nTitle: product number {i * 7}\nLabel:" for i in range(10)]
@@ -67,35 +68,33 @@ def test_key_changes_with_everything_that_decides_the_output():
 
 
 def test_cached_generate_sends_only_missing_prompts(tmp_path, llama):
-    mid = model_id(llama)
     backend = _backend(llama)
     cache = GenerationCache(tmp_path)
-    first = cached_generate(backend, cache, PROMPTS[:4], 2, SAMPLING, 3, mid, batch_size=3, progress=False)
+    first = cached_generate(backend, cache, PROMPTS[:4], Asking(2, SAMPLING, 3, "parse", 3), progress=False)
     assert backend.calls == [PROMPTS[:3], PROMPTS[3:4]]
     backend.calls.clear()
-    both = cached_generate(backend, cache, PROMPTS[:6] + PROMPTS[:2], 2, SAMPLING, 3, mid, batch_size=3,
+    both = cached_generate(backend, cache, PROMPTS[:6] + PROMPTS[:2], Asking(2, SAMPLING, 3, "parse", 3),
                            progress=False)
     assert backend.calls == [PROMPTS[4:6]]  # cached ones skipped, repeats generated once
     assert both[:4] == first and both[6:] == first[:2]
     assert all(len(o) == 2 for o in both)
     backend.calls.clear()
-    cached_generate(backend, GenerationCache(tmp_path), PROMPTS[:6], 2, SAMPLING, 3, mid, 3, progress=False)
+    cached_generate(backend, GenerationCache(tmp_path), PROMPTS[:6], Asking(2, SAMPLING, 3, "parse", 3), progress=False)
     assert backend.calls == []  # a fresh process reads everything back: a re-run is free
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, llama):
-    mid = model_id(llama)
-    clean = cached_generate(_backend(llama), GenerationCache(tmp_path / "clean"), PROMPTS, 2, SAMPLING, 5, mid,
-                            batch_size=3, progress=False)
+    clean = cached_generate(_backend(llama), GenerationCache(tmp_path / "clean"), PROMPTS,
+                            Asking(2, SAMPLING, 5, "parse", 3), progress=False)
 
     dying = _backend(llama, die_on_call=3)
     with pytest.raises(KeyboardInterrupt):
-        cached_generate(dying, GenerationCache(tmp_path / "run"), PROMPTS, 2, SAMPLING, 5, mid, batch_size=3,
+        cached_generate(dying, GenerationCache(tmp_path / "run"), PROMPTS, Asking(2, SAMPLING, 5, "parse", 3),
                         progress=False)
     assert len(GenerationCache(tmp_path / "run")) == 6  # the two finished batches are on disk
 
     resumed = _backend(llama)
-    out = cached_generate(resumed, GenerationCache(tmp_path / "run"), PROMPTS, 2, SAMPLING, 5, mid, batch_size=3,
+    out = cached_generate(resumed, GenerationCache(tmp_path / "run"), PROMPTS, Asking(2, SAMPLING, 5, "parse", 3),
                           progress=False)
     assert resumed.calls == [PROMPTS[6:9], PROMPTS[9:]]
     assert out == clean

@@ -5,9 +5,10 @@ import torch
 
 from relkd.models import resolve
 from relkd.teacher.config import SamplingConfig, TeacherConfig
-from relkd.teacher.generation import (
-    TransformersBackend, _label_choice, label_distribution, label_sequences, make_backend, model_id, resolve_backend,
-)
+from relkd.teacher.engine import label_distribution, make_engine, model_id, resolve_backend
+from relkd.teacher.hf_backend import TransformersBackend, TransformersEngine
+from relkd.teacher.hf_decoding import label_choice as _label_choice
+from relkd.teacher.hf_decoding import label_sequences
 from relkd.teacher.parsing import answer_end, parse
 
 PROMPTS = [
@@ -118,11 +119,14 @@ def test_model_id_tracks_adapter_content(tmp_path):
 def test_backend_choice_on_a_cpu_host(sharp_llama):
     assert resolve_backend("auto") == "transformers"
     with pytest.raises(RuntimeError, match="backend='vllm'"):
-        make_backend(TeacherConfig(backend="vllm"), sharp_llama)
-    engine = make_backend(TeacherConfig(batch_size=2, max_prompt_tokens=16), sharp_llama)
-    assert isinstance(engine, TransformersBackend) and engine.model.dtype == torch.float32
+        make_engine(TeacherConfig(backend="vllm"), sharp_llama)
+    engine = make_engine(TeacherConfig(batch_size=2, max_prompt_tokens=16), sharp_llama)
+    assert isinstance(engine, TransformersEngine)
+    teacher = engine.teacher()
+    assert isinstance(teacher, TransformersBackend) and teacher.model.dtype == torch.float32
+    assert teacher.cache_id.startswith("transformers|float32|")  # one engine never reads another's answers
     with pytest.raises(ValueError, match="max_prompt_tokens=16"):
-        engine.generate(["word " * 40], 1, GREEDY, seed=0)
+        teacher.generate(["word " * 40], 1, GREEDY, seed=0)
 
 
 @pytest.mark.parametrize("head", ["", SHARED], ids=["no-shared-prefix", "shared-prefix"])
@@ -131,7 +135,8 @@ def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label(head, s
     for all rows) must give what a full forward over prefix + label gives."""
     import torch
 
-    from relkd.teacher.generation import TransformersBackend, _label_spans, shared_prefix
+    from relkd.teacher.completions import shared_prefix
+    from relkd.teacher.engine import label_spans as _label_spans
 
     backend = TransformersBackend(sharp_llama, batch_size=4)
     prefixes = [head + p for p in ["Query: red shoes\nLabel:", "Q: a much longer prefix with more words in it\nLabel:",
@@ -148,7 +153,7 @@ def test_score_labels_reusing_the_prefix_cache_equals_one_pass_per_label(head, s
 
 
 def test_shared_prefix_cache_gives_the_plain_path_greedy_output(sharp_llama):
-    from relkd.teacher.generation import shared_prefix
+    from relkd.teacher.completions import shared_prefix
 
     shared = TransformersBackend(sharp_llama, batch_size=4)
     plain = TransformersBackend(sharp_llama, batch_size=4, share_prefix=False)
@@ -170,7 +175,7 @@ def test_shared_prefix_sampling_gives_n_seeded_samples_per_prompt(sharp_llama):
 def test_no_repeat_bans_only_an_ngram_the_answer_already_holds():
     """The ban looks at the answer, never at the prompt: the prompt's worked examples hold the "Label: <class>"
     n-grams an answer has to write."""
-    from relkd.teacher.generation import _no_repeat
+    from relkd.teacher.hf_decoding import no_repeat as _no_repeat
 
     prompt = [1, 2, 9, 4]
     ids = torch.tensor([prompt + [1, 2, 3, 1, 2]])
@@ -254,7 +259,7 @@ def test_decode_loop_equals_transformers_generate_when_greedy(sharp_llama):
 
 
 def test_pick_samples_within_top_k_and_top_p():
-    from relkd.teacher.generation import _pick
+    from relkd.teacher.hf_decoding import pick as _pick
 
     scores = torch.tensor([[0.0, 3.0, 2.9, -1.0, 1.0]]).repeat(400, 1)
     torch.manual_seed(0)

@@ -91,7 +91,7 @@ def adapter(tmp_path_factory):
 
 
 def test_grpo_steps_continue_the_adapter_and_save_it(adapter, tmp_path):
-    from relkd.teacher.training import MetricsCallback
+    from relkd.teacher.trainers import MetricsCallback
 
     llama, start = adapter
     examples = [{"prompt": f"Query: usb cable {i}\nTitle: cable {i}\nAnswer:\n", "gold": LABELS[i % 3]}

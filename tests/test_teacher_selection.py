@@ -187,9 +187,11 @@ def test_judge_without_label_scores_scores_nothing():
 
     from relkd.teacher.cache import GenerationCache
     from relkd.teacher.config import SamplingConfig
-    from relkd.teacher.judge import judge
+    from relkd.teacher.judge import Asking, judge
 
     class Fake:
+        cache_id = "m"
+
         def generate(self, prompts, n, sampling, seed, labels=()):
             return [["Reasoning: same item.\nLabel: exact"] * n for _ in prompts]
 
@@ -201,13 +203,12 @@ def test_judge_without_label_scores_scores_nothing():
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        args = (Fake(), GenerationCache(d), "m", pairs, ["a", "b"], "u", ["exact", "irrelevant"], 1,
-                SamplingConfig(), 0)
-        records = judge(*args, "parse", 2, scored=False)
+        args = (Fake(), GenerationCache(d), pairs, ["a", "b"], "u", ["exact", "irrelevant"])
+        records = judge(*args, Asking(1, SamplingConfig(), 0, "parse", 2, scored=False))
         assert [r["label"] for r in records] == ["exact", "exact"]
         assert all(r["probs"] is None and r["scored_label"] is None for r in records)
         with pytest.raises(ValueError, match="scored=True"):
-            judge(*args, "score", 2, scored=False)
+            judge(*args, Asking(1, SamplingConfig(), 0, "score", 2, scored=False))
 
 
 @pytest.mark.parametrize("completion, ok", [

@@ -8,14 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from relkd.data.config import DataConfig
-from relkd.embed_config import EmbedConfig
-from relkd.eval.peers_config import PeersConfig
-from relkd.eval.probing_config import ProbeConfig
+from relkd.embed.config import EmbedConfig
+from relkd.eval.config import PeersConfig, ProbeConfig
 from relkd.section import ConfigError, Section, format_errors, read_yaml
-from relkd.serving.config import AbConfig, ExportConfig, RegistryConfig, ScoreConfig, TritonConfig
+from relkd.serving.config import AbConfig, ExportConfig, OnlineConfig, RegistryConfig, ScoreConfig, TritonConfig
 from relkd.student.config import StudentConfig
 from relkd.teacher.config import TeacherConfig
 
@@ -24,6 +23,8 @@ from relkd.teacher.config import TeacherConfig
 # `tracking` (one key, read by every stage) is the one section defined here: relkd.tracking imports mlflow on
 # import, and reading params must not.
 class TrackingConfig(Section):
+    """MLflow tracking (MLFLOW_TRACKING_URI points at a team server; else the embedded store in registry/)."""
+
     experiment: str = Field("relkd", description="MLflow experiment of every stage's run")
 
 
@@ -39,7 +40,16 @@ class Params(Section):
     triton: TritonConfig = TritonConfig()
     score: ScoreConfig = ScoreConfig()
     ab: AbConfig = AbConfig()
+    online: OnlineConfig = OnlineConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _int8_serves_on_cpu(self):
+        if self.export.int8 and self.triton.device == "gpu":
+            raise ValueError("export.int8 serves a dynamically quantised graph, made for onnxruntime's CPU integer "
+                             "kernels (onnxruntime's GPU route to int8 is TensorRT, not the CUDA provider); with "
+                             "triton.device: gpu set export.int8: false")
+        return self
 
 
 def parse_params(raw: dict[str, Any]) -> Params:

@@ -3,18 +3,34 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def new_path(folder: Path, prefix: str, suffix: str, directory: bool = False) -> Path:
+    """Create an empty file (or folder) of a name not yet taken in `folder`, with the permissions the umask
+    gives a new one (0666 / 0777 less the umask, as `open` and `mkdir` make them): tempfile's are 0600 / 0700,
+    which the consumers of an output, often another user, cannot read."""
+    while True:
+        path = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds. The file gets
+    the permissions of any new file (the umask's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = new_path(path.parent, f".{path.name}.", ".tmp")
     try:
         yield Path(tmp)
         os.replace(tmp, path)

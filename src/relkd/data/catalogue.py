@@ -25,14 +25,10 @@ import hashlib
 import itertools
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from relkd.data import schema
-
-if TYPE_CHECKING:  # config imports this module lazily (its language check); keep the cycle one-way
-    from relkd.data.config import CatalogueConfig
+from relkd.data.config import CATALOGUE_LANGUAGES, CatalogueConfig
 
 LABELS = ("strongly relevant", "brand mismatch", "category mismatch", "model mismatch",
           "attribute mismatch", "accessory mismatch")
@@ -67,6 +63,7 @@ LANGUAGES = {
                          "{brand} {cat} {model} {attr}"),
            "prefixes": ("comprar",), "suffixes": ("barato", "promoção", "frete grátis")},
 }
+assert tuple(LANGUAGES) == CATALOGUE_LANGUAGES, "relkd.data.config.CATALOGUE_LANGUAGES names these languages"
 # value -> (es, fr, pt); the English query word is the key, the title word its capitalised form.
 COLOURS = {
     "black": ("negro", "noir", "preto"), "white": ("blanco", "blanc", "branco"),

@@ -8,6 +8,9 @@ from pydantic import Field, field_validator, model_validator
 
 from relkd.section import Section
 
+# The query languages the embedded catalogue writes (its vocabulary per language: relkd.data.catalogue.LANGUAGES).
+CATALOGUE_LANGUAGES = ("en", "es", "fr", "pt")
+
 class CatalogueConfig(Section):
     """The embedded, generated e-commerce catalogue (labels by construction)."""
 
@@ -26,11 +29,9 @@ class CatalogueConfig(Section):
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, v: dict[str, float]) -> dict[str, float]:
-        from relkd.data.catalogue import LANGUAGES
-
-        unknown = sorted(set(v) - set(LANGUAGES))
+        unknown = sorted(set(v) - set(CATALOGUE_LANGUAGES))
         if unknown:
-            raise ValueError(f"unknown language(s) {unknown}; choose from {sorted(LANGUAGES)}")
+            raise ValueError(f"unknown language(s) {unknown}; choose from {sorted(CATALOGUE_LANGUAGES)}")
         if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
             raise ValueError(f"weights must be >= 0 with a positive sum, got {v}")
         return v
@@ -72,9 +73,11 @@ class TableConfig(Section):
 
 
 class SplitConfig(Section):
+    """The split by query (case- and whitespace-folded, seeded): every pair of a query lands in one split."""
+
     valid: float = Field(0.15, gt=0, lt=1, description="share of queries in the validation split")
     test: float = Field(0.2, gt=0, lt=1, description="share of queries in the test split")
-    seed: int = 13
+    seed: int = Field(13, description="seed of the split by query")
 
     @model_validator(mode="after")
     def _room_for_train(self) -> "SplitConfig":
@@ -86,17 +89,21 @@ class SplitConfig(Section):
 class ValidationConfig(Section):
     """Thresholds of the validation gate (great-expectations)."""
 
-    max_query_chars: int = Field(200, ge=1)
-    max_title_chars: int = Field(500, ge=1)
+    max_query_chars: int = Field(200, ge=1, description="a longer query is rejected (with the reason)")
+    max_title_chars: int = Field(500, ge=1, description="a longer title is rejected (with the reason)")
     max_reject_rate: float = Field(
         0.2, ge=0, le=1, description="stop the stage when more than this share of rows is rejected"
     )
-    min_rows_per_split: int = Field(1, ge=1)
+    min_rows_per_split: int = Field(1, ge=1, description="the gate fails a split with fewer rows")
 
 
 class DataConfig(Section):
-    source: Literal["catalogue", "esci", "table"] = "catalogue"
-    seed: int = 13
+    """Where the query-title pairs come from, how they are split, and the validation gate."""
+
+    source: Literal["catalogue", "esci", "table"] = Field(
+        "catalogue", description="where the pairs come from: the embedded generated catalogue, the ESCI files, or "
+        "any table (data.table)")
+    seed: int = Field(13, description="seed of the catalogue generator")
     catalogue: CatalogueConfig = CatalogueConfig()
     esci: EsciConfig = EsciConfig()
     table: TableConfig = TableConfig()

@@ -8,7 +8,6 @@ the challenger is better with a paired bootstrap interval and McNemar's test.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable, Mapping, Sequence
 from itertools import combinations
 
@@ -17,6 +16,7 @@ import pandas as pd
 
 from relkd.eval.metrics import classification_report
 from relkd.eval.stats import agreement, bootstrap_diff_ci, mcnemar
+from relkd.serving.assignment import REST, Assigner
 from relkd.serving.triton_model import N_TIERS  # the served tier scale: 0 = irrelevant .. 4 = exact
 
 FILTERED_TIERS = (0, 1)  # dropped before ranking
@@ -25,28 +25,17 @@ COLUMNS = ("id", "label", "tier", "probs")
 
 
 def traffic_split(ids: Sequence[Hashable], salt: str,
-                  shares: Mapping[str, float] | None = None, rest: str = "unassigned") -> list[str]:
-    """The arm of each id: sha256(salt, id) mapped to [0, 1) and cut into consecutive share intervals.
+                  shares: Mapping[str, float] | None = None, rest: str = REST) -> list[str]:
+    """The arm of each id: sha256(salt, id) mapped to [0, 1) and cut into consecutive share intervals (arms in
+    name order).
 
     Deterministic (the same id and salt always land in the same arm, across processes and machines)
     and independent across salts (a new experiment reshuffles). Ids beyond the shares get `rest`.
-    Default shares are the paper's: 10% challenger, 10% champion.
+    Default shares are the paper's: 10% challenger, 10% champion. The rule is relkd.serving.assignment's,
+    the one the live router applies.
     """
-    shares = {"champion": 0.1, "challenger": 0.1} if shares is None else dict(shares)
-    if any(v < 0 for v in shares.values()) or sum(shares.values()) > 1 + 1e-12:
-        raise ValueError(f"shares must be >= 0 and sum to at most 1, got {shares}")
-    if rest in shares:
-        raise ValueError(f"the name for the rest of the traffic, {rest!r}, is also an arm in {list(shares)}")
-    names = list(shares)
-    upper = np.cumsum([shares[k] for k in names])
-    out = []
-    for i in ids:
-        # A separator keeps (salt "a", id "bc") apart from (salt "ab", id "c").
-        digest = hashlib.sha256(f"{salt}\x1f{i}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2.0**64
-        k = int(np.searchsorted(upper, u, side="right"))
-        out.append(names[k] if k < len(names) else rest)
-    return out
+    assign = Assigner(salt, shares, rest)
+    return [assign(i) for i in ids]
 
 
 def _check_arm(name: str, df: pd.DataFrame, labels: Sequence[Hashable], n_tiers: int) -> None:

@@ -1,19 +1,22 @@
-"""Batch scoring through Triton: validates rows, sends batches with retries, writes resumable shards.
+"""Batch scoring through Triton: sends the rows that can be scored in batches with retries, writes resumable shards.
 
-Rows that cannot be scored (a line that does not parse; missing, empty, non-UTF-8 or over-long text)
-go to the rejects with a reason, so every input row ends up either scored or rejected. Shards cover
-fixed row ranges, so a resumed run makes the same rows, labels and tiers as an uninterrupted one; the
-probabilities may differ in their last float32 digits, since the server pads each batch to its longest
-pair and which requests it batches together is up to the timing.
+Rows that cannot be scored (a line that does not parse, a repeated id; missing, empty, non-UTF-8 or over-long
+text: relkd.serving.inputs) go to the rejects with a reason, so every input row ends up either scored or
+rejected. Shards cover fixed row ranges, so a resumed run makes the same rows, labels and tiers as an
+uninterrupted one; the probabilities may differ in their last float32 digits, since the server pads each
+batch to its longest pair and which requests it batches together is up to the timing. A run stopped by a
+full disk, a dead server or a stop signal says how many rows its finished shards keep and that the same
+command resumes (docs/reliability.md).
 """
 from __future__ import annotations
 
-import csv
+import errno
 import hashlib
 import json
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +25,10 @@ from tqdm.auto import tqdm
 
 from relkd.io import write_json, write_parquet, write_text
 from relkd.serving.config import ScoreConfig, TritonConfig
+from relkd.serving.inputs import check_columns, check_input, duplicate_ids, row_ids, row_problems
 from relkd.serving.server import START_HINT, ServerUnreachable
-from relkd.serving.triton_model import text_problem
 
 # The library's defaults are the typed configs' (params.yaml's `score` and `triton` sections): one home.
-_SCORE = ScoreConfig()
 DEFAULT_MODEL = TritonConfig().model_name
 OUTPUTS = ("PROBS", "LABEL", "TIER", "SCORE")
 EXPLAIN = "EXPLAIN_ID"  # asked for only with explain=True: the server then runs the nearest-rationale lookup
@@ -35,10 +37,29 @@ REJECT_COLUMNS = ["row", "id", "reason"]
 # Failures worth another try: the server is (re)starting, overloaded or briefly unreachable.
 _TRANSIENT_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
                    "StatusCode.ABORTED"}
+# A write that fails for want of space: the device is full (ENOSPC) or the user's quota is spent (EDQUOT).
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 class ScoringRejected(RuntimeError):
     """The server refused a batch for a reason a retry cannot fix (a request or model error)."""
+
+
+class DiskFull(OSError):
+    """A scoring run's output could not be written for want of space; its message says what is kept and how
+    to resume."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ScoringStopped(KeyboardInterrupt):
+    """A scoring run stopped by Ctrl-C or a stop signal; its message says how many rows are kept and how to
+    resume. A KeyboardInterrupt still, for callers that only know that one."""
 
 
 def _protocol(protocol: str):
@@ -77,49 +98,18 @@ def _with_retries(call, what: str, url: str, retries: int, backoff: float):
             time.sleep(backoff * 2 ** attempt)
 
 
-def validate(df: pd.DataFrame, max_chars: int) -> tuple[np.ndarray, list[str]]:
-    """(ok mask, reasons): each row's reason is '' when it can be sent, else what is wrong."""
-    reasons = []
-    for query, title in zip(df["query"].tolist(), df["title"].tolist()):
-        problems = []
-        for name, value in (("query", query), ("title", title)):
-            text, problem = text_problem(value)
-            if problem is None and len(text) > max_chars:
-                problem = (f"has {len(text)} characters, over max_chars={max_chars} (the model reads only its "
-                           f"first max_length tokens; shorten the text or raise max_chars)")
-            if problem:
-                problems.append(f"{name} {problem}")
-        reasons.append("; ".join(problems))
-    return np.array([not r for r in reasons], dtype=bool), reasons
-
-
-def _check_columns(df: pd.DataFrame, source: str) -> None:
-    missing = [c for c in ("query", "title") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{source} has no column {missing} (columns: {_shown(list(df.columns))}); scoring needs "
-                         f"'query' and 'title' (and optionally 'id'): rename the columns that hold them")
-
-
-def _ids(df: pd.DataFrame, rows: np.ndarray) -> list[str | None]:
-    if "id" not in df.columns:
-        return [str(r) for r in rows]
-    return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in df["id"].tolist()]
-
-
 class _Session:
     """A scoring run's connection and settings: one tritonclient per worker thread (clients are not shared
-    between threads), the model version asked for and how requests are sent."""
+    between threads), the model version asked for and how requests are sent (`config`, the `score` section)."""
 
-    def __init__(self, module, url: str, timeout: float, model_name: str, version: str, batch_size: int,
-                 concurrency: int, retries: int, backoff: float, max_chars: int, explain: bool):
+    def __init__(self, module, url: str, timeout: float, model_name: str, version: str, config: ScoreConfig):
         self.module, self.url, self.timeout = module, url, timeout
-        self.model_name, self.version = model_name, str(version)
-        self.batch_size, self.concurrency, self.retries, self.backoff = batch_size, concurrency, retries, backoff
-        self.max_chars, self.explain = max_chars, explain
+        self.model_name, self.version, self.config = model_name, str(version), config
+        self.batch_size = config.batch_size  # lowered to the server's max_batch_size once it is known
         self.local, self.all, self.lock = threading.local(), [], threading.Lock()
 
     def retrying(self, call, what: str):
-        return _with_retries(call, what, self.url, self.retries, self.backoff)
+        return _with_retries(call, what, self.url, self.config.retries, self.config.backoff)
 
     def get(self):
         client = getattr(self.local, "client", None)
@@ -161,7 +151,7 @@ def _preflight(session: _Session) -> int:
 
 
 def _infer_batch(session: _Session, queries: list[str], titles: list[str]) -> dict:
-    module, client, explain = session.module, session.get(), session.explain
+    module, client, explain = session.module, session.get(), session.config.explain
     n = len(queries)
     inputs = []
     for name, texts in (("QUERY", queries), ("TITLE", titles)):
@@ -185,14 +175,12 @@ def _infer_batch(session: _Session, queries: list[str], titles: list[str]) -> di
     }
 
 
-def _score(df: pd.DataFrame, rows: np.ndarray, session: _Session, bar, read_errors: dict | None = None) -> pd.DataFrame:
-    """All rows of `df` with either their scores or a reject reason (column reject_reason);
-    `read_errors` (input row -> reason) rejects the rows that could not be parsed."""
-    ok, reasons = validate(df, session.max_chars)
-    if read_errors:
-        reasons = [read_errors.get(int(r)) or reason for r, reason in zip(rows, reasons)]
-        ok = np.array([not r for r in reasons], dtype=bool)
-    ids = _ids(df, rows)
+def _score(df: pd.DataFrame, rows: np.ndarray, session: _Session, bar, known: dict | None = None) -> pd.DataFrame:
+    """All rows of `df` (input rows `rows`) with either their scores or a reject reason (column
+    reject_reason); `known` (input row -> reason) rejects the rows that could not be parsed or repeat an id."""
+    reasons = row_problems(df, rows, session.config.max_chars, known)
+    ok = np.array([not r for r in reasons], dtype=bool)
+    ids = row_ids(df, rows)
     queries, titles = df["query"].tolist(), df["title"].tolist()
     # Requests of similar lengths: the server pads each batch to its own longest pair, so sorting the rows
     # by length (results go back to their places below) cuts the padding the model computes on.
@@ -212,9 +200,14 @@ def _score(df: pd.DataFrame, rows: np.ndarray, session: _Session, bar, read_erro
         return out
 
     results = [None] * len(batches)
-    with ThreadPoolExecutor(max_workers=max(1, session.concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, session.config.concurrency)) as pool:
         futures = {pool.submit(run, idx): k for k, idx in enumerate(batches)}
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # a stop signal: the batches not yet sent are dropped, not waited for
+            for f in futures:
+                f.cancel()
+            raise
         for f in pending:
             f.cancel()
         for f in done:
@@ -248,11 +241,9 @@ def _split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scores, rejects.reset_index(drop=True)
 
 
-def _open(url: str, protocol: str, timeout: float, **settings) -> _Session:
-    """A session on a live server serving the model version; `settings` are _Session's."""
-    if settings["batch_size"] < 1:
-        raise ValueError(f"batch_size must be >= 1, got {settings['batch_size']}")
-    session = _Session(_protocol(protocol), url, timeout, **settings)
+def _open(url: str, model_name: str, version, config: ScoreConfig, timeout: float) -> _Session:
+    """A session on a live server serving the model version."""
+    session = _Session(_protocol(config.protocol), url, timeout, model_name, version, config)
     try:
         max_batch = _preflight(session)
     except BaseException:
@@ -264,189 +255,26 @@ def _open(url: str, protocol: str, timeout: float, **settings) -> _Session:
     return session
 
 
-def score_frame(df: pd.DataFrame, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
-                version: str | int = "", batch_size: int = _SCORE.batch_size, concurrency: int = _SCORE.concurrency,
-                retries: int = _SCORE.retries, backoff: float = _SCORE.backoff, max_chars: int = _SCORE.max_chars,
-                timeout: float = 60.0, explain: bool = _SCORE.explain,
+def score_frame(df: pd.DataFrame, url: str, config: ScoreConfig = ScoreConfig(), model_name: str = DEFAULT_MODEL,
+                version: str | int = "", timeout: float = 60.0,
                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score (query, title[, id]) rows on the Triton server at `url` (host:port of its gRPC or HTTP
-    endpoint, per `protocol`); `version` '' lets the server pick (the highest served version).
+    endpoint, per ``config.protocol``); `config` is the `score` section (batch size, concurrency, retries,
+    max_chars, explain); `version` '' lets the server pick (the highest served version).
 
     Returns (scores, rejects), both in input order. scores: row (position in `df`), id (the id
     column as text, else the row), version (the one that answered), label, tier, score, probs
-    (float32 array in the model's label order), explain_id ('' unless `explain`). rejects: row, id, reason.
+    (float32 array in the model's label order), explain_id ('' unless ``config.explain``). rejects: row, id,
+    reason (a row whose id an earlier row has is rejected: :func:`relkd.serving.inputs.duplicate_ids`).
     """
-    _check_columns(df, "the frame")
-    session = _open(url, protocol, timeout, model_name=model_name, version=version, batch_size=batch_size,
-                    concurrency=concurrency, retries=retries, backoff=backoff, max_chars=max_chars, explain=explain)
+    check_columns(df, "the frame")
+    session = _open(url, model_name, version, config, timeout)
     try:
         with tqdm(total=len(df), unit="row", desc="score", disable=not progress) as bar:
-            frame = _score(df, np.arange(len(df)), session, bar)
+            frame = _score(df, np.arange(len(df)), session, bar, duplicate_ids(df))
     finally:
         session.close()
     return _split(frame)
-
-
-# What each input format must look like, for the errors that name a file that is not like that.
-EXPECTED = {
-    "CSV": "a UTF-8 CSV file whose first line is the header naming the columns query and title (optionally "
-           "id), then one row per line, with fields that contain commas or quotes in double quotes",
-    "JSONL": 'a UTF-8 text file with one JSON object per line, with the keys "query" and "title" (optionally "id")',
-    "Parquet": "a Parquet file with the string columns query and title (optionally id)",
-}
-_FORMATS = {".parquet": "Parquet", ".csv": "CSV", ".jsonl": "JSONL", ".ndjson": "JSONL"}
-
-
-class UnreadableInput(ValueError):
-    """An input file that is not a table of the format its suffix names."""
-
-    def __init__(self, path, fmt: str, why: str, fix: str):
-        super().__init__(f"cannot read {path} as {fmt}: {why}. Expected {EXPECTED[fmt]}; {fix}")
-
-
-def _shown(values, limit: int = 8) -> str:
-    shown = [repr(v)[:40] for v in list(values)[:limit]]
-    return "[" + ", ".join(shown) + (f", ... ({len(values)} in all)" if len(values) > limit else "") + "]"
-
-
-def _not_text(value: str) -> str | None:
-    """What makes `value` binary data rather than a header: its first undecodable byte (a lone
-    surrogate) or control character; None for text."""
-    for i, c in enumerate(value):
-        if 0xDC80 <= ord(c) <= 0xDCFF:
-            return f"byte 0x{ord(c) - 0xDC00:02x} at position {i} is not UTF-8"
-        if ord(c) < 32 and c not in "\t\r\n":
-            return f"control character 0x{ord(c):02x} at position {i}"
-    return None
-
-
-def _read_csv(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
-    """One row per CSV record after the header; a record with the wrong number of fields (or one the
-    csv module cannot parse) stays a row of its own, empty, with its line numbers in the reason."""
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        lines = f.readlines()
-    if not "".join(lines).strip():
-        raise UnreadableInput(path, "CSV", "the file is empty", "write the header line and the rows")
-    reader = csv.reader(iter(lines))
-    header, header_line, records, errors, end = None, 0, [], {}, 0
-    while True:
-        start = end + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            end = reader.line_num
-            if header is None:
-                raise UnreadableInput(path, "CSV", f"its first line cannot be parsed ({e})",
-                                      "check that the file is a CSV table (and not another format renamed)") from e
-            errors[len(records)] = f"{_lines(start, end)} cannot be parsed as CSV ({e}); fix or remove the row"
-            records.append(None)
-            continue
-        end = reader.line_num
-        if not record:  # a blank line (a line of empty fields, ",,", is a row: rejected as empty)
-            continue
-        if header is None:
-            header, header_line = record, start
-            binary = _not_text(",".join(header))
-            if "query" not in header and "title" not in header and binary:
-                raise UnreadableInput(path, "CSV", f"its first line is not a header of column names but binary "
-                                      f"data ({binary})",
-                                      "check that the file is a CSV table (and not another format renamed)")
-            twice = sorted({c for c in header if header.count(c) > 1})
-            if twice:
-                raise UnreadableInput(path, "CSV", f"the header (line {start}) names the column(s) {twice} more than "
-                                      f"once", "give every column its own name")
-            continue
-        why = None
-        if end == len(lines) and "".join(lines[start - 1:end]).count('"') % 2:  # closed quotes come in pairs
-            why = "opens a quoted field that is never closed (it runs to the end of the file); close the quote"
-        elif len(record) != len(header):
-            why = (f"has {len(record)} field(s), the header (line {header_line}) has {len(header)} "
-                   f"({','.join(header)}); quote fields that contain a comma and give every row {len(header)} fields")
-        if why:
-            errors[len(records)] = f"{_lines(start, end)} {why}"
-            records.append(None)
-            continue
-        records.append(record)
-    if header is None:
-        raise UnreadableInput(path, "CSV", "the file has no header line", "write the header line and the rows")
-    frame = pd.DataFrame([r if r is not None else [None] * len(header) for r in records], columns=header,
-                         dtype=object)
-    return frame, errors
-
-
-def _lines(start: int, end: int) -> str:
-    return f"line {start}" if start == end else f"lines {start}-{end}"
-
-
-def _read_jsonl(path: Path) -> tuple[pd.DataFrame, dict[int, str]]:
-    """One row per non-blank line; a line that is not a JSON object stays an empty row with the reason."""
-    records, errors = [], {}
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                what = f"{e.msg.removesuffix(' at')} at column {e.colno}"
-                errors[len(records)] = f"line {n} is not a JSON object ({what}); write one JSON object per line"
-                record = {}
-            if not isinstance(record, dict):
-                errors[len(records)] = (f"line {n} is a JSON {type(record).__name__}, not an object; write one "
-                                        f'object per line, e.g. {{"query": "...", "title": "..."}}')
-                record = {}
-            records.append(record)
-    if not records:
-        raise UnreadableInput(path, "JSONL", "the file is empty", "write one JSON object per line")
-    if len(errors) == len(records):
-        first = next(iter(errors.values()))
-        raise UnreadableInput(path, "JSONL", f"none of its {len(records)} non-blank line(s) is a JSON object "
-                              f"({first.split(';')[0]})",
-                              "check that the file is JSONL (and not another format renamed)")
-    return pd.DataFrame(records, dtype=object), errors
-
-
-def read_rows(path) -> tuple[pd.DataFrame, dict[int, str]]:
-    """(frame, errors) of a parquet, CSV or JSONL file: one row per record, object-typed, and the rows
-    that could not be parsed (row -> reason naming the line; those rows are empty in the frame), so a
-    broken line is rejected alone. Undecodable bytes in CSV/JSONL become lone surrogates (rejected per
-    row later). A file that is not a table of its format at all raises UnreadableInput."""
-    path = Path(path)
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot read {path}: expected .parquet, .csv or .jsonl, got "
-                         f"{path.suffix.lower() or 'no suffix'!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {path} not found")
-    if fmt == "CSV":
-        df, errors = _read_csv(path)
-    elif fmt == "JSONL":
-        df, errors = _read_jsonl(path)
-    else:
-        import pyarrow as pa
-
-        try:
-            df, errors = pd.read_parquet(path), {}
-        except (pa.ArrowException, OSError, ValueError) as e:
-            why = "the file is empty" if path.stat().st_size == 0 else f"pyarrow says: {str(e).rstrip('.')}"
-            raise UnreadableInput(path, "Parquet", why, "write it with pandas.DataFrame.to_parquet (or "
-                                  "pyarrow), or give a .csv/.jsonl file its own suffix") from e
-    return (df.astype(object) if len(df.columns) else df), errors
-
-
-def read_table(path) -> pd.DataFrame:
-    """The frame of `read_rows` (rows that could not be parsed are empty, at their positions)."""
-    return read_rows(path)[0]
-
-
-def check_input(path) -> tuple[pd.DataFrame, dict[int, str]]:
-    """`read_rows` of a file to score, which must have the query and title columns; raises a
-    ValueError naming the file and the fix otherwise (before any server is started or asked)."""
-    df, errors = read_rows(path)
-    _check_columns(df, str(path))
-    return df, errors
 
 
 def _sha256(path: Path) -> str:
@@ -457,66 +285,107 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, model_name: str = DEFAULT_MODEL,
-               version: str | int = "", batch_size: int = _SCORE.batch_size, concurrency: int = _SCORE.concurrency,
-               retries: int = _SCORE.retries, backoff: float = _SCORE.backoff, max_chars: int = _SCORE.max_chars,
-               timeout: float = 60.0, shard_size: int = _SCORE.shard_size, explain: bool = _SCORE.explain,
-               progress: bool = True) -> dict:
-    """Score a parquet/CSV/JSONL file into ``out_dir/scores.parquet`` and ``out_dir/rejects.jsonl``.
+class _Shards:
+    """The shard files of a run over `n` input rows: which exist, the rows they keep, and what to say when the
+    run stops before the outputs are written."""
 
-    Work is written as shards (``out_dir/shards/part-00000.parquet``, `shard_size` input rows each,
+    def __init__(self, folder: Path, n: int, size: int):
+        self.folder, self.n, self.size = folder, n, size
+        self.starts = range(0, n, size)
+        self.paths = [folder / f"part-{k:05d}.parquet" for k in range(len(self.starts))]
+
+    def kept(self) -> tuple[int, int]:
+        """(finished shards, the input rows they hold)."""
+        done = [k for k, p in enumerate(self.paths) if p.exists()]
+        return len(done), sum(min(self.size, self.n - self.starts[k]) for k in done)
+
+    def resume_note(self, when: str = "") -> str:
+        shards, rows = self.kept()
+        return (f"{rows} of {self.n} rows are done and kept; the {shards} finished shard(s) are kept in "
+                f"{self.folder}: run the same command again{when} and it resumes there")
+
+    @contextmanager
+    def space(self, out_dir: Path):
+        """Turns a write that found no space into a DiskFull naming the folder, what is kept and the fix."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno not in _NO_SPACE and "No space left on device" not in str(e):
+                raise
+            raise DiskFull(f"no space left on the device of {out_dir} ({e.strerror or e}); "
+                           f"{self.resume_note(' once space is freed on that device')}") from e
+
+
+def score_file(input_path, out_dir, url: str, config: ScoreConfig = ScoreConfig(), model_name: str = DEFAULT_MODEL,
+               version: str | int = "", timeout: float = 60.0, progress: bool = True) -> dict:
+    """Score a Parquet/CSV/JSONL file (CSV and JSONL optionally gzipped) into ``out_dir/scores.parquet`` and
+    ``out_dir/rejects.jsonl``; `config` is the `score` section (protocol, batch size, concurrency, retries,
+    max_chars, shard_size, explain).
+
+    Work is written as shards (``out_dir/shards/part-00000.parquet``, ``config.shard_size`` input rows each,
     written atomically); shards already present are kept, so a killed run resumes where it stopped.
     A manifest pins the input's hash and the settings that change results, so shards of another run
-    are never mixed in. Returns a summary {rows, scored, rejected, shards, shards_reused, scores, rejects}.
+    are never mixed in. Rows repeating an earlier row's id are rejected (:func:`relkd.serving.inputs.duplicate_ids`).
+    A full disk raises DiskFull, a dead server ServerUnreachable and Ctrl-C or a stop signal turned into
+    KeyboardInterrupt raises ScoringStopped, each saying what is kept and that the same command resumes.
+    Returns a summary {rows, scored, rejected, duplicate_ids, shards, shards_reused, scores, rejects}.
     """
     input_path, out_dir = Path(input_path), Path(out_dir)
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    df, read_errors = check_input(input_path)
-    shard_dir = out_dir / "shards"
+    df, known = check_input(input_path)
+    duplicates = duplicate_ids(df)
+    known = {**duplicates, **known}  # a line that did not parse has no id: its own reason stands
+    shards = _Shards(out_dir / "shards", len(df), config.shard_size)
     manifest = {"input": str(input_path.resolve()), "input_sha256": _sha256(input_path), "rows": len(df),
-                "model_name": model_name, "version": str(version), "shard_size": shard_size, "max_chars": max_chars,
-                "explain": explain}
-    manifest_path = shard_dir / "manifest.json"
+                "model_name": model_name, "version": str(version), "shard_size": config.shard_size,
+                "max_chars": config.max_chars, "explain": config.explain, "duplicate_ids": "later rejected"}
+    manifest_path = shards.folder / "manifest.json"
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if {k: v for k, v in old.items() if k != "input"} != {k: v for k, v in manifest.items() if k != "input"}:
             changed = sorted(k for k in manifest if k != "input" and old.get(k) != manifest[k])
-            raise ValueError(f"{shard_dir} holds shards of another run (different {changed}); delete {shard_dir} "
-                             f"or choose another out_dir")
-    else:
-        write_json(manifest_path, manifest)
+            raise ValueError(f"{shards.folder} holds shards of another run (different {changed}); delete "
+                             f"{shards.folder} or choose another out_dir")
+    try:
+        with shards.space(out_dir):
+            if not manifest_path.exists():
+                write_json(manifest_path, manifest)
+            for stale in shards.folder.glob(".part-*.tmp"):  # half-written shards of a killed run
+                stale.unlink(missing_ok=True)
+            todo = [k for k, p in enumerate(shards.paths) if not p.exists()]
+            if todo:
+                _score_shards(df, known, shards, todo, url, model_name, version, config, timeout, progress)
+            return _assemble(shards, out_dir, len(df), len(duplicates), reused=len(shards.paths) - len(todo))
+    except KeyboardInterrupt as e:
+        if isinstance(e, ScoringStopped):
+            raise
+        raise ScoringStopped(f"scoring stopped: {shards.resume_note()}") from None
 
-    for stale in shard_dir.glob(".part-*.tmp"):  # half-written shards of a killed run
-        stale.unlink(missing_ok=True)
-    starts = range(0, len(df), shard_size)
-    paths = [shard_dir / f"part-{k:05d}.parquet" for k in range(len(starts))]
-    todo = [k for k, p in enumerate(paths) if not p.exists()]
-    if todo:
-        session = _open(url, protocol, timeout, model_name=model_name, version=version, batch_size=batch_size,
-                        concurrency=concurrency, retries=retries, backoff=backoff, max_chars=max_chars,
-                        explain=explain)
-        try:
-            done_rows = sum(min(shard_size, len(df) - starts[k]) for k in range(len(starts)) if k not in todo)
-            with tqdm(total=len(df), initial=done_rows, unit="row", desc="score", disable=not progress) as bar:
-                for k in todo:
-                    part = df.iloc[starts[k]:starts[k] + shard_size]
-                    rows = np.arange(starts[k], starts[k] + len(part))
-                    try:
-                        frame = _score(part, rows, session, bar, read_errors)
-                    except ServerUnreachable as e:
-                        kept = sum(p.exists() for p in paths)
-                        raise ServerUnreachable(
-                            f"{e}\nStopped at shard {k} of {len(paths)} "
-                            f"(rows {starts[k]}-{starts[k] + len(part) - 1}); "
-                            f"the {kept} finished shard(s) are kept in {shard_dir}: run the same command again "
-                            f"once the server answers (a restarted server may have another --url) and it "
-                            f"resumes there") from e
-                    write_parquet(paths[k], frame)
-        finally:
-            session.close()
 
-    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else \
+def _score_shards(df, known, shards: _Shards, todo: list[int], url, model_name, version, config: ScoreConfig,
+                  timeout: float, progress: bool) -> None:
+    session = _open(url, model_name, version, config, timeout)
+    try:
+        done_rows = shards.kept()[1]
+        with tqdm(total=len(df), initial=done_rows, unit="row", desc="score", disable=not progress) as bar:
+            for k in todo:
+                start = shards.starts[k]
+                part = df.iloc[start:start + shards.size]
+                rows = np.arange(start, start + len(part))
+                try:
+                    frame = _score(part, rows, session, bar, known)
+                except ServerUnreachable as e:
+                    raise ServerUnreachable(
+                        f"{e}\nStopped at shard {k} of {len(shards.paths)} (rows {start}-{start + len(part) - 1}); "
+                        + shards.resume_note(" once the server answers (a restarted server may have another --url)")
+                    ) from e
+                write_parquet(shards.paths[k], frame)
+    finally:
+        session.close()
+
+
+def _assemble(shards: _Shards, out_dir: Path, n: int, duplicates: int, reused: int) -> dict:
+    """scores.parquet and rejects.jsonl from the finished shards, and the run's summary."""
+    frame = pd.concat([pd.read_parquet(p) for p in shards.paths], ignore_index=True) if shards.paths else \
         pd.DataFrame(columns=SCORE_COLUMNS + ["reject_reason"])
     scores, rejects = _split(frame)
     write_parquet(out_dir / "scores.parquet", scores)
@@ -525,6 +394,6 @@ def score_file(input_path, out_dir, url: str, protocol: str = _SCORE.protocol, m
                         ensure_ascii=False)
              for r in rejects.itertuples(index=False)]
     write_text(out_dir / "rejects.jsonl", "".join(line + "\n" for line in lines))
-    return {"rows": len(df), "scored": len(scores), "rejected": len(rejects), "shards": len(paths),
-            "shards_reused": len(paths) - len(todo), "scores": out_dir / "scores.parquet",
+    return {"rows": n, "scored": len(scores), "rejected": len(rejects), "duplicate_ids": duplicates,
+            "shards": len(shards.paths), "shards_reused": reused, "scores": out_dir / "scores.parquet",
             "rejects": out_dir / "rejects.jsonl"}

@@ -366,6 +366,24 @@ def optimize(onnx_path: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
+def graph_for(onnx_path: str | Path, out_path: str | Path, device: str,
+              optimise: bool = True) -> tuple[Path, str | None]:
+    """(the graph to serve on `device`, the device it is saved optimised for; None: not optimised).
+
+    cpu, `optimise`: onnxruntime's fully optimised graph, saved to `out_path` (:func:`optimize`; its fused
+    ops and layouts are the CPU provider's). gpu: the exported graph itself, never a saved optimised one:
+    onnxruntime optimises it when the server creates its session, for the CUDA provider it runs on (fusions
+    of the CPU provider saved into the file would stay CPU ops there). Optimising for CUDA here would need a
+    GPU where the export runs; at load it costs seconds once per server start, not per request. Served with
+    serving.json's ``optimized_for`` set to the second value, which the Triton stub checks against its device.
+    """
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if device == "gpu" or not optimise:
+        return Path(onnx_path), None
+    return optimize(onnx_path, out_path), "cpu"
+
+
 def agreement_rate(onnx_a, onnx_b_or_torch, tokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
                    batch_size: int = 64, lexical_tables=None) -> dict:
     """How often two versions of a model (ONNX file/session or torch module each) pick the same class.

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from relkd import lexical
-from relkd.io import write_text
+from relkd.io import new_path, write_text
 from relkd.serving import triton_model
 from relkd.serving.triton_model import check_serving_info
 
@@ -42,7 +41,7 @@ def write_version(repo_dir, model_name: str, version: int, onnx_path, tokenizer_
     model_dir.mkdir(parents=True, exist_ok=True)
     final = model_dir / str(version)
     # Inside the model folder, a non-numeric folder name is ignored by Triton's version scan.
-    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", suffix=".tmp", dir=model_dir))
+    tmp = new_path(model_dir, f".v{version}-", ".tmp", directory=True)  # the umask's permissions, as the files
     try:
         shutil.copyfile(triton_model.__file__, tmp / "model.py")
         _copy_onnx(onnx_path, tmp / "model.onnx")
@@ -100,8 +99,10 @@ def _swap_in(tmp: Path, final: Path) -> None:
 
 def config_text(model_name: str, versions: Sequence[int], max_batch_size: int = 64,
                 preferred_batch_sizes: Sequence[int] = (16, 32), max_queue_delay_us: int = 2000,
-                instance_count: int = 1) -> str:
-    """The config.pbtxt of the served student (raw text in, relevance out; see triton_model)."""
+                instance_count: int = 1, device: str = "cpu") -> str:
+    """The config.pbtxt of the served student (raw text in, relevance out; see triton_model). `device` 'gpu'
+    gives KIND_GPU instances (`instance_count` on each visible GPU), whose model.py runs onnxruntime's CUDA
+    provider."""
     versions = sorted({int(v) for v in versions})
     if not versions or versions[0] < 1:
         raise ValueError(f"versions must be positive integers (the registered versions to serve), got {versions}")
@@ -111,6 +112,9 @@ def config_text(model_name: str, versions: Sequence[int], max_batch_size: int = 
                          f"({max_batch_size})")
     if instance_count < 1:
         raise ValueError(f"instance_count must be >= 1, got {instance_count}")
+    kinds = {d: f"KIND_{kind}" for kind, d in triton_model.DEVICES.items()}
+    if device not in kinds:
+        raise ValueError(f"device must be one of {sorted(kinds)}, got {device!r}")
 
     def tensor(name, dtype, dims):
         return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ] }}'
@@ -129,16 +133,16 @@ def config_text(model_name: str, versions: Sequence[int], max_batch_size: int = 
         f"  preferred_batch_size: [ {', '.join(str(int(b)) for b in preferred_batch_sizes)} ]",
         f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}",
         "}",
-        f"instance_group [ {{ count: {int(instance_count)} kind: KIND_CPU }} ]",
+        f"instance_group [ {{ count: {int(instance_count)} kind: {kinds[device]} }} ]",
         "",
     ])
 
 
 def write_config(repo_dir, model_name: str, versions: Sequence[int], max_batch_size: int = 64,
                  preferred_batch_sizes: Sequence[int] = (16, 32), max_queue_delay_us: int = 2000,
-                 instance_count: int = 1) -> Path:
-    """Write ``repo_dir/model_name/config.pbtxt`` (atomically) serving exactly `versions`."""
+                 instance_count: int = 1, device: str = "cpu") -> Path:
+    """Write ``repo_dir/model_name/config.pbtxt`` (atomically) serving exactly `versions` on `device`."""
     path = Path(repo_dir) / model_name / "config.pbtxt"
     write_text(path, config_text(model_name, versions, max_batch_size, preferred_batch_sizes,
-                                 max_queue_delay_us, instance_count))
+                                 max_queue_delay_us, instance_count, device))
     return path

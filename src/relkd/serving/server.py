@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from relkd import procs
+from relkd.serving.router_model import EXPOSURES_ENV
 
 SETUP_HINT = "create it with `bash scripts/setup_server_env.sh` (or set RELKD_TRITON_VENV to an existing one)"
 START_HINT = "start it with `relkd serve` (or check the URL and port)"
@@ -152,6 +153,8 @@ def command(paths: dict, model_repository, http_port: int, grpc_port: int, metri
         "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
         "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false",
+        # Per-version latency quantiles (nv_inference_request_summary_us): the online A/B's p99 guardrail.
+        "--metrics-config=summary_latencies=true",
         f"--model-control-mode={model_control}",
         f"--exit-timeout-secs={int(exit_timeout)}",
     ]
@@ -162,9 +165,10 @@ def command(paths: dict, model_repository, http_port: int, grpc_port: int, metri
 @contextmanager
 def triton(model_repository, http_port: int | None = None, grpc_port: int | None = None,
            metrics_port: int | None = None, venv=None, model_control: str = "none", load_models=None,
-           log_path=None, timeout: float = 120, exit_timeout: int = 5):
+           log_path=None, timeout: float = 120, exit_timeout: int = 5, exposures=None):
     """Run tritonserver on `model_repository` while the block runs; yields a `TritonServer` once
-    ``/v2/health/ready`` answers (every model loaded). Ports default to free ones.
+    ``/v2/health/ready`` answers (every model loaded). Ports default to free ones. `exposures`: the folder the
+    A/B router of this server logs to (default: the one its router.json names).
 
     On exit, also on errors: SIGTERM to the server (it unloads models and stops its stubs), then
     the whole process group is stopped, so no process is left behind. A server that dies or never
@@ -180,7 +184,10 @@ def triton(model_repository, http_port: int | None = None, grpc_port: int | None
     ports = [p if p is not None else next(q for q in spare if q not in taken) for p in given]
     cmd = command(paths, repo, *ports, model_control=model_control, load_models=load_models,
                   exit_timeout=exit_timeout)
-    proc = procs.start_group(cmd, env=paths["env"], log_path=log_path)
+    env = paths["env"]
+    if exposures is not None:
+        env = {**env, EXPOSURES_ENV: str(Path(exposures).absolute())}
+    proc = procs.start_group(cmd, env=env, log_path=log_path)
     log = Path(proc.log_path)
     try:
         try:

@@ -10,6 +10,12 @@ A version folder holds ``model.onnx`` (inputs input_ids, attention_mask[, token_
 optionally ``explain.npz`` (ids, texts, vectors of training rationales in the latent space). A graph with the
 ``lexical`` input comes with ``lexical.json`` (the student's tables) and ``lexical.py`` (a copy of
 relkd.lexical, which imports only numpy): the stub computes the pairs' lexical features itself.
+
+The device is config.pbtxt's: Triton hands each instance its kind (KIND_CPU or KIND_GPU) and device id, and
+the session takes onnxruntime's CPU provider, or the CUDA provider with the CPU one after it for the ops CUDA
+lacks. serving.json's ``optimized_for`` names the device a saved optimised graph was fused for (absent: cpu,
+all relkd saved before; null: not optimised, onnxruntime optimises it at load for the device it runs on); an
+instance on another device refuses to load it (:func:`check_graph_device`).
 """
 from __future__ import annotations
 
@@ -62,6 +68,39 @@ def text_problem(value) -> tuple[str | None, str | None]:
     return str(value), None
 
 
+# Triton's instance kinds (args["model_instance_kind"]) -> the device names of params.yaml's triton.device.
+DEVICES = {"CPU": "cpu", "GPU": "gpu"}
+GPU_ENV_HINT = ("install the packages of triton_repo/stub-requirements-gpu.txt (onnxruntime-gpu, not onnxruntime) "
+                "into the server's Python; triton_repo/README.md says how")
+
+
+def instance_device(kind: str) -> str:
+    """'cpu' or 'gpu' for a Triton instance kind ('CPU', 'GPU', or config.pbtxt's KIND_CPU / KIND_GPU)."""
+    device = DEVICES.get(str(kind).upper().removeprefix("KIND_"))
+    if device is None:
+        raise ValueError(f"instance kind {kind!r}: config.pbtxt's instance_group must say KIND_CPU or KIND_GPU "
+                         "(write it with relkd.serving.repository.write_config and triton.device)")
+    return device
+
+
+def providers(kind: str, device_id: int = 0) -> list:
+    """onnxruntime execution providers of an instance of `kind` on device `device_id`: the CPU provider, or the
+    CUDA provider on that GPU with the CPU provider after it (onnxruntime places there the ops CUDA lacks)."""
+    if instance_device(kind) == "gpu":
+        return [("CUDAExecutionProvider", {"device_id": int(device_id)}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def check_graph_device(info: dict, device: str) -> None:
+    """Raise ValueError when serving.json says model.onnx was optimised for another device than `device`."""
+    fused = info.get("optimized_for", "cpu")
+    if fused is not None and fused != device:
+        raise ValueError(f"model.onnx was saved optimised for {fused} (onnxruntime's fused ops and layouts of that "
+                         f"device, serving.json optimized_for={fused!r}) but this instance runs on {device}; export "
+                         f"it again with triton.device: {device} (which saves a graph fit for it), or serve it on "
+                         f"{fused}")
+
+
 def check_serving_info(info: dict) -> None:
     """Raise ValueError naming the offending field when serving.json cannot drive the model."""
     labels = info.get("labels")
@@ -79,6 +118,10 @@ def check_serving_info(info: dict) -> None:
     if cuts is None or len(cuts) != N_TIERS - 1 or any(b <= a for a, b in zip(cuts, cuts[1:])):
         raise ValueError(f"serving.json: tier_thresholds must be {N_TIERS - 1} strictly increasing cut "
                          f"points on the relevance score (tiers 0..{N_TIERS - 1}), got {cuts!r}")
+    fused = info.get("optimized_for", "cpu")
+    if fused is not None and fused not in DEVICES.values():
+        raise ValueError(f"serving.json: optimized_for must be one of {sorted(DEVICES.values())} or null (a graph "
+                         f"not optimised), got {fused!r}")
     rows = info.get("bucket_rows")
     if rows is not None and not (isinstance(rows, int) and rows >= 1):
         raise ValueError(f"serving.json: bucket_rows must be a positive number of pairs (or absent: whole batches), "
@@ -217,11 +260,25 @@ class TritonPythonModel:
         check_serving_info(self.info)
         self.labels = [x.encode("utf-8") for x in self.info["labels"]]
         self.tok = load_tokenizer(self.dir, self.info["max_length"])
+        kind = args.get("model_instance_kind", "CPU")  # what config.pbtxt's instance_group says
+        device = instance_device(kind)
+        try:
+            check_graph_device(self.info, device)
+        except ValueError as err:
+            raise ValueError(f"{self.dir}/{err}") from None
+        if device == "gpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(f"{self.dir}: config.pbtxt asks for KIND_GPU but this onnxruntime has no CUDA provider "
+                             f"(it has {ort.get_available_providers()}); {GPU_ENV_HINT}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(self.info.get("intra_op_threads", 1))
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.dir / "model.onnx"), opts,
+                                            providers=providers(kind, int(args.get("model_instance_device_id", 0))))
+        if device == "gpu" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            # onnxruntime falls back to the CPU alone when CUDA cannot start (a library or driver missing)
+            raise ValueError(f"{self.dir}: the CUDA provider did not start (the session has "
+                             f"{self.session.get_providers()}; onnxruntime's log says why); {GPU_ENV_HINT}")
         try:
             self.input_names, self.int_dtype = onnx_inputs(self.session)
         except ValueError as err:

@@ -20,7 +20,7 @@ class VariantConfig(Section):
     )
     guidance: bool = Field(True, description="add lambda * MSE(r, e_cot) (needs rationale embeddings)")
     lam: float | None = Field(
-        None, ge=0, description="guidance weight override; None takes StudentConfig.lam (paper: 0.1)"
+        None, ge=0, description="guidance weight override; None takes StudentConfig.lam"
     )
     r_from_cls: bool = Field(
         False,
@@ -96,63 +96,62 @@ def default_variants() -> dict[str, VariantConfig]:
 
 class StudentConfig(Section):
     """Training of the LRKD student (paper section 3.3 and appendix B). Defaults are the embedded
-    CPU scale (a few hundred pairs, 2 cores); the paper's value is in each description."""
+    CPU scale (a few hundred pairs, 2 cores); the paper's values are in profiles/paper.yaml."""
 
     backbone: str = Field(
         "pypi:all-MiniLM-L6-v2",
-        description="BERT-family encoder, a name for relkd.models.resolve (paper: bert-base-multilingual-cased)",
+        description="BERT-family encoder, a name for relkd.models.resolve or a hub id",
     )
-    max_length: int = Field(64, ge=8, description="max tokens of '[CLS] query [SEP] title [SEP]' (paper: 128)")
-    hidden: int = Field(128, ge=1, description="extractor hidden size (paper: 128 for MLP and GAT)")
-    codes: int = Field(32, ge=1, description="Poly-encoder context codes K (paper: 32)")
+    max_length: int = Field(64, ge=8, description="max tokens of '[CLS] query [SEP] title [SEP]'")
+    hidden: int = Field(128, ge=1, description="extractor hidden size (MLP and GAT)")
+    codes: int = Field(32, ge=1, description="Poly-encoder context codes K")
     pooling: Literal["cls", "mean"] = Field(
-        "mean", description="h_cls, the head's view of the pair: the raw [CLS] state (paper) or the masked mean "
+        "mean", description="h_cls, the head's view of the pair: the raw [CLS] state (the paper's) or the masked mean "
         "of the token states (how sentence-transformers backbones such as all-MiniLM-L6-v2 were trained; "
         "their [CLS] state and pooler carry little before fine-tuning)")
     lexical: bool = Field(
         True, description="add a linear head over the pair's lexical features (relkd.lexical: overlap, TF-IDF, "
         "BM25, numbers; tables fitted on the training split), warm-started from the lexical peer's logistic "
-        "regression, the token head from zero: the student starts as that peer and learns what the tokens add. "
-        "On Home Depot the cross-encoder alone stayed below the lexical LR at every recipe tried (paper: none, "
-        "a plain cross-encoder)")
-    lam: float = Field(0.1, ge=0, description="guidance loss weight lambda (paper: 0.1)")
+        "regression, the token head from zero: the student starts as that peer and learns what the tokens add "
+        "(the paper's student is a plain cross-encoder)")
+    lam: float = Field(0.1, ge=0, description="guidance loss weight lambda")
     guidance_normalize: bool = Field(
         True,
         description="L2-normalise both sides of the guidance loss, r and e_cot: ||r/|r| - e/|e| ||^2 = "
-        "2 - 2 cos(r, e) in [0, 4]. The paper's BGE-M3 targets are unit-norm but r is not: unnormalised, "
-        "the loss acts on raw states of norm ~8 (measured at initialisation with CE 1.75: 3.0 MLP, 5.1 GAT, "
-        "33.6 Poly, 68.2 no_extractor) and, with gradient clipping, the step follows the guidance, not CE",
+        "2 - 2 cos(r, e) in [0, 4]: BGE-M3's targets are unit-norm but r is not, and unnormalised the loss acts on "
+        "the raw states' norm, so with gradient clipping the step follows the guidance, not CE",
     )
     guidance_into_backbone: bool = Field(
-        False, description="true (paper): the guidance's gradient reaches the backbone; false: it shapes the "
-        "extractor only (r for the guidance is recomputed from the backbone's states cut from the graph; the "
-        "head's r still trains the backbone through CE). On the embedded catalogue, 3 seeds, λ 1: ΔF1 vs plain "
-        "GAT -4.89 / Poly -4.30 with, -1.16 / -1.71 without: at initialisation CE sends no gradient into the "
-        "backbone (zero token head) while the guidance sends 1.6-3.9, so the backbone first learns the rationales")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate; here ~51 steps on ~520 pairs (3e-4 over 8 epochs: valid F1 0.61, 1e-4: 0.60 and still rising); paper: 2e-6 at batch 256 on 100k+ pairs")
+        False, description="true (the paper's LRKD): the guidance's gradient reaches the backbone; false: it shapes "
+        "the extractor only (r for the guidance is recomputed from the backbone's states cut from the graph; the "
+        "head's r still trains the backbone through CE); why false here: docs/results.md")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
     head_lr: float | None = Field(
         None, gt=0, description="learning rate of every parameter outside the backbone (the extractor, the heads, "
         "the guidance projection, the training-only heads); None = lr. A few dozen steps at the backbone's lr move "
-        "a freshly initialised extractor by a few percent of its weights: too little to fit e_cot (paper: one lr)")
-    epochs: int = Field(3, ge=1, description="training epochs; the epoch best on validation macro-F1 is kept "
-                        "(3 on the embedded default: 8 took 2.7x longer for +1-2 valid F1; paper: 5)")
+        "a freshly initialised extractor by a few percent of its weights: too little to fit e_cot")
+    epochs: int = Field(3, ge=1, description="training epochs; the epoch best on validation macro-F1 is kept")
     train_rows: Literal["all", "annotated"] = Field(
         "all", description="all = every training pair, the guidance loss only where the teacher wrote a "
         "rationale (the students may see more pairs than the teacher annotates); annotated = only those")
     rationale_rows: Literal["all", "agreeing"] = Field(
         "all", description="which teacher rationales the students learn from (LRKD's guidance target and the "
-        "CED-KD / MKD / CRSD texts): all = every annotated pair's (paper); agreeing = only those whose teacher "
+        "CED-KD / MKD / CRSD texts): all = every annotated pair's; agreeing = only those whose teacher "
         "label equals the pair's gold label (a rationale for another label argues against the class the pair "
         "is trained on; with a teacher at chance most of them do)")
-    batch_size: int = Field(32, ge=1, description="per-process batch size (paper: 256)")
+    batch_size: int = Field(32, ge=1, description="per-process batch size")
+    num_processes: int = Field(
+        1, ge=1, description="processes each student stage trains on (dvc.yaml runs it with `accelerate launch`; one "
+        "per GPU, DDP; gradients all-reduced, the global batch is num_processes x batch_size; rank 0 tracks, saves and "
+        "tests)")
     eval_batch_size: int = Field(64, ge=1, description="batch size for validation and predict")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (paper: not stated)")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warmup share of steps (paper: not stated)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="linear warmup share of steps")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     rationale_max_length: int = Field(
         48, ge=4, description="max rationale tokens for CED-KD's decoder and CRSD's augmented input"
     )
-    seeds: list[int] = Field(default_factory=lambda: [13], description="one student per seed (paper: not stated)")
+    seeds: list[int] = Field(default_factory=lambda: [13], description="one student per seed")
     variants: dict[str, VariantConfig] = Field(
         default_factory=default_variants,
         description="student variants by name: plain, lrkd_mlp, lrkd_poly, lrkd_gat, ced_kd, mkd, crsd (the "

@@ -1,6 +1,7 @@
 """Content-addressed generation cache: re-runs cost nothing and a killed stage resumes where it stopped.
 
-A key is the sha256 of everything that decides an output: the model id (with the adapter's hash), the
+A key is the sha256 of everything that decides an output: the engine's cache id (backend, dtype, model and the
+adapter's hash), the
 prompt text, the sampling settings, the seed and the number of samples. Entries live in append-only
 JSONL files in one folder, one file per worker (``<folder>/<worker>.jsonl``), one line per entry:
 ``{"key": ..., "outputs": [...], "meta": {...}}``. Each batch is flushed and fsynced before the next
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
+from relkd.teacher.asking import Asking
 from relkd.teacher.config import SamplingConfig
 
 T = TypeVar("T")
@@ -139,16 +141,17 @@ class GenerationCache:
         fh.seek(0, os.SEEK_END)
 
 
-def cached_generate(backend, cache: GenerationCache, prompts: Sequence[str], n: int, sampling: SamplingConfig,
-                    seed: int, model_id: str, batch_size: int, progress: bool = True,
-                    labels: Sequence[str] = ()) -> list[list[str]]:
-    """``backend.generate`` for the prompts the cache lacks, one batch at a time, each batch stored before
-    the next starts; returns n outputs per prompt, in the order of `prompts`.
+def cached_generate(teacher, cache: GenerationCache, prompts: Sequence[str], asking: Asking,
+                    labels: Sequence[str] = (), progress: bool = True) -> list[list[str]]:
+    """``teacher.generate`` for the prompts the cache lacks, ``asking.batch_size`` at a time, each batch stored
+    before the next starts; returns ``asking.n`` outputs per prompt, in the order of `prompts`. Keys name ``teacher.cache_id``
+    (backend, dtype, model, adapter), so one engine never reads another's answers.
 
     Repeated prompts are generated once. The missing prompts are batched in their order, so a run resumed
     after a kill forms the same batches as an uninterrupted one and (with the backends' per-batch seeding)
     gets the same outputs.
     """
+    model_id, n, sampling, seed, batch_size = teacher.cache_id, asking.n, asking.sampling, asking.seed, asking.batch_size
     keys = [generation_key(model_id, p, n, sampling, seed, labels) for p in prompts]
     missing: dict[str, str] = {}
     for k, p in zip(keys, prompts):
@@ -159,7 +162,7 @@ def cached_generate(backend, cache: GenerationCache, prompts: Sequence[str], n: 
     with tqdm(total=len(todo), desc=f"generating x{n}", unit="prompt", disable=not progress or not todo) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            outputs = backend.generate([p for _, p in batch], n, sampling, seed, labels)
+            outputs = teacher.generate([p for _, p in batch], n, sampling, seed, labels)
             if len(outputs) != len(batch) or any(len(o) != n for o in outputs):
                 raise RuntimeError(f"backend returned {[len(o) for o in outputs]} outputs for {len(batch)} "
                                    f"prompts x {n} samples")

@@ -1,7 +1,7 @@
 """Knobs of the MPCoT teacher: model, sampling, few-shot seed set, SFT, conflict set, DPO, evaluation.
 
-Defaults are the embedded scale (SmolLM2-135M on 2 CPU cores, minutes per stage); each description
-names the paper's setting ("paper: ...") so a GPU host can be set to it from params.yaml.
+Defaults are the embedded scale (SmolLM2-135M on 2 CPU cores, minutes per stage); the paper's settings are in
+profiles/paper.yaml.
 """
 from __future__ import annotations
 
@@ -15,25 +15,23 @@ from relkd.section import Section
 class SamplingConfig(Section):
     """How rationales are sampled (few-shot generation, conflict search, annotation)."""
 
-    temperature: float = Field(0.7, ge=0, description="0 = greedy decoding; paper: 0.7")
-    top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass; paper: 0.99")
-    top_k: int = Field(50, ge=0, description="0 = no top-k cut; paper: 50")
+    temperature: float = Field(0.7, ge=0, description="0 = greedy decoding")
+    top_p: float = Field(0.99, gt=0, le=1, description="nucleus mass")
+    top_k: int = Field(50, ge=0, description="0 = no top-k cut")
     max_new_tokens: int = Field(
-        96, ge=1, description="cap on new tokens (worked answers: 31-37 tokens; label-hinted SFT targets up to a "
-        "35-word rationale, about 70 tokens with product codes, plus the label line); an answer ends at its first complete label line, so this only "
-        "bounds answers that never write one; paper: long free-form CoT (hundreds of tokens)"
+        96, ge=1, description="cap on new tokens; an answer ends at its first complete label line, so this only "
+        "bounds answers that never write one (a label-hinted SFT target is up to ~70 tokens plus its label line)"
     )
     no_repeat_ngram: int = Field(
         8, ge=0, description="ban a token that would repeat an n-gram of this size within the answer (0 = off): "
-        "stops a small model's greedy loops before its token cap (transformers backend; vllm needs 0); "
-        "paper: off")
+        "stops a small model's greedy loops before its token cap (transformers engine only; serving engines need 0)")
     label_choice: bool = Field(
         True, description="once an answer has written its label key ('Label:'), its label is chosen from the "
         "label set, token by token, then the line ends (guided choice, as vLLM's guided decoding): a small "
         "teacher that writes the label line but a near-miss name ('strong relevance') or the product title "
-        "after it still answers a class; an answer that never writes the line stays unparseable "
-        "(transformers backend; vllm needs false); paper: free-form")
-    k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective; paper: 5")
+        "after it still answers a class; an answer that never writes the line stays unparseable. Serving engines "
+        "(vllm, openai) do it with their structured output")
+    k: int = Field(2, ge=1, description="rationales sampled per seed pair and perspective")
     seed: int = Field(13, description="sampling seed (with the prompt and sample index it fixes every output)")
 
 
@@ -41,52 +39,68 @@ class FewShotConfig(Section):
     """The labelled seed set that few-shot generation runs on, and the shots in each prompt."""
 
     n_seed_pairs: int = Field(
-        12, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set; "
-        "paper: the labelled training set"
+        12, ge=1, description="train pairs drawn (class-balanced where possible) as the seed set"
     )
-    n_shots: int = Field(1, ge=0, description="worked examples per perspective prompt; paper: a few")
+    n_shots: int = Field(1, ge=0, description="worked examples per perspective prompt")
     seed: int = Field(13, description="seed of the seed-set draw")
 
 
-class SFTSection(Section):
+class TrainerSection(Section):
+    """What SFT and DPO share: the Trainer's schedule, checkpoints and device flags."""
+
+    epochs: float = Field(2, gt=0, description="passes over the examples")
+    lr: float = Field(4e-4, gt=0, description="peak learning rate")
+    batch_size: int = Field(8, ge=1, description="per-device batch (the examples of one prompt)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(448, ge=16, description="prompt + completion tokens; a longer example is left out")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up linearly (whole steps, "
+                                "rounded down)")
+    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
+    seed: int = Field(13, description="training seed (LoRA init, data order)")
+    save_steps: int | None = Field(
+        10, ge=1, description="a checkpoint (adapter, optimiser, scheduler, RNG) every N optimiser steps under the "
+        "stage's checkpoint folder; a rerun of a killed stage resumes from the newest; None = no mid-run checkpoint")
+    gradient_checkpointing: bool | None = Field(
+        None, description="recompute activations in the backward pass (memory for long prompts); None = on with a "
+        "GPU, off on CPU")
+    bf16: bool | None = Field(None, description="bfloat16 mixed precision; None = on with a GPU that has it")
+    prefix_sharing: bool | None = Field(
+        None, description="run a batch's shared prompt tokens once (their KV cache feeds every row; 3.6x cheaper "
+        "CPU steps on the embedded catalogue); None = on unless gradient checkpointing, FSDP or DeepSpeed (they "
+        "drop the cache) is on; false = every row whole, as trl")
+
+
+class SFTSection(TrainerSection):
     """LoRA SFT on the consistency-filtered union of the three perspective sets."""
 
-    r: int = Field(8, ge=1, description="LoRA rank; paper: LoRA, rank not stated")
+    r: int = Field(8, ge=1, description="LoRA rank")
     alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] | str = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="module names LoRA wraps (Llama/Qwen attention names); 'all-linear' wraps every linear layer",
     )
-    epochs: float = Field(2, gt=0, description="paper: 3")
-    lr: float = Field(4e-4, gt=0, description="peak learning rate; high for tiny CPU data; paper: 5e-5")
-    batch_size: int = Field(8, ge=1, description="per-device batch")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: global batch 32")
-    max_length: int = Field(448, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name; paper: cosine")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps warming up linearly")
-    logging_steps: int | None = Field(None, ge=1, description="log every N optimiser steps; None = once per epoch")
-    seed: int = Field(13, description="training seed (LoRA init, data order)")
     label_hinted_fallback: bool = Field(
         True,
         description="give every training pair the consistency filter left without a rationale a label-hinted "
         "one ('the answer is X; give the reasoning', STaR-style rationalisation; a rationale naming a class is "
         "dropped), so SFT learns the answer format from the whole training split and not from the few seed "
-        "pairs the untrained teacher got right; the metrics say how many; paper: not used (False)",
+        "pairs the untrained teacher got right; the metrics say how many",
     )
     max_examples: int | None = Field(
         128, ge=1, description="cap on SFT examples (consistent ones first, then hinted ones, seeded); None = "
         "every training pair")
     perspective_share: float = Field(
         0.4, ge=0, le=1, description="share of the SFT examples posed under a perspective prompt (with the "
-        "few-shot shots, as teacher_pairs and teacher_eval ask), the rest under the unified prompt: at 135M the "
-        "format learned under the unified prompt alone did not always carry over (6.25% unparseable under "
-        "structured analysis); paper: 0 (one unified prompt for all samples)")
+        "few-shot shots, as teacher_pairs and teacher_eval ask), the rest under the unified prompt (a small teacher "
+        "trained under the unified prompt alone may not carry the format over to the perspective prompts)")
     check_pairs: int = Field(
         32, ge=1, description="validation pairs the trained teacher answers after SFT (greedy) under the unified "
-        "prompt, and under each perspective prompt when perspective_share > 0, to prove it learned the format")
+        "prompt, and under each perspective prompt when perspective_share > 0, to prove it learned the format "
+        "(checked at the start of teacher_pairs)")
     max_unparseable: float = Field(
-        0.1, ge=0, le=1, description="teacher_sft fails when more than this share of those answers has no "
+        0.1, ge=0, le=1, description="teacher_pairs fails when more than this share of those answers has no "
         "parseable label (the format was not learned: more epochs, a higher lr or more examples)")
 
 
@@ -94,35 +108,32 @@ class PairsConfig(Section):
     """Conflict set search and cross-perspective preference pairs."""
 
     n_pairs_set: int = Field(
-        16, ge=1, description="train pairs the SFT model is run on to find conflicts; paper: the training set"
+        16, ge=1, description="train pairs the SFT model is run on to find conflicts"
     )
-    k: int = Field(2, ge=1, description="samples per pair and perspective (pass@k); paper: 5")
+    k: int = Field(2, ge=1, description="samples per pair and perspective (pass@k)")
     max_pairs_per_sample: int = Field(
         2, ge=1, description="preference pairs kept per conflicting (query, item); bounds one sample's weight"
     )
 
 
-class DPOSection(Section):
+class DPOSection(TrainerSection):
     """DPO on the cross-perspective preference pairs, continuing the SFT adapter."""
 
-    epochs: float = Field(1, gt=0, description="paper: 3")
-    lr: float = Field(5e-5, gt=0, description="peak learning rate; high enough to move a LoRA on tiny CPU data; "
-                      "paper: 5e-6")
-    beta: float = Field(0.1, gt=0, description="KL strength to the reference (the SFT model); paper: 0.1 (trl default)")
+    epochs: float = Field(1, gt=0, description="passes over the pairs")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate; high enough to move a LoRA on tiny CPU data")
+    beta: float = Field(0.1, gt=0, description="KL strength to the reference (the SFT model); trl's default")
     batch_size: int = Field(4, ge=1, description="per-device batch of preference pairs")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation; paper: effective batch 64")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="paper: 0.1")
-    lr_scheduler: str = Field("cosine", description="transformers scheduler name")
-    max_length: int = Field(384, ge=16, description="prompt + completion tokens, longer is cut; paper: 3072")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps warming up linearly (whole steps, "
+                                "rounded down)")
+    max_length: int = Field(384, ge=16, description="prompt + completion tokens; a longer pair is left out")
     logging_steps: int | None = Field(1, ge=1, description="log every N optimiser steps (a DPO run here is a few "
                                       "steps: once per epoch showed one loss); None = once per epoch")
-    seed: int = Field(13, description="training seed (data order)")
 
 
 class EvalConfig(Section):
     """Teacher accuracy on test pairs (few-shot, SFT, SFT+DPO; per perspective and unified)."""
 
-    n_test_pairs: int | None = Field(48, ge=1, description="cap on test pairs scored; None = all; paper: all")
+    n_test_pairs: int | None = Field(48, ge=1, description="cap on test pairs scored; None = all")
     greedy: bool = Field(True, description="greedy rationales for evaluation (else sampled with `sampling`)")
     single_after_training: bool = Field(
         False, description="also answer under each perspective's own prompt after SFT and DPO (the table's "
@@ -136,7 +147,7 @@ class AnnotateConfig(Section):
     batch_size: int = Field(64, ge=1, description="prompts per generate call")
     max_pairs: int | None = Field(128, ge=1, description="cap on train pairs annotated (a seeded sample in the natural class mix; the students train on every pair, guided where annotated); None = all")
     hint: Literal["none", "gold"] = Field(
-        "none", description="none = the teacher's own rationale (paper); gold = label-hinted rationalisation "
+        "none", description="none = the teacher's own rationale; gold = label-hinted rationalisation "
         "(the gold label is in the prompt, STaR-style), for a teacher too weak to reason its way to the label")
     source: Literal["teacher", "oracle"] = Field(
         "teacher", description="who writes the rationales: teacher = the final teacher (paper); oracle = A CONTROL, "
@@ -228,35 +239,66 @@ class TeacherTierSection(Section):
         return self
 
 
+class HTTPConfig(Section):
+    """The teacher served by a fleet of OpenAI-compatible servers (teacher.backend openai): `vllm serve`, SGLang,
+    llama.cpp's server. relkd's process owns no GPU; requests are spread over the servers and cached, so a killed
+    stage resumes."""
+
+    base_urls: list[str] = Field(
+        default_factory=list, description="the servers' base URLs, e.g. ['http://gpu-1:8000/v1']; a request goes "
+        "to the least busy one")
+    served_model: str | None = Field(
+        None, description="the base model's name on the servers (their /v1/models); None = teacher.model")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="adapter folder name -> the LoRA's served name; an adapter not listed is "
+        "served under its folder's name (sft, dpo, final: `vllm serve ... --lora-modules sft=models/teacher/sft`)")
+    server: Literal["vllm", "sglang", "llama_cpp"] = Field(
+        "vllm", description="what the servers are, for the fields the OpenAI API leaves to each: vllm (stop strings "
+        "kept and `structured_outputs.choice`), sglang (`matched_stop`, `regex`), llama_cpp (llama-cpp-python or "
+        "llama-server: GBNF `grammar`, one sample a request, no report of which stop fired, so answers run to their "
+        "end and are cut after the label key)")
+    concurrency: int = Field(8, ge=1, description="requests in flight per server")
+    timeout: float = Field(300.0, gt=0, description="seconds a request may take")
+    retries: int = Field(4, ge=0, description="retries of a failed request (connection errors, 408, 429, 5xx), "
+                         "with the openai client's exponential backoff")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the servers' API key "
+                             "(unset: no key sent)")
+
+
 class TeacherConfig(Section):
     """The MPCoT teacher: a causal LM that writes a rationale, then a label."""
 
     model: str = Field(
         "pypi:SmolLM2-135M-Instruct",
-        description="relkd.models name or hub id of the teacher LM; paper: Qwen/Qwen3-14B",
+        description="relkd.models name or hub id of the teacher LM",
     )
-    backend: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="generation engine; auto = vllm when importable and a GPU is visible, else transformers"
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM GPUs per model (paper scale: as many as fit 14B)")
+    backend: Literal["auto", "transformers", "vllm", "openai"] = Field(
+        "auto", description="generation engine: transformers (in-process, CPU or GPU), vllm (in-process, GPU), "
+        "openai (OpenAI-compatible servers over HTTP: teacher.http); auto = vllm when importable and a GPU is "
+        "visible, else transformers")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per vLLM engine (tensor parallel)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bfloat16 on GPU, float32 on CPU (no bf16 on CPU)"
     )
-    batch_size: int = Field(64, ge=1, description="prompts per generate call (transformers backend); greedy answers/s on 2 cores: 16 -> 1.5, 32 -> 1.8, 64 -> 2.3")
+    batch_size: int = Field(64, ge=1, description="prompts per generate call (and per cached batch)")
     max_prompt_tokens: int = Field(
         2048, ge=16, description="longest prompt accepted; a longer one is an error (fewer shots or raise this)"
     )
     label_decision: Literal["parse", "score"] = Field(
         "parse",
-        description="what decides the predicted label: 'parse' = the label written after the rationale (paper); "
+        description="what decides the predicted label: 'parse' = the label written after the rationale; "
         "'score' = the highest log-likelihood label after the rationale; both rates are reported",
     )
     label_scores: bool = Field(
         False, description="also score every answer's labels by log-likelihood after its rationale (the records' "
         "probs and scored_label, the accuracy_scored columns, vote ties broken by probability mass); always on "
         "with label_decision 'score' and in teacher-score (its tiers are cumulative probabilities); off, the "
-        "generating stages do ~30% less work (paper: the label is parsed, nothing is scored)",
+        "generating stages do ~30% less work",
     )
+    num_processes: int = Field(
+        1, ge=1, description="processes teacher_sft and teacher_dpo train on (dvc.yaml runs them with `accelerate "
+        "launch`; one per GPU; accelerate's own config, written by `accelerate config`, picks DDP, FSDP or DeepSpeed)")
+    http: HTTPConfig = HTTPConfig()
     sampling: SamplingConfig = SamplingConfig()
     fewshot: FewShotConfig = FewShotConfig()
     sft: SFTSection = SFTSection()

@@ -77,6 +77,23 @@ def dynamic_sample(rates: dict[Hashable, float]) -> list[Hashable]:
     return [pid for pid, r in rates.items() if 0.0 < r < 1.0]
 
 
+def _device_args(logging_steps: int | None) -> dict:
+    """GRPOConfig arguments that differ between a CPU host and a GPU host (trl's defaults assume a GPU)."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return dict(
+        use_cpu=not gpu,
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=gpu,  # the new name of gradient_checkpointing (trl defaults it on)
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="epoch" if logging_steps is None else "steps",
+        logging_steps=logging_steps or 10,
+        dataloader_num_workers=0,
+    )
+
+
 def grpo(model_path: str, adapter: str | Path, examples: Sequence[dict], labels: Sequence[str],
          out_dir: str | Path, cfg: GRPOSection, sampling: SamplingConfig = SamplingConfig(),
          callbacks: Sequence[TrainerCallback] = ()) -> dict:
@@ -98,9 +115,9 @@ def grpo(model_path: str, adapter: str | Path, examples: Sequence[dict], labels:
     from transformers import set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    from relkd.teacher.training import _device_args, _load_base, _save_adapter, train_summary
+    from relkd.teacher.adapters import load_base, save_adapter, train_summary
 
-    base, tokenizer = _load_base(model_path)
+    base, tokenizer = load_base(model_path)
     model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     data = Dataset.from_list([{"prompt": e["prompt"], "gold": e["gold"]} for e in examples])
     with tempfile.TemporaryDirectory(prefix="relkd-grpo-") as scratch:
@@ -125,5 +142,5 @@ def grpo(model_path: str, adapter: str | Path, examples: Sequence[dict], labels:
     metrics = train_summary(trainer, len(examples), REWARD_KEYS)
     if not math.isfinite(metrics.get("train_loss", math.nan)):
         raise FloatingPointError(f"GRPO loss is {metrics.get('train_loss')}; lower teacher.grpo.lr ({cfg.lr})")
-    _save_adapter(trainer.model, tokenizer, out_dir)
+    save_adapter(trainer.model, tokenizer, out_dir)
     return metrics

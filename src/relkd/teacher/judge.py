@@ -10,6 +10,7 @@ two ``label_decision`` picks, and is what the selection functions and metrics re
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -19,9 +20,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from relkd.teacher.asking import Asking
 from relkd.teacher.cache import GenerationCache, cached_generate
-from relkd.teacher.config import SamplingConfig
-from relkd.teacher.generation import label_distribution
+from relkd.teacher.engine import label_distribution
 from relkd.teacher.parsing import LABEL_KEY, REASONING_KEY, normalise, parse
 from relkd.teacher.prompts import UNIFIED, Perspective, answer_text, render, render_messages
 
@@ -44,35 +45,35 @@ def _score_key(model_id: str, prefix: str, labels: Sequence[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def cached_scores(backend, cache: GenerationCache, prefixes: Sequence[str], labels: Sequence[str],
-                  model_id: str, batch_size: int, progress: bool = True) -> np.ndarray:
-    """``backend.score_labels`` for the prefixes the cache lacks, a batch at a time (resumable)."""
-    keys = [_score_key(model_id, p, labels) for p in prefixes]
+def cached_scores(teacher, cache: GenerationCache, prefixes: Sequence[str], labels: Sequence[str],
+                  batch_size: int, progress: bool = True) -> np.ndarray:
+    """``teacher.score_labels`` for the prefixes the cache lacks, a batch at a time (resumable)."""
+    keys = [_score_key(teacher.cache_id, p, labels) for p in prefixes]
     todo = list({k: p for k, p in zip(keys, prefixes) if k not in cache}.items())
     with tqdm(total=len(todo), desc="scoring labels", unit="answer", disable=not progress or not todo) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            scores = backend.score_labels([p for _, p in batch], labels)
+            scores = teacher.score_labels([p for _, p in batch], labels)
             cache.put_many([(k, [json.dumps(s.tolist())], {"kind": "label_scores"}) for (k, _), s in zip(batch, scores)])
             bar.update(len(batch))
     return np.array([json.loads(cache.get(k)[0]) for k in keys]).reshape(len(prefixes), len(labels))
 
 
-def judge(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, prompts: Sequence[str],
-          perspective: str, labels: Sequence[str], n: int, sampling: SamplingConfig, seed: int,
-          decision: str, batch_size: int, scored: bool = True) -> list[dict]:
-    """n samples per pair under the given rendered prompts; one record per sample. With ``scored`` false
-    (TeacherConfig.scores_labels) no label is scored: probs and scored_label are None."""
+def judge(teacher, cache: GenerationCache, pairs: pd.DataFrame, prompts: Sequence[str], perspective: str,
+          labels: Sequence[str], asking: Asking) -> list[dict]:
+    """``asking.n`` samples per pair under the given rendered prompts; one record per sample. With
+    ``asking.scored`` false no label is scored: probs and scored_label are None."""
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts for {len(pairs)} pairs")
-    if decision == "score" and not scored:
+    decision = asking.decision
+    if decision == "score" and not asking.scored:
         raise ValueError("label_decision 'score' decides by the label scores: judge needs scored=True")
-    texts = cached_generate(backend, cache, prompts, n, sampling, seed, model_id, batch_size, labels=labels)
+    texts = cached_generate(teacher, cache, prompts, asking, labels=labels)
     parsed = [[parse(t, labels) for t in row] for row in texts]
     probs = None
-    if scored:
+    if asking.scored:
         prefixes = [score_prefix(p, a.rationale) for p, row in zip(prompts, parsed) for a in row]
-        probs = label_distribution(cached_scores(backend, cache, prefixes, labels, model_id, batch_size))
+        probs = label_distribution(cached_scores(teacher, cache, prefixes, labels, asking.batch_size))
     records, i = [], 0
     for (_, pair), row_texts, row_parsed in zip(pairs.iterrows(), texts, parsed):
         for s, (text, a) in enumerate(zip(row_texts, row_parsed)):
@@ -192,14 +193,12 @@ def clean_hinted(completion: str, labels: Sequence[str]) -> tuple[str, str | Non
     return text, None
 
 
-def hinted_rationales(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame,
-                      perspective: Perspective, labels: Sequence[str], sampling: SamplingConfig, seed: int,
-                      batch_size: int) -> list[tuple[str, str | None]]:
+def hinted_rationales(teacher, cache: GenerationCache, pairs: pd.DataFrame, perspective: Perspective,
+                      labels: Sequence[str], asking: Asking) -> list[tuple[str, str | None]]:
     """One greedy label-hinted rationale per pair, as ``clean_hinted`` returns it: (rationale, None) or
     ("", why it was dropped)."""
-    prompts = hinted_prompts(backend.tokenizer, perspective, pairs, labels)
-    greedy = sampling.model_copy(update={"temperature": 0.0})
-    texts = cached_generate(backend, cache, prompts, 1, greedy, seed, model_id, batch_size, labels=labels)
+    prompts = hinted_prompts(teacher.tokenizer, perspective, pairs, labels)
+    texts = cached_generate(teacher, cache, prompts, dataclasses.replace(asking.greedy(), n=1), labels=labels)
     return [clean_hinted(row[0], labels) for row in texts]
 
 
@@ -222,10 +221,8 @@ def prompted_examples(tokenizer, prompts: Sequence[Perspective], pairs: pd.DataF
             for p, q, t, r, y in zip(prompts, pairs["query"], pairs["title"], rationales, answers)]
 
 
-def judge_perspectives(backend, cache: GenerationCache, model_id: str, pairs: pd.DataFrame, perspectives: dict,
-                       names: Sequence[str], labels: Sequence[str], shots, n: int, sampling: SamplingConfig,
-                       seed: int, decision: str, batch_size: int, scored: bool = True) -> dict[str, list[dict]]:
+def judge_perspectives(teacher, cache: GenerationCache, pairs: pd.DataFrame, perspectives: dict,
+                       names: Sequence[str], labels: Sequence[str], shots, asking: Asking) -> dict[str, list[dict]]:
     """`judge` under each named perspective prompt (with the same shots): perspective -> records."""
-    return {name: judge(backend, cache, model_id, pairs, prompts_for(backend.tokenizer, perspectives[name], pairs,
-                                                                     labels, shots),
-                        name, labels, n, sampling, seed, decision, batch_size, scored) for name in names}
+    return {name: judge(teacher, cache, pairs, prompts_for(teacher.tokenizer, perspectives[name], pairs, labels, shots),
+                        name, labels, asking) for name in names}

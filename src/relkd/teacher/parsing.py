@@ -129,10 +129,23 @@ def answer_end(text: str) -> int | None:
 def awaits_label(text: str) -> bool:
     """True when `text` (an answer being written) has reached its first label line but no label text yet:
     it ends in "Label:" (or "**Label:** "), or in a bare label line and blank lines after it. This is where
-    a guided decoder chooses the label (generation.TransformersBackend with sampling.label_choice)."""
+    a guided decoder chooses the label (hf_decoding.label_choice, with sampling.label_choice)."""
     lines = text.splitlines(keepends=True)
     first = _first_label_line(lines)
     return first is not None and not first[1] and not any(nxt.strip() for nxt in lines[first[0] + 1:])
+
+
+def label_key_end(text: str) -> int | None:
+    """Where the label key of `text`'s first label line ends ("...\nLabel:" or "...\n**Label:**", without the
+    spaces after it), or None when no line is a label line: where a label chosen from the label set is written
+    (" " + label) by an engine that cannot stop there itself."""
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        m = _LABEL_LINE.match(line.rstrip("\r\n"))
+        if m:
+            return len(text[:pos + m.start("rest")].rstrip(" \t"))
+        pos += len(line)
+    return None
 
 
 def cut_answer(text: str) -> str:

@@ -57,7 +57,7 @@ def cumulative_tiers(probs, labels: Sequence[str], order: Sequence[str] | None =
     if len(p) and (not np.isfinite(p).all() or (p < 0).any() or np.abs(p.sum(axis=1) - 1).max() > 1e-4):
         bad = int(np.argmax(~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > 1e-4)))
         raise ValueError(f"row {bad} of probs is not a distribution ({p[bad].tolist()}); pass softmaxed "
-                         "probabilities (relkd.teacher.generation.label_distribution)")
+                         "probabilities (relkd.teacher.engine.label_distribution)")
     cum = np.cumsum(p[:, idx], axis=1)
     tiers = np.zeros(len(p), dtype=np.int64)
     # From tier 1 up: a higher tier reached overwrites a lower one, so each row ends at its highest tier.

@@ -351,8 +351,26 @@ def _decide_on_rows(name: str, policy: PromotionPolicy, version: str, champ: str
     return Decision(ok, reasons)
 
 
+def evidence_check(evidence: dict, version: str, champion: str | None) -> tuple[bool, str]:
+    """Whether an online A/B report (online.json of relkd.serving.online_ab) supports promoting `version` over
+    `champion`, and why."""
+    versions = evidence.get("versions") or {}
+    about = (str(versions.get("challenger")), str(versions.get("champion")))
+    if about != (str(version), str(champion)):
+        return False, (f"online A/B evidence is about challenger v{about[0]} vs champion v{about[1]}, not v{version} "
+                       f"vs v{champion}: run the online A/B of these versions (`dvc repro ab_online` or `relkd ab "
+                       "online`) and pass its online.json")
+    verdict = evidence.get("verdict")
+    reasons = "; ".join(evidence.get("reasons") or [])
+    if verdict != "promote":
+        return False, f"online A/B verdict is {verdict!r}, not 'promote' (experiment {evidence.get('experiment')!r}: " \
+                      f"{reasons})"
+    return True, f"online A/B verdict promote (experiment {evidence.get('experiment')!r}: {reasons})"
+
+
 def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = False,
-            rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0) -> Decision:
+            rows: pd.DataFrame | None = None, n_boot: int = 1000, seed: int = 0,
+            evidence: dict | None = None) -> Decision:
     """Run the gate for `version` (default: the ``challenger`` alias) against the ``champion``.
 
     With `rows` (labelled query/title/label rows of the current data, e.g. the test split), both versions
@@ -365,6 +383,9 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
     and the version gets tags promotion.decision=promoted, .reasons, .previous_champion, .time (the
     replaced champion gets promotion.superseded_by). Refused: aliases stay; the version gets
     promotion.decision=refused, .reasons, .champion, .time. A dry run changes nothing.
+
+    `evidence`: an online A/B report (relkd.serving.online_ab, online.json); its verdict must be ``promote`` for
+    this version against this champion, on top of the policy.
     """
     current = aliases(name)
     if version is None:
@@ -381,6 +402,9 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
     else:
         decision = decide(policy, version_metrics(name, version),
                           version_metrics(name, champ) if champ is not None else None)
+    if evidence is not None:
+        passed, text = evidence_check(evidence, version, champ)
+        decision = Decision(decision.promote and passed, [*decision.reasons, ("pass: " if passed else "fail: ") + text])
     decision = Decision(decision.promote, decision.reasons, version=version, champion=champ)
     if dry_run:
         return decision
@@ -405,6 +429,6 @@ def promote(name: str, policy: PromotionPolicy, version=None, dry_run: bool = Fa
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "Decision", "Guard", "PromotionPolicy", "REGISTERED_NAME", "RegistryError",
-    "aliases", "decide", "log_student", "pick_challenger", "promote", "served", "serving_requirements",
+    "aliases", "decide", "evidence_check", "log_student", "pick_challenger", "promote", "served", "serving_requirements",
     "set_challenger", "version_metrics", "versions",
 ]

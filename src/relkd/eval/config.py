@@ -1,5 +1,5 @@
-"""Knobs of the peer rows every quality table carries (majority, lexical models, sentence-transformers'
-CrossEncoder), and of the embed stage's e_cot label probe."""
+"""Typed sections of the evaluation: the peer rows every quality table carries (majority, lexical models,
+sentence-transformers' CrossEncoder), the embed stage's e_cot label probe, and the keyword probes (paper Fig. 4)."""
 from __future__ import annotations
 
 from pydantic import Field
@@ -32,10 +32,22 @@ class EcotProbeConfig(Section):
     """The embed stage's linear probe from e_cot to the gold label (can the guidance target carry the label?)."""
 
     folds: int = Field(5, ge=2, description="stratified folds (fewer when the smallest class has fewer rows)")
-    seed: int = 13
+    seed: int = Field(13, description="seed of the folds")
 
 
 class PeersConfig(Section):
+    """The rows every student table carries, trained on the students' rows (the train split)."""
+
     cross_encoder: CrossEncoderPeerConfig = CrossEncoderPeerConfig()
     lexical: LexicalPeerConfig = LexicalPeerConfig()
     e_cot_probe: EcotProbeConfig = EcotProbeConfig()
+
+
+class ProbeConfig(Section):
+    """Linear probes for rationale keywords on r versus h_cls (paper Fig. 4)."""
+
+    variant: str = Field("lrkd_gat", description="student variant whose r is probed")
+    top_n: int = Field(10, ge=1, description="keywords probed (frequent in rationales, absent from the pair)")
+    min_count: int = Field(5, ge=1, description="pairs a keyword must occur in")
+    n_runs: int = Field(10, ge=2, description="random splits per keyword")
+    seed: int = Field(13, description="seed of the splits")
