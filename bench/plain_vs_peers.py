@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import compare_rows, report  # noqa: E402
 
 
 def main() -> None:
@@ -39,9 +39,7 @@ def main() -> None:
     import pandas as pd
 
     from relkd.config import load_params
-    from relkd.eval.metrics import classification_report
     from relkd.eval.peers import fit_lexical, fit_majority
-    from relkd.eval.stats import bootstrap_diff_ci, mean_std
     from relkd.student.config import VariantConfig
     from relkd.student.trainer import kept_epoch, predict, train_student
 
@@ -74,26 +72,13 @@ def main() -> None:
                                  "minutes": round((time.time() - t0) / 60, 1)})
             print(name, epochs[name][-1], flush=True)
 
-    lexical_pred = systems["peer: lexical features + logistic regression"][0]
-    rows = []
-    for name, preds in systems.items():
-        reps = [classification_report(gold, p, labels) for p in preds]
-        row = {"model": name, "seeds": len(preds)}
-        for metric, short in (("accuracy", "ACC"), ("macro_f1", "F1")):
-            m, sd = mean_std([100 * r[metric] for r in reps])
-            row[short] = f"{m:.2f} ± {sd:.2f}"
-            if name.startswith("peer: lexical"):
-                row[f"Δ{short} vs lexical LR [95% CI]"] = "-"
-                continue
-            ci = bootstrap_diff_ci(gold, [lexical_pred] * len(preds), preds, metric, labels, seed=0)
-            row[f"Δ{short} vs lexical LR [95% CI]"] = (
-                f"{100 * ci['diff']:+.2f} [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]")
-        rows.append(row)
+    rows = compare_rows(gold, systems, labels, "peer: lexical features + logistic regression", "lexical LR")
     extra = {"prepared": prepared.name, "sizes": {s: len(f) for s, f in splits.items()}, "seeds": a.seeds,
              "student": params.student.model_dump(include={"backbone", "lr", "epochs", "batch_size", "pooling",
                                                            "max_length"}),
              "kept_epochs": epochs}
-    report(a.name, rows, list(rows[0]), extra, a.out)
+    columns = ["model", "seeds", "ACC", "ΔACC vs lexical LR [95% CI]", "F1", "ΔF1 vs lexical LR [95% CI]"]
+    report(a.name, rows, columns, extra, a.out)
 
 
 if __name__ == "__main__":

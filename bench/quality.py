@@ -13,30 +13,29 @@ the label's reasons, which a chance-level teacher's own rationales do not.
     python bench/quality.py --data PATH/TO/homedepot_dev.csv.gz   # the benchmark data file, never committed
 
 The defaults are the Home Depot file's columns and the class mapping its README suggests, the real-cpu
-profile, and sizes at which the plain student can learn the noisy graded labels (about 4,000 training pairs;
-on 884 it fell below the majority class). Timed on 2026-12-06 (2 cores): `--queries 600 --rounds none --variants
-plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the teacher's stages 23, each student 12 for 3 seeds, the
-peers 11); every round of `--rounds` adds its annotation and students. Re-running with the same --workdir
-resumes (DVC skips the stages that finished). The data stays in --workdir (outside the repository); only the
-tables are written to
+profile, and every query of the file (`--queries all`): the students and the peers train on all the labelled
+training pairs, which is what a team would do, while the teacher annotates a sample of them (`--annotate`); a
+number of queries samples fewer (600 queries: 2,416 training pairs, the runs below). Timed on 2026-12-06
+(2 cores): `--queries 600 --rounds none --variants plain lrkd_gat lrkd_gat_lam1` took about 72 minutes (the
+teacher's stages 23, each student 12 for 3 seeds, the peers 11); every round of `--rounds` adds its annotation
+and students. Re-running with the same --workdir resumes (DVC skips the stages that finished). The data stays in
+--workdir (outside the repository); only the tables are written to
 bench/results/quality.{md,json}.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown  # noqa: E402
+from common import HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, dotted, dvc_repro, machine, markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = {"none": "the teacher's own rationales (paper)", "gold": "label-hinted rationales"}
@@ -54,8 +53,9 @@ def _variants() -> dict:
 VARIANTS = _variants()
 
 
-def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Path) -> dict:
-    """Every row of `n_queries` queries drawn at random (the split by query happens in `prepare`)."""
+def sample_queries(data: str, query_col: str, n_queries: int | None, seed: int, out: Path) -> dict:
+    """Every row of `n_queries` queries drawn at random, or of all of them with None (the split by query happens in
+    `prepare`)."""
     import numpy as np
     import pandas as pd
 
@@ -64,26 +64,12 @@ def sample_queries(data: str, query_col: str, n_queries: int, seed: int, out: Pa
         raise SystemExit(f"--data {data}: no column {query_col!r} (columns: {list(frame.columns)}); "
                          "pass --query-col")
     queries = frame[query_col].drop_duplicates()
-    chosen = set(queries.sample(n=min(n_queries, len(queries)), random_state=np.random.RandomState(seed)))
+    n = len(queries) if n_queries is None else min(n_queries, len(queries))
+    chosen = set(queries.sample(n=n, random_state=np.random.RandomState(seed)))
     sample = frame[frame[query_col].isin(chosen)]
     sample.to_csv(out, index=False)
     return {"file_rows": len(frame), "file_queries": int(len(queries)), "sample_rows": len(sample),
             "sample_queries": len(chosen)}
-
-
-def dotted(assignments: list[str]) -> dict:
-    """`--set teacher.sft.max_examples=128` (values parsed as YAML) as a nested params overlay."""
-    out: dict = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. student.epochs=5")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def overlay(a, sample: Path) -> dict:
@@ -107,26 +93,6 @@ def set_params(clone: Path, over: dict, variants: dict, hint: str, profile: str 
     params["teacher"]["annotate"]["hint"] = hint
     parse_params(params)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-def repro(clone: Path, log: Path, *targets: str) -> float:
-    # The clone's own src/ first: the environment's relkd is an editable install of this checkout, whose
-    # uncommitted changes must not leak into a run of the committed pipeline.
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(clone / "src"), os.environ.get("PYTHONPATH")])),
-               GX_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    start = time.perf_counter()
-    with open(log, "a", encoding="utf-8") as fh:
-        proc = subprocess.Popen(["dvc", "repro", *targets], cwd=clone, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            fh.write(line)
-            if line.startswith(("Running stage", "Stage ")) or "ERROR" in line:
-                print(f"[{time.strftime('%H:%M:%S')}] {line.rstrip()}", flush=True)
-        if proc.wait():
-            raise SystemExit(f"dvc repro {' '.join(targets)} failed in {clone}; see {log}")
-    return time.perf_counter() - start
 
 
 def read(clone: Path, rel: str) -> dict:
@@ -156,12 +122,12 @@ def student_rows(compare: dict, variants: list[str]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="CSV (optionally .gz) with query, title and graded label columns")
-    ap.add_argument("--columns", default='{"query": "search_term", "title": "product_title", '
-                    '"label": "relevance", "pair_id": "id"}', help="JSON: canonical name -> column")
-    ap.add_argument("--thresholds", default='[[0.0, "irrelevant"], [1.67, "partial"], [2.33, "substitute"], '
-                    '[3.0, "exact"]]', help="JSON [[min_score, class], ...] (the Home Depot README's mapping)")
-    ap.add_argument("--queries", type=int, default=1000, help="queries sampled from the file (all their rows; "
-                    "1,000 Home Depot queries: ~4,000 training pairs for the students and peers)")
+    ap.add_argument("--columns", default=json.dumps(HOMEDEPOT_COLUMNS), help="JSON: canonical name -> column")
+    ap.add_argument("--thresholds", default=json.dumps(HOMEDEPOT_THRESHOLDS),
+                    help="JSON [[min_score, class], ...] (the Home Depot README's mapping)")
+    ap.add_argument("--queries", type=lambda v: None if v == "all" else int(v), default=None,
+                    help="queries sampled from the file (all their rows), or 'all' (the default: every training "
+                    "pair of the file's split; 1,000 Home Depot queries: ~4,000 training pairs)")
     ap.add_argument("--annotate", type=int, default=400, help="train pairs the teacher annotates (the guidance "
                     "targets; the students train on every training pair, student.train_rows: all)")
     ap.add_argument("--teacher-test", type=int, default=200, help="test pairs the teacher tables are measured on "
@@ -196,7 +162,7 @@ def main() -> None:
               f"({commit[:10]})", flush=True)
     if not clone.exists():
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    sample = work / f"sample-q{a.queries}-seed{a.seed}.csv"
+    sample = work / f"sample-q{a.queries or 'all'}-seed{a.seed}.csv"
     sizes = sample_queries(a.data, json.loads(a.columns)["query"], a.queries, a.seed, sample)
     print(f"workdir {work}; sample {sizes}", flush=True)
     from relkd.config import merge
@@ -211,7 +177,7 @@ def main() -> None:
         set_params(clone, over, variants, hint, a.profile)
         result["settings"]["train_rows"] = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))[
             "student"].get("train_rows", "annotated")
-        wall = repro(clone, work / f"repro-{hint}.log", "compare", "teacher_eval")
+        wall = dvc_repro(clone, work / f"repro-{hint}.log", "compare", "teacher_eval")
         result["wall_s"][hint] = round(wall, 1)
         result["rounds"][hint] = {"compare": read(clone, "metrics/compare.json"),
                                   "peers": read(clone, "reports/student/peers.json"),

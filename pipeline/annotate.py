@@ -1,6 +1,7 @@
 """Stage `annotate`: the final teacher writes one rationale (and label) for every student training pair. With
 --perspective (stage `annotate_single@<perspective>`): a single-perspective teacher, asked under its own prompt with
-the few-shot shots (--fewshot), as it was trained."""
+the few-shot shots (--fewshot), as it was trained. With `teacher.annotate.source: oracle` (a control) the embedded
+catalogue's construction writes them instead."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +15,7 @@ from relkd.models import resolve
 from relkd.teacher.cache import GenerationCache, shard
 from relkd.teacher.engine import make_engine
 from relkd.teacher.judge import Asking, hinted_rationales, judge, prompts_for
+from relkd.teacher.oracle import oracle_records
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective
 
 
@@ -30,6 +32,24 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
     # N workers each take their shard (same cache folder, one file per worker); the merge is the folder.
     mine = set(shard(list(train["pair_id"]), cfg.shards.num_shards, cfg.shards.shard_index))
     train = train[train["pair_id"].isin(mine)].reset_index(drop=True)
+    records = oracle_records(train, cfg.sampling.seed) if cfg.annotate.source == "oracle" else \
+        teacher_records(cfg, train, labels, teacher_adapter, prompts_dir, cache_dir, perspective, fewshot)
+    write_jsonl(out, records)
+    gold = [r["gold"] for r in records]
+    rep = classification_report(gold, [r["label"] for r in records], labels)
+    metrics = {"source": cfg.annotate.source, "n_pairs": len(records), "teacher_accuracy_on_train": rep["accuracy"],
+               "teacher_macro_f1_on_train": rep["macro_f1"],
+               "unparseable_rate": classification_report(gold, [r["parsed_label"] for r in records],
+                                                         labels)["unparseable_rate"],
+               "empty_rationale_rate": sum(not r["rationale"] for r in records) / max(len(records), 1),
+               "mean_rationale_words": sum(len(r["rationale"].split()) for r in records) / max(len(records), 1)}
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def teacher_records(cfg, train, labels, teacher_adapter, prompts_dir, cache_dir, perspective, fewshot) -> list[dict]:
+    """The final teacher's greedy answer under the unified prompt for every pair (label-hinted rationales with
+    `annotate.hint: gold`)."""
     model_path = resolve(cfg.model)
     teacher = make_engine(cfg, model_path).teacher(teacher_adapter)
     prompt = load_perspective(Path(prompts_dir) / f"{perspective or UNIFIED}.yaml")
@@ -48,17 +68,7 @@ def run(params_path, prepared, teacher_adapter, prompts_dir, out, cache_dir, met
         # distribution stay in the record, so the metrics below still measure the teacher.
         hinted = hinted_rationales(teacher, cache, train, prompt, labels, asking)
         records = [dict(r, rationale=text, hint_dropped=why) for r, (text, why) in zip(records, hinted)]
-    write_jsonl(out, records)
-    gold = [r["gold"] for r in records]
-    rep = classification_report(gold, [r["label"] for r in records], labels)
-    metrics = {"n_pairs": len(records), "teacher_accuracy_on_train": rep["accuracy"],
-               "teacher_macro_f1_on_train": rep["macro_f1"],
-               "unparseable_rate": classification_report(gold, [r["parsed_label"] for r in records],
-                                                         labels)["unparseable_rate"],
-               "empty_rationale_rate": sum(not r["rationale"] for r in records) / max(len(records), 1),
-               "mean_rationale_words": sum(len(r["rationale"].split()) for r in records) / max(len(records), 1)}
-    write_json(metrics_path, metrics)
-    return metrics
+    return records
 
 
 def _main(a) -> None:

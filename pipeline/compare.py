@@ -114,7 +114,8 @@ def run(params_path, prepared, models, peers, teacher_metrics, out, plots, metri
                          train_rows(peers, PEERS[0], seeds))
     write_text(Path(out) / "compare.md",
                f"# Students on the test split ({len(base) // len(seeds)} pairs, seeds {seeds})\n\n"
-               + to_markdown(rows, [*STUDENT_COLUMNS, "what"]) + f"\n{note}\n\n{t}\n\n{members_line(models, cfg, seeds)}"
+               + to_markdown(rows, [*STUDENT_COLUMNS, "what"])
+               + f"\n{note}\n\n{t}\n\n{members_line(models, cfg, seeds)}"
                "Δ: difference from `plain`, 95% paired bootstrap interval over test rows and, with several seeds, "
                "over the seeds too (seed i of a row paired with plain's seed i; the same rows for every drawn seed). "
                f"`{PEER_PREFIX}` rows are peers trained on the same rows with the same seeds: the "

@@ -7,13 +7,21 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-
 from pipeline.common import read_labels, read_split, setup, stage_command
 from relkd.data.splits import balanced_sample
 from relkd.eval.metrics import classification_report
 from relkd.eval.stats import bootstrap_diff_ci
-from relkd.eval.tables import (MPCOT, MPCOT_DPO, SINGLE, SIZE_MATCHED, TEACHER_COLUMNS, TRAINED_SINGLE, ablation_table,
-                               teacher_table, to_markdown)
+from relkd.eval.tables import (
+    MPCOT,
+    MPCOT_DPO,
+    SINGLE,
+    SIZE_MATCHED,
+    TEACHER_COLUMNS,
+    TRAINED_SINGLE,
+    ablation_table,
+    teacher_table,
+    to_markdown,
+)
 from relkd.io import read_jsonl, write_json, write_jsonl, write_text
 from relkd.models import resolve
 from relkd.teacher import selection
@@ -65,7 +73,8 @@ def other_teachers(cfg, single: Path, progressive: Path) -> list[tuple[str, str,
     their own prompt) and the ProgressiveCoT ones (asked under the unified prompt)."""
     out = []
     for p in cfg.single.perspectives:
-        out += [(TRAINED_SINGLE, "SFT", p, single / p / "sft"), (TRAINED_SINGLE, "SFT+DPO", p, single / p / "dpo_aligned"),
+        out += [(TRAINED_SINGLE, "SFT", p, single / p / "sft"),
+                (TRAINED_SINGLE, "SFT+DPO", p, single / p / "dpo_aligned"),
                 (TRAINED_SINGLE, MPCOT_DPO, p, single / p / "dpo_mpcot")]
         if p in cfg.single.size_matched:
             out.append((SIZE_MATCHED, "SFT+DPO", p, single / p / "dpo_size_matched"))

@@ -69,7 +69,8 @@ def run(params_path, prepared, fewshot, prompts_dir, out, cache_dir, metrics_pat
                          f"{cfg.sft.max_length} tokens; raise it or shorten prompts/{asked.name}.yaml")
     write_jsonl(out, data)
     metrics = {
-        **({"perspective": perspective} if perspective else {}), "n_generations": len(records), "n_consistent": len(kept),
+        **({"perspective": perspective} if perspective else {}), "n_generations": len(records),
+        "n_consistent": len(kept),
         "consistent_by_class": selection.class_balance(kept, labels), "n_examples": len(data),
         "n_label_hinted": sum(d["source"] == "label_hinted" for d in data), "n_too_long": len(cut),
         "hinted_dropped": dict(dropped),

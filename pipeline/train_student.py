@@ -33,7 +33,8 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
     results = {}
     for seed in cfg.seeds:
         folder = seed_dir(out, seed)
-        run_params = {"variant": variant_name, "row": name or variant_name, "seed": seed, "student": cfg.model_dump(exclude={"variants", "seeds"}),
+        run_params = {"variant": variant_name, "row": name or variant_name, "seed": seed,
+                      "student": cfg.model_dump(exclude={"variants", "seeds"}),
                       "variant_config": variant.model_dump(), "encoder": {k: meta[k] for k in ("name", "dim")}}
         # Under `accelerate launch` every rank trains (gradients all-reduced); rank 0 alone tracks, saves and tests.
         with main_process_run("student", run_params, inputs=[prepared, rationales, embeddings],

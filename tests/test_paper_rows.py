@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT
+
 from relkd import lexical
 from relkd.student.config import named_variants
 

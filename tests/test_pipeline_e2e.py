@@ -49,7 +49,8 @@ def test_repro_runs_teacher_and_students(repo):
     rationales = [json.loads(line) for line in (root / "data/teacher/rationales.jsonl").read_text().splitlines()]
     assert len(rationales) == train_rows and all("probs" in r for r in rationales)
     teacher = json.loads((root / "metrics" / "teacher_eval.json").read_text())["table"]
-    assert {"MPCoT (few-shot)", "MPCoT (SFT)", "MPCoT (SFT+DPO)", "MPCoT, best perspective prompt (SFT)"} <= set(teacher)
+    assert {"MPCoT (few-shot)", "MPCoT (SFT)", "MPCoT (SFT+DPO)",
+            "MPCoT, best perspective prompt (SFT)"} <= set(teacher)
     rows = _student_rows(root)
     compare = json.loads((root / "metrics" / "compare.json").read_text())
     assert set(compare) == set(rows)
@@ -66,8 +67,8 @@ def test_repro_runs_teacher_and_students(repo):
                 for stage in ("teacher_sft", "teacher_dpo")}
     assert teachers["teacher_sft"] == ["mpcot", "progressive:ProgressiveCoT", "single:business_rules",
                                        "single:user_intent"]
-    assert teachers["teacher_dpo"] == ["mpcot", *sorted(f"single:{p}+{k}" for p in ("business_rules", "user_intent")
-                                                        for k in ("aligned", "mpcot")), "single:user_intent+size_matched"]
+    single = sorted(f"single:{p}+{k}" for p in ("business_rules", "user_intent") for k in ("aligned", "mpcot"))
+    assert teachers["teacher_dpo"] == ["mpcot", *single, "single:user_intent+size_matched"]
     assert sorted(r.data.tags["relkd.variant"] for r in runs if r.data.tags.get("relkd.stage") == "student") \
         == sorted([*rows, "single_business_rules", "single_user_intent"])
 

@@ -265,6 +265,25 @@ def test_guidance_kept_out_of_the_backbone_trains_only_the_extractor(data, name)
     assert values[True] == pytest.approx(values[False], rel=1e-5)
 
 
+def test_head_lr_moves_everything_outside_the_backbone_at_its_own_rate(data):
+    """student.head_lr: the backbone's parameters at lr, every other one (extractor, head, training-only heads) at
+    head_lr, weight decay off for biases and norms either way; None keeps one lr."""
+    from relkd.student.trainer import _param_groups, build_training
+
+    train, _, emb, rationales = data
+    module, _, _ = build_training(train, LABELS, emb, rationales, named_variants()["lrkd_gat"], CFG, 3)
+    backbone = {id(p) for p in module.student.backbone.parameters()}
+    groups = _param_groups(module, 0.01, 1e-4, 3e-3)
+    assert sum(len(g["params"]) for g in groups) == len([p for p in module.parameters() if p.requires_grad])
+    for g in groups:
+        inside = {id(p) in backbone for p in g["params"]}
+        assert len(inside) == 1 and g["lr"] == (1e-4 if inside.pop() else 3e-3)
+        assert g["weight_decay"] == (0.0 if all(p.ndim < 2 for p in g["params"]) else 0.01)
+    extractor = {id(p) for p in module.student.extractor.parameters()}
+    assert any(id(p) in extractor for g in groups if g["lr"] == 3e-3 for p in g["params"])
+    assert {g["lr"] for g in _param_groups(module, 0.01, 1e-4)} == {1e-4}
+
+
 @pytest.mark.integration
 def test_the_student_stage_under_accelerate_launch_on_two_processes(tmp_path):
     """The student stage itself (pipeline.train_student, as dvc.yaml runs it) under `accelerate launch` with two

@@ -262,7 +262,8 @@ def test_aligned_pairs_stay_within_one_perspective(records):
         ("p4", R, "Reasoning: rule attr\nLabel: attribute mismatch", "Reasoning: same job\nLabel: strongly relevant"),
         ("p5", U, "Reasoning: a mat is a mat\nLabel: strongly relevant",
          "Reasoning: bath mat is for the bathroom\nLabel: category mismatch"),
-        ("p5", R, "Reasoning: mat\nLabel: strongly relevant", "Reasoning: bath mat not yoga mat\nLabel: category mismatch"),
+        ("p5", R, "Reasoning: mat\nLabel: strongly relevant",
+         "Reasoning: bath mat not yoga mat\nLabel: category mismatch"),
     ])  # p3: the one right sample has no rationale
     assert all(p["chosen_perspective"] == p["rejected_perspective"] == p["prompt_perspective"] for p in pairs)
     only_u = sel.aligned_pairs([r for r in records if sel._get(r, "perspective") == U], seed=0, max_per_pair=10)

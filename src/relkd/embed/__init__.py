@@ -68,4 +68,5 @@ def combined_rationales(per_teacher, sep: str) -> dict[str, str]:
     if len(per_teacher) < 2:
         raise ValueError(f"combining needs at least 2 teachers' rationales, got {len(per_teacher)}")
     shared = set(per_teacher[0]).intersection(*per_teacher[1:])
-    return {pid: sep.join(" ".join(str(t[pid]).split()) for t in per_teacher) for pid in per_teacher[0] if pid in shared}
+    return {pid: sep.join(" ".join(str(t[pid]).split()) for t in per_teacher)
+            for pid in per_teacher[0] if pid in shared}

@@ -264,8 +264,9 @@ def export_onnx(module, tokenizer, out_path: str | Path, max_length: int,
 def encoder_weight_matmuls(model) -> list[str]:
     """The names of the encoder's weight MatMuls in an ONNX graph of the student: MatMul nodes whose second
     input is a weight (an initializer) and that feed the backbone's last LayerNormalization (the one whose
-    scale is a ``student.backbone.*`` weight; the last of each member's backbone in an Avg. Ensemble). What is left out stays fp32: the embeddings, every
-    LayerNorm, the attention products of two activations, the latent reasoning extractor and the head."""
+    scale is a ``student.backbone.*`` weight; the last of each member's backbone in an Avg. Ensemble). What is left
+    out stays fp32: the embeddings, every LayerNorm, the attention products of two activations, the latent reasoning
+    extractor and the head."""
     nodes = list(model.graph.node)
     inits = {i.name for i in model.graph.initializer}
     producer = {out: n for n in nodes for out in n.output}

@@ -147,6 +147,10 @@ class StudentConfig(Section):
         "the extractor only (r for the guidance is recomputed from the backbone's states cut from the graph; the "
         "head's r still trains the backbone through CE); why false here: docs/results.md")
     lr: float = Field(3e-4, gt=0, description="AdamW learning rate")
+    head_lr: float | None = Field(
+        None, gt=0, description="learning rate of every parameter outside the backbone (the extractor, the heads, "
+        "the guidance projection, the training-only heads); None = lr. A few dozen steps at the backbone's lr move "
+        "a freshly initialised extractor by a few percent of its weights: too little to fit e_cot")
     epochs: int = Field(3, ge=1, description="training epochs; the epoch best on validation macro-F1 is kept")
     train_rows: Literal["all", "annotated"] = Field(
         "all", description="all = every training pair, the guidance loss only where the teacher wrote a "
@@ -205,7 +209,8 @@ class StudentConfig(Section):
         single = self.variants.get(self.single_variant)
         if name in self.ensembles:
             return (f"Avg. Ensemble: the mean class probabilities of {len(perspectives)} {self.single_variant} "
-                    f"students, each trained on one single-perspective teacher's rationales ({', '.join(perspectives)})")
+                    f"students, each trained on one single-perspective teacher's rationales "
+                    f"({', '.join(perspectives)})")
         if name in self.combined:
             return (f"LRKD-Combined: {self.single_variant} ({describe(single, self.lam_for(single))}) on the "
                     f"embedding of the {len(perspectives)} single-perspective teachers' rationales concatenated")

@@ -196,13 +196,19 @@ def _check_inputs(train_df, variant, rationale_embeddings, rationales) -> None:
         raise ValueError(f"rationales has {len(rationales)} rows but train_df has {len(train_df)}")
 
 
-def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(module: TrainingModule, weight_decay: float, lr: float, head_lr: float | None = None) -> list[dict]:
+    """AdamW groups: weight decay off for biases and norms; the backbone at `lr`, every other parameter (extractor,
+    heads, guidance projection, the training-only heads) at `head_lr` (None: `lr`)."""
+    backbone = {id(p) for p in module.student.backbone.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower())
+        groups.setdefault((id(p) in backbone, decays), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0,
+             "lr": lr if in_backbone or head_lr is None else head_lr}
+            for (in_backbone, decays), ps in sorted(groups.items(), reverse=True)]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> dict[str, float]:
@@ -308,7 +314,7 @@ def train_student(train_df, valid_df, labels, rationale_embeddings, rationales, 
             valid_df["query"].tolist(), valid_df["title"].tolist())
         valid_rows = encode_rows(valid_df, labels, tokenizer, cfg.max_length, lexical_x=x_valid)
         valid_loader = DataLoader(valid_rows, batch_size=cfg.eval_batch_size, shuffle=False, collate_fn=collate)
-    optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(_param_groups(module, cfg.weight_decay, cfg.lr, cfg.head_lr), lr=cfg.lr)
 
     if valid_loader is not None:
         module, optimizer, train_loader, valid_loader = accelerator.prepare(module, optimizer, train_loader,

@@ -193,6 +193,17 @@ class AnnotateConfig(Section):
     hint: Literal["none", "gold"] = Field(
         "none", description="none = the teacher's own rationale; gold = label-hinted rationalisation "
         "(the gold label is in the prompt, STaR-style), for a teacher too weak to reason its way to the label")
+    source: Literal["teacher", "oracle"] = Field(
+        "teacher", description="who writes the rationales: teacher = the final teacher (paper); oracle = A CONTROL, "
+        "NOT A TEACHER: each pair's reason written from the embedded catalogue's construction (relkd.teacher.oracle; "
+        "data.source: catalogue only), to measure what LRKD does with rationales that carry the label's reasons")
+
+    @model_validator(mode="after")
+    def _hint_is_the_teachers(self) -> "AnnotateConfig":
+        if self.source == "oracle" and self.hint != "none":
+            raise ValueError(f"hint {self.hint!r} asks the teacher for label-hinted rationales, and source 'oracle' "
+                             "uses no teacher: set hint: none with the oracle")
+        return self
 
 
 class ShardConfig(Section):
