@@ -27,17 +27,21 @@ def measure(name: str, lam: float, batches: int, seed: int = 13) -> dict:
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
-    from pipeline.common import read_labels, setup, training_frame
-    from pipeline.train_student import guiding_rationales
+    from pipeline.common import read_labels, read_split, setup
+    from relkd.embed.store import read_embeddings
+    from relkd.io import read_jsonl
     from relkd.student.config import named_variants
+    from relkd.student.data import guiding_rationales, training_frame
     from relkd.student.trainer import build_training, make_collate
 
     params = setup("params.yaml")
     cfg, variant = params.student.model_copy(update={"lam": lam}), named_variants()[name]
     labels = read_labels("data/prepared")
     rationales = "data/teacher/rationales.jsonl"
-    train, notes, emb, _ = training_frame("data/prepared", rationales, "data/embeddings", cfg.train_rows)
-    notes, emb = guiding_rationales(train, notes, emb, rationales, cfg.rationale_rows)
+    records, (vectors, meta) = read_jsonl(rationales), read_embeddings("data/embeddings")
+    train, notes, emb = training_frame(read_split("data/prepared", "train"), records, vectors, meta["pair_ids"],
+                                       cfg.train_rows)
+    notes, emb = guiding_rationales(train, notes, emb, records, cfg.rationale_rows)
     set_seed(seed)
     module, tok, rows = build_training(train, labels, emb if variant.needs_embeddings else None,
                                        notes if variant.needs_rationales else None, variant, cfg, seed,

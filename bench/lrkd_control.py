@@ -123,7 +123,7 @@ def group_of(name: str, tries: dict) -> str:
 
 def guidance_target(folder: Path, train) -> np.ndarray:
     """A round's e_cot aligned with `train` (NaN where a pair has none)."""
-    from pipeline.common import read_embeddings
+    from relkd.embed.store import read_embeddings
 
     vectors, meta = read_embeddings(folder / "embeddings")
     row_of = {p: i for i, p in enumerate(meta["pair_ids"])}

@@ -2,8 +2,9 @@
 says whether e_cot carries the gold label of its pair (before any student trains on it)."""
 from __future__ import annotations
 
-from pipeline.common import setup, stage_command, write_embeddings
+from pipeline.common import setup, stage_command
 from relkd.embed import encode_rationales, encoder_info
+from relkd.embed.store import write_embeddings
 from relkd.eval.probing import label_probe
 from relkd.io import read_jsonl, write_json
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import read_embeddings, read_labels, read_split, setup, stage_command
+from pipeline.common import read_labels, read_split, setup, stage_command
+from relkd.embed.store import read_embeddings
 from relkd.eval.metrics import reliability_rows
 from relkd.eval.plots import reliability_plot, save_figure
 from relkd.io import read_jsonl, write_json

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.common import read_labels, seed_dir, served_seed, setup, stage_command, training_frame
+from pipeline.common import read_labels, read_split, seed_dir, served_seed, setup, stage_command
+from relkd.embed.store import read_embeddings
 from relkd.eval.plots import probe_bar_plot, save_figure
 from relkd.eval.probing import DEFAULT_STOPWORDS, probe_keywords, probe_summary, run_probes
 from relkd.eval.tables import to_markdown
-from relkd.io import write_json, write_text
+from relkd.io import read_jsonl, write_json, write_text
+from relkd.student.data import training_frame
 
 
 def run(params_path, prepared, rationales, embeddings, models, out, metrics_path) -> dict:
     params = setup(params_path)
     cfg = params.probe
     labels = read_labels(prepared)
-    train, notes, _, _ = training_frame(prepared, rationales, embeddings, "annotated")
+    vectors, meta = read_embeddings(embeddings)
+    train, notes, _ = training_frame(read_split(prepared, "train"), read_jsonl(rationales), vectors,
+                                     meta["pair_ids"], "annotated")
     from relkd.student.model import load_student
     from relkd.student.trainer import predict
 

@@ -10,8 +10,10 @@ import numpy as np
 
 from pipeline._ranks import main_process_run, on_main_process
 from pipeline._results import record_test, seed_summary
-from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command, training_frame
-from relkd.io import write_json
+from pipeline.common import read_labels, read_split, seed_dir, setup, stage_command
+from relkd.embed.store import read_embeddings
+from relkd.io import read_jsonl, write_json
+from relkd.student.data import guiding_rationales, training_frame
 from relkd.tracking import log_metrics
 
 
@@ -23,8 +25,10 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
                          f"{sorted(cfg.variants)}")
     variant = cfg.variants[variant_name]
     labels = read_labels(prepared)
-    train, notes, emb, meta = training_frame(prepared, rationales, embeddings, cfg.train_rows)
-    notes, emb = guiding_rationales(train, notes, emb, rationales, cfg.rationale_rows)
+    records, (vectors, meta) = read_jsonl(rationales), read_embeddings(embeddings)
+    train, notes, emb = training_frame(read_split(prepared, "train"), records, vectors, meta["pair_ids"],
+                                       cfg.train_rows)
+    notes, emb = guiding_rationales(train, notes, emb, records, cfg.rationale_rows)
     valid, test = read_split(prepared, "valid"), read_split(prepared, "test")
 
     from relkd.student.model import save_student
@@ -58,23 +62,6 @@ def run(params_path, variant_name, prepared, rationales, embeddings, out, metric
     metrics = seed_summary(results)
     write_json(metrics_path, metrics)
     return metrics
-
-
-def guiding_rationales(train, notes: list, emb, rationales: str, which: str = "all"):
-    """The rationales (and e_cot rows) the students learn from, aligned with ``train``: all of them, or with
-    ``which="agreeing"`` only those whose teacher label equals the gold label; the others become None / NaN,
-    as for a pair the teacher did not annotate."""
-    if which == "all":
-        return notes, emb
-    if which != "agreeing":
-        raise ValueError(f"student.rationale_rows must be 'all' or 'agreeing', got {which!r}")
-    from relkd.io import read_jsonl
-
-    agree = {r["pair_id"] for r in read_jsonl(rationales)
-             if r.get("label") is not None and r.get("label") == r.get("gold")}
-    keep = train["pair_id"].isin(agree).to_numpy()
-    emb = np.where(keep[:, None], emb, np.float32(np.nan)).astype(emb.dtype)
-    return [n if k else None for n, k in zip(notes, keep)], emb
 
 
 def _main(a) -> None:

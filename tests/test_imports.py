@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_dvc_deps import PACKAGES, module_file, module_name
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from dvc_code_deps import PACKAGES, module_file, module_name  # noqa: E402
 
 
 def modules() -> list[str]:
@@ -64,13 +65,13 @@ def test_module_level_imports_have_no_cycle():
 
 def test_the_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
     # The walk must be able to fail: two modules importing each other at module level.
-    import test_dvc_deps
+    import dvc_code_deps
 
     pkg = tmp_path / "relkd"
     pkg.mkdir()
     (pkg / "a.py").write_text("from relkd import b\n")
     (pkg / "b.py").write_text("import relkd.a\n")
-    monkeypatch.setitem(test_dvc_deps.PACKAGES, "relkd", pkg)
+    monkeypatch.setitem(dvc_code_deps.PACKAGES, "relkd", pkg)
     assert top_level_imports("relkd.a") == {"relkd.b"} and top_level_imports("relkd.b") == {"relkd.a"}
     monkeypatch.setattr(sys.modules[__name__], "modules", lambda: ["relkd.a", "relkd.b"])
     with pytest.raises(AssertionError, match="relkd.a -> relkd.b -> relkd.a"):

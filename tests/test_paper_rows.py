@@ -121,8 +121,8 @@ def test_the_avg_ensemble_is_its_members_mean_and_loads_back(tmp_path):
 
 def test_lrkd_combined_learns_from_the_embedding_of_the_rationales_concatenated(tmp_path):
     from pipeline import embed_combined
-    from pipeline.common import read_embeddings
     from relkd.embed import encode_rationales
+    from relkd.embed.store import read_embeddings
     from relkd.io import read_jsonl, write_jsonl
 
     single = tmp_path / "single"

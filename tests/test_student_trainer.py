@@ -293,7 +293,7 @@ def test_the_student_stage_under_accelerate_launch_on_two_processes(tmp_path):
     import pandas as pd
     import yaml
 
-    from pipeline.common import write_embeddings
+    from relkd.embed.store import write_embeddings
     from relkd.io import write_json, write_jsonl
 
     sys.path.insert(0, str(ROOT / "tests"))
