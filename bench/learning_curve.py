@@ -156,6 +156,8 @@ def main() -> None:
     ap.add_argument("--profile", default="real-cpu", help="profiles/NAME.yaml merged over params.yaml first")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="params override, repeatable")
     ap.add_argument("--workdir", required=True, help="finished cells are kept here (re-run to resume)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: table the cells already finished (a model missing at a size is left out)")
     ap.add_argument("--name", default="learning_curve")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
         return f"{model}/{a.sizes[i]}" + ("" if a.epochs is None else f"/e{a.epochs[i]}") + f"/seed{seed}"
 
     # Seed by seed across the sizes: the first seed of every size (the curve) is in before any second seed.
-    for k in range(len(a.seeds)):
+    for k in range(0 if a.report_only else len(a.seeds)):
         for i, size in enumerate(a.sizes):
             for model in todo:
                 seeds = seeds_at(i, model)
@@ -218,16 +220,22 @@ def main() -> None:
                       flush=True)
     results = {(size, m): [store.get(cell_key(i, m, seed)) for seed in seeds_at(i, m)]
                for i, size in enumerate(a.sizes) for m in todo}
+    left_out = [f"{size}: {m}" for (size, m), runs in results.items() if any(r is None for r in runs)]
+    results = {k: runs for k, runs in results.items() if all(r is not None for r in runs)}
     rows = []
     for size in a.sizes:
-        systems = {m: [[labels[c] for c in r["pred"]] for r in results[(size, m)]] for m in todo}
+        systems = {m: [[labels[c] for c in r["pred"]] for r in results[(size, m)]] for m in todo
+                   if (size, m) in results}
+        if "lexical_lr" not in systems:
+            continue
         for row in compare_rows(gold, systems, labels, "lexical_lr", "lexical LR"):
             runs = results[(size, row["model"])]
             rows.append({"train queries": size, "train pairs": runs[0]["n_train"],
                          **{**row, "model": NAMES.get(row["model"], row["model"])},
                          "min / run": f"{np.mean([r['minutes'] for r in runs]):.1f}",
                          "kept epochs": ",".join(str(r["best_epoch"]) for r in runs if "best_epoch" in r)})
-    extra = {"data": Path(a.data).name, "split": info, "sizes": a.sizes, "epochs": a.epochs, "seeds": a.seeds,
+    extra = {"data": Path(a.data).name, "split": info, "left_out": left_out, "sizes": a.sizes,
+             "epochs": a.epochs, "seeds": a.seeds,
              "runs": a.runs, "profile": a.profile, "set": a.set, "extra_students": extras,
              "student": params.student.model_dump(exclude={"variants", "seeds"}),
              "cross_encoder": params.peers.cross_encoder.model_dump()}

@@ -175,7 +175,9 @@ def vs_shuffled(gold, systems: dict, labels) -> dict[str, str]:
     out = {}
     for name, preds in systems.items():
         if " / oracle" in name:
-            base = systems[name.replace(" / oracle", " / shuffled")]
+            base = systems.get(name.replace(" / oracle", " / shuffled"))
+            if base is None:
+                continue
             ci = bootstrap_diff_ci(gold, base, preds, "macro_f1", labels, seed=0)
             out[name] = f"{100 * ci['diff']:+.2f} [{100 * ci['low']:+.2f}, {100 * ci['high']:+.2f}]"
     return out
@@ -198,6 +200,8 @@ def main() -> None:
                     "(tiny: a smoke run with tiny models)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override of the workspace (before the rationales run)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: table the rows whose cells are all finished (the others named as left out)")
     ap.add_argument("--name", default="lrkd_control")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
@@ -243,7 +247,7 @@ def main() -> None:
 
     # At each size the teacher's rows come last: its round (the teacher's training, then annotating every pair) is
     # the long one, run when its first row is due.
-    for size in a.sizes:
+    for size in [] if a.report_only else a.sizes:
         for teacher_pass in (False, True):
             part = parts[size]
             sub = train[part].reset_index(drop=True)
@@ -263,9 +267,11 @@ def main() -> None:
                     print(f"[{time.strftime('%H:%M:%S')}] {key(size, name, seed)}: {cell['minutes']:.1f} min, valid "
                           f"F1 {100 * cell['valid_macro_f1']:.1f}", flush=True)
 
-    table = []
+    table, left_out = [], []
     for size in a.sizes:
         cells = {name: [store.get(key(size, name, seed)) for seed in a.seeds] for name in rows if planned(size, name)}
+        left_out += [f"{size}: {name}" for name, runs in cells.items() if any(c is None for c in runs)]
+        cells = {name: runs for name, runs in cells.items() if all(c is not None for c in runs)}
         systems = {name: [[labels[c] for c in r["pred"]] for r in runs] for name, runs in cells.items()}
         shuffle_delta = vs_shuffled(gold, systems, labels)
         compared = []
@@ -282,6 +288,7 @@ def main() -> None:
                           "min / run": f"{np.mean([c['minutes'] for c in runs]):.1f}"})
     probes = {s: json.loads((f / "embed.json").read_text()) for s, f in folders.items()}
     extra = {"queries": a.queries, "sizes": a.sizes, "seeds": a.seeds, "tries": tries, "set": a.set,
+             "left_out": left_out,
              "split": {s: len(f) for s, f in (("train", train), ("valid", valid), ("test", test))},
              "e_cot_probe": {s: p["e_cot_probe"] for s, p in probes.items()},
              "annotate": {s: json.loads((f / "annotate.json").read_text()) for s, f in folders.items()},
