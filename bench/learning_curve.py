@@ -114,9 +114,9 @@ def fit_predict(model: str, train, valid, test, labels, seed: int, params, stude
 
         ce = params.peers.cross_encoder
         # No validation set: the CrossEncoder's trainer would only log its loss there (nothing is selected by it).
-        peer = train_cross_encoder(train, None, labels, resolve(student.backbone), seed, epochs or ce.epochs,
-                                   ce.batch_size, ce.lr, ce.warmup_ratio, student.max_length,
-                                   weight_decay=ce.weight_decay, eval_batch_size=student.eval_batch_size)
+        recipe = ce.model_copy(update={"epochs": epochs or ce.epochs})
+        peer = train_cross_encoder(train, None, labels, resolve(student.backbone), seed, recipe, student.max_length,
+                                   student.eval_batch_size)
         return peer.predict_proba(test).argmax(1), {"epochs": epochs or ce.epochs, "history": peer.history}
     from relkd.student.config import StudentConfig, VariantConfig
     from relkd.student.trainer import kept_epoch, predict, train_student

@@ -146,8 +146,8 @@ def main() -> None:
         rows.append({"measure": f"overhead, fsync {o.fsync}", **overhead(server, pairs, o.router_name, t.model_name)})
         for clients in (1, 4):
             batch = write_batch(work / f"replay{clients}.parquet", pairs, f"rp{clients}")
-            r = replay_file(batch, work / f"rp{clients}", server.grpc_url, o.router_name, rate=0, concurrency=clients,
-                            progress=False)
+            r = replay_file(batch, work / f"rp{clients}", server.grpc_url,
+                            o.model_copy(update={"rate": 0, "concurrency": clients}), progress=False)
             rows.append({"measure": f"replay, {clients} client(s)", "requests": r["sent"],
                          "requests_per_s": round(r["requests_per_s"], 1), "answered": r["answered"],
                          "refused": r["refused"]})
@@ -167,7 +167,7 @@ def main() -> None:
         while time.monotonic() - t0 < a.soak:
             try:
                 r = replay_file(write_batch(work / f"soak{k}.parquet", pairs, f"soak{k}"), work / f"soak{k}",
-                                server.grpc_url, o.router_name, rate=0, concurrency=4, progress=False)
+                                server.grpc_url, o.model_copy(update={"rate": 0, "concurrency": 4}), progress=False)
                 sent, answered, refused = sent + r["sent"], answered + r["answered"], refused + r["refused"]
             except Exception as e:  # noqa: BLE001 - a failed round is counted, the soak goes on
                 failed += 1

@@ -38,9 +38,7 @@ def run(params_path, batch, repo, export_json, out, report_dir, metrics_path) ->
     write_parquet(out / "traffic.parquet", rows)
     with triton(repo, timeout=t.start_timeout, log_path=out / "tritonserver.log", exposures=out / "exposures") as s:
         url = s.grpc_url if params.score.protocol == "grpc" else s.http_url
-        replay = replay_file(out / "traffic.parquet", out / "replay", url, online.router_name, online.rate,
-                             online.concurrency, "unit_id", params.score.protocol, params.score.retries,
-                             params.score.backoff, params.score.max_chars)
+        replay = replay_file(out / "traffic.parquet", out / "replay", url, online, params.score)
         stats = snapshot(s.http_url, s.metrics_url, t.model_name)
         memory = s.peak_rss_mb()
     write_json(out / STATS_FILE, stats)

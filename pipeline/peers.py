@@ -26,9 +26,8 @@ def fit_peer(name: str, train, valid, labels, seed: int, params):
 
         ce = cfg.cross_encoder
         knobs = {**ce.model_dump(), "backbone": student.backbone, "max_length": student.max_length}
-        model = train_cross_encoder(train, valid, labels, resolve(student.backbone), seed, ce.epochs, ce.batch_size,
-                                    ce.lr, ce.warmup_ratio, student.max_length, weight_decay=ce.weight_decay,
-                                    eval_batch_size=student.eval_batch_size)
+        model = train_cross_encoder(train, valid, labels, resolve(student.backbone), seed, ce, student.max_length,
+                                    student.eval_batch_size)
         return model, knobs, model.history
     raise ValueError(f"unknown peer {name!r}; peers are {PEERS}")
 

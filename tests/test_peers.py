@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from relkd.eval.config import CrossEncoderPeerConfig
 from relkd.eval.metrics import classification_report
 from relkd.eval.peers import PEERS, fit_lexical, fit_majority, majority, train_cross_encoder
 from relkd.eval.probing import label_probe
@@ -150,8 +151,8 @@ def test_cross_encoder_trains_and_predicts_probabilities(tmp_path):
 
     backbone = resolve("tiny:bert")
     train, valid, test = pairs(24, 0), pairs(8, 1), pairs(5, 2)
-    peer = train_cross_encoder(train, valid, LABELS, backbone, seed=3, epochs=2, batch_size=8, lr=1e-3,
-                               warmup_ratio=0.1, max_length=32, out_dir=tmp_path / "ce")
+    recipe = CrossEncoderPeerConfig(epochs=2, batch_size=8, lr=1e-3, warmup_ratio=0.1)
+    peer = train_cross_encoder(train, valid, LABELS, backbone, 3, recipe, max_length=32, out_dir=tmp_path / "ce")
     probs = peer.predict_proba(test)
     assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1, atol=1e-5) and (probs >= 0).all()
     assert any("eval_loss" in h for h in peer.history) and peer.history[-1]["step"] == 6  # 2 epochs x 3 steps

@@ -20,7 +20,7 @@ import pytest
 from test_serving_server import MODEL, build_repository, ensure_server_venv, texts
 
 from relkd.serving.assignment import Assigner
-from relkd.serving.config import AbConfig, OnlineConfig, TritonConfig
+from relkd.serving.config import AbConfig, OnlineConfig, ScoreConfig, TritonConfig
 from relkd.serving.exposures import read_folder, read_lines
 from relkd.serving.router import write_router
 from relkd.serving.server import ServerUnreachable, triton
@@ -237,8 +237,9 @@ def test_kill_9_mid_replay_keeps_the_log_and_the_replay_resumes_without_double_c
     with triton(repo, exposures=exposures) as server:
         failure = []
         worker = threading.Thread(target=lambda: failure.append(_expect_unreachable(
-            replay_file, tmp_path / "batch.parquet", out, server.grpc_url, ROUTER, rate=120, concurrency=4,
-            retries=1, backoff=0.1, progress=False)))
+            replay_file, tmp_path / "batch.parquet", out, server.grpc_url,
+            OnlineConfig(router_name=ROUTER, rate=120, concurrency=4), ScoreConfig(retries=1, backoff=0.1),
+            progress=False)))
         worker.start()
         deadline = time.monotonic() + 60
         while (not (out / "journal.jsonl").exists() or len(read_lines(out / "journal.jsonl")[0]) < 60) \
@@ -253,8 +254,8 @@ def test_kill_9_mid_replay_keeps_the_log_and_the_replay_resumes_without_double_c
     assert {r["request_id"] for r in journal} <= {r["request_id"] for r in before}  # every answer was logged first
 
     with triton(repo, exposures=exposures) as server:
-        summary = replay_file(tmp_path / "batch.parquet", out, server.grpc_url, ROUTER, rate=0, concurrency=4,
-                              progress=False)
+        summary = replay_file(tmp_path / "batch.parquet", out, server.grpc_url,
+                              OnlineConfig(router_name=ROUTER, rate=0, concurrency=4), progress=False)
     assert summary["resumed"] == len(journal) and summary["sent"] == 299 - len(journal)
     assert summary["answered"] == 299 and summary["rejected"] == 1
     rows = read_lines(out / "journal.jsonl")[0]

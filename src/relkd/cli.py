@@ -426,8 +426,9 @@ def replay(batch, out, url, repo, exposures, rate, concurrency, unit_column, par
         with (nullcontext() if url else triton(repo, exposures=exposures)) as server:
             target = url or (server.grpc_url if protocol == "grpc" else server.http_url)
             try:
-                r = replay_file(batch, out, target, o.router_name, o.rate if rate is None else rate,
-                                concurrency or o.concurrency, unit_column, protocol, s.retries, s.backoff, s.max_chars)
+                online = o.model_copy(update={"rate": o.rate if rate is None else rate,
+                                              "concurrency": concurrency or o.concurrency})
+                r = replay_file(batch, out, target, online, s.model_copy(update={"protocol": protocol}), unit_column)
             except ServerUnreachable as err:
                 died = server.exited() if server is not None else None
                 raise ServerUnreachable(f"{err}\n{died}" if died else str(err)) from None

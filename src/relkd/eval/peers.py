@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from relkd import lexical
+from relkd.eval.config import CrossEncoderPeerConfig
 
 PEERS = ("majority", "lexical_lr", "lexical_hgb", "cross_encoder")  # the folder and row names
 
@@ -147,11 +148,11 @@ def _pair_dataset(frame, labels):
 
 
 def train_cross_encoder(train_df, valid_df, labels: Sequence[Hashable], backbone_path: str, seed: int,
-                        epochs: int, batch_size: int, lr: float, warmup_ratio: float, max_length: int,
-                        out_dir: str | None = None, weight_decay: float = 0.0, eval_batch_size: int = 64,
-                        use_cpu: bool | None = None) -> CrossEncoderPeer:
+                        recipe: CrossEncoderPeerConfig, max_length: int, eval_batch_size: int = 64,
+                        out_dir: str | None = None, use_cpu: bool | None = None) -> CrossEncoderPeer:
     """sentence-transformers' own recipe: CrossEncoder(backbone, num_labels=C) trained by CrossEncoderTrainer
-    with its CrossEntropyLoss (linear schedule with warm-up, AdamW), the validation loss logged per epoch.
+    with its CrossEntropyLoss (linear schedule with warm-up, AdamW; epochs, batch size, lr, warm-up and weight decay
+    from `recipe`, ``peers.cross_encoder``), the validation loss logged per epoch.
 
     `use_cpu` defaults to "no GPU visible". With `out_dir` the trained model is saved there; without, the
     trainer works in a temporary folder that is removed."""
@@ -174,12 +175,13 @@ def train_cross_encoder(train_df, valid_df, labels: Sequence[Hashable], backbone
     valid_ds = _pair_dataset(valid_df, labels) if valid_df is not None and len(valid_df) else None
     # Whole warm-up steps, rounded down: transformers rounds a float ratio up, so a 1-step run would take
     # its only step at learning rate 0.
-    warmup = int(warmup_ratio * epochs * math.ceil(len(train_ds) / batch_size))
+    epochs, batch_size = recipe.epochs, recipe.batch_size
+    warmup = int(recipe.warmup_ratio * epochs * math.ceil(len(train_ds) / batch_size))
     with tempfile.TemporaryDirectory(prefix="relkd-cross-encoder-") as tmp:
         args = CrossEncoderTrainingArguments(
             output_dir=tmp, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=eval_batch_size, learning_rate=lr, warmup_steps=warmup,
-            weight_decay=weight_decay, seed=seed, data_seed=seed, use_cpu=use_cpu, report_to="none",
+            per_device_eval_batch_size=eval_batch_size, learning_rate=recipe.lr, warmup_steps=warmup,
+            weight_decay=recipe.weight_decay, seed=seed, data_seed=seed, use_cpu=use_cpu, report_to="none",
             save_strategy="no", eval_strategy="epoch" if valid_ds is not None else "no",
             logging_strategy="epoch", disable_tqdm=True, dataloader_num_workers=0)
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=valid_ds,

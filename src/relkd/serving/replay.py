@@ -76,12 +76,12 @@ def _send(session, query: str, title: str, unit: str | None, request_id: str) ->
             "tier": int(got["TIER"]), "score": float(got["SCORE"])}
 
 
-def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name, rate: float = _ONLINE.rate,
-                concurrency: int = _ONLINE.concurrency, unit_column: str = "unit_id",
-                protocol: str = _SCORE.protocol, retries: int = _SCORE.retries, backoff: float = _SCORE.backoff,
-                max_chars: int = _SCORE.max_chars, timeout: float = 60.0, progress: bool = True) -> dict:
+def replay_file(input_path, out_dir, url: str, online: OnlineConfig = _ONLINE, score: ScoreConfig = _SCORE,
+                unit_column: str = "unit_id", timeout: float = 60.0, progress: bool = True) -> dict:
     """Send every row of a parquet/CSV/JSONL file (query, title, optional unit column, request_id, id) through
-    the router at `url` (host:port of its gRPC or HTTP endpoint, per `protocol`); resumes from ``out_dir``.
+    the router ``online.router_name`` at `url` (host:port of its gRPC or HTTP endpoint, per ``score.protocol``),
+    ``online.concurrency`` clients at ``online.rate`` requests/s in all, with the scoring client's retries, backoff
+    and max_chars (`score`); resumes from ``out_dir``.
 
     Returns {rows, answered, refused, rejected, sent, resumed, seconds, requests_per_s, responses, rejects};
     `resumed`: rows already in the journal when this run began; `sent` and the rate are this run's. The server
@@ -89,6 +89,7 @@ def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name
     answered.
     """
     input_path, out_dir = Path(input_path), Path(out_dir)
+    router, rate, concurrency = online.router_name, online.rate, online.concurrency
     if rate < 0 or concurrency < 1:
         raise ValueError(f"rate must be >= 0 (0: as fast as served) and concurrency >= 1, got {rate}, {concurrency}")
     df, read_errors = check_input(input_path)
@@ -104,7 +105,7 @@ def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name
                              f"{out_dir} or choose another folder")
     else:
         write_json(manifest_path, manifest)
-    reasons = row_problems(df, np.arange(len(df)), max_chars, read_errors)
+    reasons = row_problems(df, np.arange(len(df)), score.max_chars, read_errors)
     units = _units(df, unit_column)
     ids = (df["request_id"].astype(str).tolist() if "request_id" in df.columns
            else [f"{digest[:12]}-{i}" for i in range(len(df))])
@@ -114,8 +115,7 @@ def replay_file(input_path, out_dir, url: str, router: str = _ONLINE.router_name
     todo = [i for i in range(len(df)) if not reasons[i] and i not in seen]
     queries, titles = df["query"].tolist(), df["title"].tolist()
 
-    one_row = ScoreConfig(protocol=protocol, batch_size=1, concurrency=concurrency, retries=retries, backoff=backoff,
-                          max_chars=max_chars, explain=False)
+    one_row = score.model_copy(update={"batch_size": 1, "concurrency": concurrency, "explain": False})
     session = _open(url, router, "", one_row, timeout) if todo else None
     pacer, lock, stop = _Pacer(rate), threading.Lock(), threading.Event()
     fd = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
