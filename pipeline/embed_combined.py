@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pipeline import embed
 from pipeline.common import setup, stage_command
 from relkd.embed import combined_rationales, separator
-from relkd.io import read_jsonl, write_jsonl
+from relkd.embed.store import write_embeddings
+from relkd.embed.targets import embed_records
+from relkd.io import read_jsonl, write_json, write_jsonl
 
 
 def run(params_path: str, single: str, out: str, metrics_path: str) -> dict:
@@ -28,7 +29,9 @@ def run(params_path: str, single: str, out: str, metrics_path: str) -> dict:
                         "label": label if votes * 2 > len(notes) else None, "perspectives": perspectives})
     Path(out).mkdir(parents=True, exist_ok=True)
     write_jsonl(Path(out) / "rationales.jsonl", records)
-    metrics = embed.run(params_path, str(Path(out) / "rationales.jsonl"), out, metrics_path)
+    vectors, meta, metrics = embed_records(records, params.embed, params.peers.e_cot_probe)
+    write_embeddings(out, vectors, meta)
+    write_json(metrics_path, metrics)
     return metrics
 
 

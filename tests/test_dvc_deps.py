@@ -37,3 +37,12 @@ def test_the_import_walk_sees_function_level_and_from_imports():
 def test_a_student_side_edit_does_not_rerun_the_teacher():
     teacher = {d for name, spec in SPECS.items() if name.startswith("teacher_") for d in listed_code(spec)}
     assert not {d for d in teacher if d.startswith(("src/relkd/student/", "src/relkd/serving/", "src/relkd/embed"))}
+
+
+@pytest.mark.parametrize("stage", sorted(SPECS))
+def test_no_stage_runs_another_stages_module(stage):
+    """Stages are glue: what two stages share lives in src/relkd (or the plumbing: common, _ranks, _results)."""
+    own = code_deps(SPECS[stage])[0]
+    others = [d for d in code_deps(SPECS[stage])[1:] if d.startswith("pipeline/") and
+              Path(d).name not in ("common.py", "_ranks.py", "_results.py", "__init__.py")]
+    assert not others, f"stage {stage!r} ({own}) imports the stage module(s) {others}: move what they share into relkd"

@@ -173,6 +173,7 @@ def tiny_params(tmp_path, seeds=(1, 2)) -> str:
     params["student"]["seeds"] = list(seeds)
     params["student"]["variants"] = {"plain": {"extractor": "none", "guidance": False},
                                      "lrkd_gat": {"extractor": "gat"}}
+    params["student"].update(ensembles=[], combined=[])  # the tiny profile's Table 6 rows: not these tests' students
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return str(path)

@@ -70,3 +70,4 @@ def combined_rationales(per_teacher, sep: str) -> dict[str, str]:
     shared = set(per_teacher[0]).intersection(*per_teacher[1:])
     return {pid: sep.join(" ".join(str(t[pid]).split()) for t in per_teacher)
             for pid in per_teacher[0] if pid in shared}
+
