@@ -18,8 +18,8 @@ Each finished cell (model, size, seed) is written to --workdir at once and skipp
 interval of each Δ vs the lexical LR at the same size, the training pairs and the minutes per run. Only the table
 (aggregate metrics) is written to bench/results/<name>.{md,json}; the data and predictions stay in --workdir.
 
-    nice -n 10 python bench/learning_curve.py --data ../shared/data/homedepot/homedepot_dev.csv.gz \\
-        --workdir /tmp/lc --sizes 400 1600 all --epochs 3 2 1 --runs 3 1 1 --name learning_curve_hd
+    nice -n 10 python bench/learning_curve.py --data PATH/TO/homedepot_dev.csv.gz --workdir DIR \\
+        --sizes 400 1600 all --epochs 3 2 1 --runs 3 1 1 --name learning_curve_hd
 """
 from __future__ import annotations
 
