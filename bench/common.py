@@ -136,6 +136,17 @@ def dotted(assignments: list[str]) -> dict:
     return out
 
 
+def named_overrides(items: list[str], flag: str) -> dict[str, dict]:
+    """`--try NAME=JSON` / `--student NAME=JSON` items (repeatable) as {NAME: overrides}."""
+    out = {}
+    for item in items:
+        name, sep, over = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{flag} {item!r}: expected NAME=JSON, e.g. lr3e-3='{{\"head_lr\": 0.003}}'")
+        out[name] = json.loads(over)
+    return out
+
+
 def clone_env(clone: Path) -> dict:
     """The environment a command runs with in a clone of this repository: this interpreter's bin first (dvc, python),
     the clone's own src/ first on the path (the environment's relkd is an editable install of this checkout, whose

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, CellStore, compare_rows, dotted, report  # noqa: E402
+from common import HOMEDEPOT_COLUMNS, HOMEDEPOT_THRESHOLDS, CellStore, compare_rows, dotted, named_overrides, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("majority", "lexical_lr", "lexical_hgb", "student", "cross_encoder", "student_tokens_only")
@@ -164,12 +164,7 @@ def main() -> None:
     for opt in ("epochs", "runs"):
         if getattr(a, opt) is not None and len(getattr(a, opt)) != len(a.sizes):
             ap.error(f"--{opt} needs one value per size ({len(a.sizes)})")
-    extras = {}
-    for item in a.student:
-        name, sep, over = item.partition("=")
-        if not sep:
-            ap.error(f"--student {item!r}: expected NAME=JSON")
-        extras[name] = json.loads(over)
+    extras = named_overrides(a.student, "--student")
 
     overlay = {"data": {"source": "table", "table": {"path": str(Path(a.data).resolve()),
                                                      "columns": json.loads(a.columns), "labels": None,

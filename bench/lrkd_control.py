@@ -37,7 +37,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CellStore, clone_env, compare_rows, dotted, dvc_repro, report  # noqa: E402
+from common import CellStore, clone_env, compare_rows, dotted, dvc_repro, named_overrides, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACTORS = ("mlp", "poly", "gat")
@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--name", default="lrkd_control")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
+    tries = named_overrides(a.tries, "--try")  # a bad item stops before the workspace is cloned
     from pipeline.common import read_labels, read_split
     from relkd.config import load_params
 
@@ -224,12 +225,6 @@ def main() -> None:
             targets[source] = guidance_target(folders[source], train)
         return targets[source]
 
-    tries = {}
-    for item in a.tries:
-        name, sep, over = item.partition("=")
-        if not sep:
-            ap.error(f"--try {item!r}: expected NAME=JSON")
-        tries[name] = json.loads(over)
     rows = rows_to_train(tries, a.extractors)
     if a.rows:
         rows = {k: v for k, v in rows.items() if k in a.rows or any(k.endswith(f" / {t}") for t in tries)}
