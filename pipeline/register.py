@@ -3,6 +3,7 @@ the baseline becomes champion when there is none; the best candidate gets the `c
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from pipeline.common import read_labels, read_split, seed_dir, served_seed, setup, stage_command
@@ -18,26 +19,53 @@ def sample_pairs(prepared: str) -> list[tuple[str, str]]:
     return [(r["query"], r["title"]) for r in picks]
 
 
+def export_student(folder: Path, onnx: Path, max_length: int, samples: list[tuple[str, str]], threads: int) -> dict:
+    """One saved student -> its verified ONNX file (in a worker process of :func:`export_all`)."""
+    import torch
+
+    from relkd.serving.export import export_onnx
+    from relkd.student.model import InferenceWrapper, load_student
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_student(folder)
+    return export_onnx(InferenceWrapper(model), tokenizer, onnx, max_length, samples)
+
+
+def export_all(jobs: dict[str, tuple[Path, Path]], max_length: int, samples, workers: int) -> dict[str, dict]:
+    """Every student's export check, by name: the exporter's tracing runs on one core, so `workers` processes
+    (spawned: no forked torch threads) export side by side, each on cores / workers torch threads."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        return {name: export_student(folder, onnx, max_length, samples, os.cpu_count() or 1)
+                for name, (folder, onnx) in jobs.items()}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {name: pool.submit(export_student, folder, onnx, max_length, samples, threads)
+                   for name, (folder, onnx) in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
 def run(params_path, prepared, models, policy_path, onnx_dir, out, metrics_path, aliases_path) -> dict:
     params = setup(params_path)
     reg, scfg = params.registry, params.student
     seed = served_seed(params)
     labels = read_labels(prepared)
     configure(".")
-    from relkd.serving.export import export_onnx
-    from relkd.student.model import InferenceWrapper, load_student
     from relkd.student.trainer import kept_epoch
     from relkd.tracking import registry
 
     policy = registry.PromotionPolicy.load(policy_path)
-    samples = sample_pairs(prepared)
+    variants = [*scfg.variants, *scfg.table6_rows]  # Table 6's rows (the Avg. Ensemble, ...) are served alike
+    jobs = {v: (seed_dir(Path(models) / v, seed), Path(onnx_dir) / f"{v}.onnx") for v in variants}
+    checks = export_all(jobs, scfg.max_length, sample_pairs(prepared), reg.export_workers)
     registered = {}
-    for variant in [*scfg.variants, *scfg.table6_rows]:  # Table 6's rows (the Avg. Ensemble, ...) are served alike
-        folder = seed_dir(Path(models) / variant, seed)
+    for variant in variants:
+        folder, onnx = jobs[variant]
         results = json.loads((Path(models) / variant / "results.json").read_text(encoding="utf-8"))[str(seed)]
-        model, tokenizer = load_student(folder)
-        onnx = Path(onnx_dir) / f"{variant}.onnx"
-        check = export_onnx(InferenceWrapper(model), tokenizer, onnx, scfg.max_length, samples)
+        check = checks[variant]
         kept = kept_epoch(results["epochs"])  # the epoch whose weights were saved, not the last one
         metrics = {"accuracy": results["accuracy"], "macro_f1": results["macro_f1"],
                    "valid_accuracy": kept.get("valid_accuracy", 0.0), "valid_macro_f1": kept.get("valid_macro_f1", 0.0),

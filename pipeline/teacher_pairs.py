@@ -1,5 +1,5 @@
 """Stage `teacher_pairs`: the SFT teacher proves it learned the answer format (or the stage fails), then answers
-under each perspective (pass@k) -> conflict set -> preference pairs."""
+under each perspective (pass@k; those answers must parse too) -> conflict set -> preference pairs."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.engine import make_engine
-from relkd.teacher.format_check import format_check, require_format
+from relkd.teacher.format_check import format_check, judged_format, require_format
 from relkd.teacher.judge import Asking, judge_perspectives, prompts_for
 from relkd.teacher.prompts import PERSPECTIVES, UNIFIED, Shot, load_perspective, load_perspectives
 
@@ -27,11 +27,11 @@ def run(params_path, prepared, fewshot, sft_adapter, sft_metrics, prompts_dir, o
     teacher = make_engine(cfg, resolve(cfg.model)).teacher(sft_adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
 
-    # The trained teacher answers validation pairs under the unified prompt (and each perspective prompt it was
-    # trained under): SFT must have taught the answer format before its answers are used.
-    checked = {UNIFIED: unified, **(perspectives if cfg.sft.perspective_share else {})}
+    # SFT must have taught the answer format before its answers are used: the trained teacher answers validation
+    # pairs under the unified prompt (annotate asks under it), and its answers under the perspective prompts below
+    # must parse as well.
     valid = balanced_sample(read_split(prepared, "valid"), cfg.sft.check_pairs, cfg.fewshot.seed)
-    check = format_check(teacher, cache, valid, checked, shots, labels, Asking.of(cfg))
+    check = format_check(teacher, cache, valid, {UNIFIED: unified}, shots, labels, Asking.of(cfg))
     train_metrics = json.loads(Path(sft_metrics).read_text(encoding="utf-8")).get("train", {})
     require_format(check, cfg.sft.max_unparseable, train_metrics)
 
@@ -40,6 +40,9 @@ def run(params_path, prepared, fewshot, sft_adapter, sft_metrics, prompts_dir, o
     per = judge_perspectives(teacher, cache, search, perspectives, PERSPECTIVES, labels, shots,
                              Asking.of(cfg, n=cfg.pairs.k))
     records = [r for name in PERSPECTIVES for r in per[name]]
+    judged = judged_format(records, labels)
+    if cfg.sft.perspective_share:  # trained under the perspective prompts too: their answers must parse
+        require_format(judged, cfg.sft.max_unparseable, train_metrics)
     conflicts = selection.conflict_set(records)
     pairs = selection.preference_pairs(records, cfg.sampling.seed, cfg.pairs.max_pairs_per_sample)
     # DPO trains the unified teacher: every preference pair is posed under the unified prompt.
@@ -50,7 +53,7 @@ def run(params_path, prepared, fewshot, sft_adapter, sft_metrics, prompts_dir, o
     write_jsonl(Path(out) / "generations.jsonl", records)
     write_jsonl(Path(out) / "pairs.jsonl", [dict(p, prompt=q) for p, q in zip(pairs, prompts)])
     metrics = {
-        "valid_format": check[UNIFIED], "valid_format_perspectives": {k: v for k, v in check.items() if k != UNIFIED},
+        "valid_format": check[UNIFIED], "format_perspectives": judged,
         "n_search_pairs": len(search), "k": cfg.pairs.k,
         "conflict_set": len(conflicts.conflict), "resolvable": len(conflicts.resolvable),
         "preference_pairs": len(pairs),

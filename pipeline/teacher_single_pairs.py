@@ -16,7 +16,7 @@ from relkd.models import resolve
 from relkd.teacher import selection
 from relkd.teacher.cache import GenerationCache
 from relkd.teacher.engine import make_engine
-from relkd.teacher.format_check import format_check, require_format
+from relkd.teacher.format_check import judged_format, require_format
 from relkd.teacher.judge import Asking, judge, prompts_for
 from relkd.teacher.prompts import PERSPECTIVES, Shot, load_perspectives
 
@@ -30,10 +30,6 @@ def run(params_path, perspective, prepared, fewshot, sft_adapter, sft_metrics, m
     prompt = load_perspectives(prompts_dir)[perspective]
     teacher = make_engine(cfg, resolve(cfg.model)).teacher(sft_adapter)
     cache = GenerationCache(cache_dir, worker=f"shard-{cfg.shards.shard_index}")
-    valid = balanced_sample(read_split(prepared, "valid"), cfg.sft.check_pairs, cfg.fewshot.seed)
-    check = format_check(teacher, cache, valid, {perspective: prompt}, shots, labels, Asking.of(cfg))
-    require_format(check, cfg.sft.max_unparseable,
-                   json.loads(Path(sft_metrics).read_text(encoding="utf-8")).get("train", {}))
 
     train = read_split(prepared, "train")
     by_id = train.set_index("pair_id", drop=False)
@@ -51,9 +47,13 @@ def run(params_path, perspective, prepared, fewshot, sft_adapter, sft_metrics, m
     # The search set MPCoT's conflicts were found on (teacher_pairs' draw), answered under this perspective.
     search = balanced_sample(train, cfg.pairs.n_pairs_set, cfg.fewshot.seed + 1)
     records = ask(search)
+    # SFT must have taught the answer format: its answers under its own prompt parse, or the stage fails.
+    check = judged_format(records, labels)
+    require_format(check, cfg.sft.max_unparseable,
+                   json.loads(Path(sft_metrics).read_text(encoding="utf-8")).get("train", {}))
     sets = {"aligned": selection.aligned_pairs(records, cfg.sampling.seed, cfg.pairs.max_pairs_per_sample),
             "mpcot": read_jsonl(Path(mpcot_pairs) / "pairs.jsonl")}
-    metrics = {"perspective": perspective, "valid_format": check[perspective], "n_search_pairs": len(search),
+    metrics = {"perspective": perspective, "format": check[perspective], "n_search_pairs": len(search),
                "k": cfg.pairs.k, "accuracy": selection.accuracy_by_perspective(records)[perspective],
                f"pass@{cfg.pairs.k}": selection.pass_at_k(records, perspective, cfg.pairs.k)}
     if perspective in cfg.single.size_matched:

@@ -357,3 +357,17 @@ def test_the_challenger_is_the_best_candidate_on_validation_that_is_not_the_cham
     assert pick_challenger(reg, "1", "plain", ["mkd", "lrkd_gat"], "valid_macro_f1") == "lrkd_gat"
     with pytest.raises(RegistryError, match="registry.candidates"):
         pick_challenger(reg, "2", "plain", ["lrkd_gat"], "valid_macro_f1")
+
+
+def test_register_exports_side_by_side_as_one_by_one(student, tmp_path):
+    """register's export in 2 spawned worker processes writes the files one process writes, byte for byte."""
+    from pipeline.register import export_all
+
+    folder, *_ = student
+    samples = [("red shoes", "Nike running shoe, red, size 10, wide fit"), ("usb cable", "Anker USB-C"),
+               ("desk lamp", "IKEA desk lamp, white, LED bulb included")]
+    runs = {w: export_all({n: (folder, tmp_path / f"w{w}" / f"{n}.onnx") for n in ("a", "b")}, MAX_LENGTH,
+                          samples, workers=w) for w in (1, 2)}
+    for n in ("a", "b"):
+        assert runs[2][n]["max_abs_diff_logits"] <= 1e-4
+        assert (tmp_path / "w1" / f"{n}.onnx").read_bytes() == (tmp_path / "w2" / f"{n}.onnx").read_bytes()

@@ -69,6 +69,39 @@ def test_short_run_returns_finite_losses_and_history(data, name):
     assert r.shape == (len(valid), student.r_dim) and h_cls.shape == (len(valid), 32)
 
 
+def test_crsd_augmented_view_only_for_pairs_with_a_rationale(data):
+    """A pair without a rationale has no augmented view: CRSD's term is that of the batch's annotated pairs alone
+    (whatever the others' augmented ids hold), and zero for a batch with none."""
+    import torch
+
+    from relkd.student.trainer import build_training, make_collate
+
+    train, _, _, rationales = data
+    rationales = [r if i % 2 == 0 else None for i, r in enumerate(rationales)]
+    torch.manual_seed(0)
+    module, tok, rows = build_training(train, LABELS, None, rationales, named_variants()["crsd"], CFG, seed=3)
+    module.eval()
+    assert [r["has_aug"] for r in rows] == [i % 2 == 0 for i in range(len(rows))]
+    collate = make_collate(tok.pad_token_id)
+    batch = collate(rows[:8])
+    with torch.no_grad():
+        out = module.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                             batch.get("lexical"))
+        whole = module.crsd(out, batch)
+        garbled = dict(batch, aug_input_ids=torch.where(batch["has_aug"][:, None], batch["aug_input_ids"],
+                                                        torch.full_like(batch["aug_input_ids"], 7)))
+        assert torch.equal(module.crsd(out, garbled), whole)
+        annotated = collate(rows[0:8:2])
+        out_a = module.student(annotated["input_ids"], annotated["attention_mask"],
+                               annotated.get("token_type_ids"), annotated.get("lexical"))
+        assert torch.allclose(module.crsd(out_a, annotated), whole, atol=1e-6)
+        none = collate(rows[1:8:2])
+        out_n = module.student(none["input_ids"], none["attention_mask"], none.get("token_type_ids"),
+                               none.get("lexical"))
+        assert module.crsd(out_n, none).item() == 0.0
+        assert whole.item() > 0
+
+
 def test_same_seed_same_student_and_saved_folder_reloads(data, tmp_path):
     train, valid, emb, _ = data
     variant = named_variants()["lrkd_gat"]

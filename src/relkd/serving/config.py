@@ -17,6 +17,8 @@ class RegistryConfig(Section):
                           "(the control student of the A/B)")
     candidates: list[str] | None = Field(None, description="variants eligible as challenger; None = all but baseline")
     select_by: str = Field("valid_macro_f1", description="metric tag that picks the challenger among candidates")
+    export_workers: int = Field(2, ge=1, description="processes exporting the students to ONNX side by side in "
+                                "register (the exporter's tracing runs mostly on one core)")
 
 
 class ExportConfig(Section):

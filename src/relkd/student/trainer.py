@@ -73,6 +73,24 @@ class TrainingModule(nn.Module):
             r, e_cot = F.normalize(r, dim=-1), F.normalize(e_cot, dim=-1)
         return guidance_loss(r, e_cot, batch.get("has_cot"))
 
+    def crsd(self, out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """CRSD's term over the batch's pairs that have a rationale (a pair without one has no augmented view): the
+        augmented view is the teacher, detached in InfoNCE, and trained to classify with the rationale in view so that
+        it has something worth teaching. Zero when no pair of the batch has a rationale."""
+        keep = batch["has_aug"]
+        if not bool(keep.any()):
+            return out.logits.new_zeros(())
+        mask = batch["aug_attention_mask"][keep]
+        width = int(mask.sum(1).max())  # right-padded: the kept rows' longest
+
+        def pick(key):
+            return batch[key][keep][:, :width] if key in batch else None
+
+        lexical = batch["lexical"][keep] if "lexical" in batch else None
+        aug = self.student(pick("aug_input_ids"), mask[:, :width], pick("aug_token_type_ids"), lexical)
+        return (info_nce(self._fused(out)[keep], self._fused(aug).detach(), self.variant.crsd_temperature)
+                + F.cross_entropy(aug.logits, batch["labels"][keep]))
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.student(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                            batch.get("lexical"))
@@ -91,13 +109,7 @@ class TrainingModule(nn.Module):
             aux = self.crf(out.hidden, batch["bio"])
             aux_w = self.variant.aux_weight
         elif self.variant.aux == "crsd":
-            aug = self.student(batch["aug_input_ids"], batch["aug_attention_mask"], batch.get("aug_token_type_ids"),
-                               batch.get("lexical"))
-            # The augmented view is the teacher: detached in InfoNCE, and trained to classify with the
-            # rationale in view so that it has something worth teaching.
-            aux = (info_nce(self._fused(out), self._fused(aug).detach(), self.variant.crsd_temperature)
-                   + F.cross_entropy(aug.logits, y))
-            aux_w = self.variant.crsd_weight
+            aux, aux_w = self.crsd(out, batch), self.variant.crsd_weight
         loss = ce + self.lam * guide + aux_w * aux
         return {"loss": loss, "ce": ce.detach(), "guidance": guide.detach(), "aux": aux.detach()}
 
@@ -148,6 +160,7 @@ def encode_rows(df, labels, tokenizer, max_length: int, variant: VariantConfig |
         aug_titles = [augment_title(t, r, tokenizer.sep_token) for t, r in zip(titles, texts)]
         aug = tokenize_pairs(tokenizer, queries, aug_titles, max_length + rationale_max_length)
         for i, row in enumerate(rows):
+            row["has_aug"] = bool(texts[i].strip())
             for k in ("input_ids", "attention_mask", "token_type_ids"):
                 if k in aug:
                     row[f"aug_{k}"] = aug[k][i]
@@ -170,6 +183,8 @@ def make_collate(pad_id: int) -> Callable[[list[dict]], dict[str, torch.Tensor]]
                 batch[key] = torch.tensor(vals, dtype=torch.long)
             elif key == "has_cot":
                 batch[key] = torch.tensor(vals, dtype=torch.float32)
+            elif key == "has_aug":
+                batch[key] = torch.tensor(vals, dtype=torch.bool)
             elif key in ("e_cot", "lexical"):
                 batch[key] = torch.from_numpy(np.stack(vals).astype(np.float32))
             elif key == "bio":

@@ -100,11 +100,12 @@ class SFTSection(TrainerSection):
         "trained under the unified prompt alone may not carry the format over to the perspective prompts)")
     check_pairs: int = Field(
         32, ge=1, description="validation pairs the trained teacher answers after SFT (greedy) under the unified "
-        "prompt, and under each perspective prompt when perspective_share > 0, to prove it learned the format "
-        "(checked at the start of teacher_pairs)")
+        "prompt to prove it learned the format (checked at the start of teacher_pairs; under the perspective "
+        "prompts, when perspective_share > 0, its answers there are checked)")
     max_unparseable: float = Field(
-        0.1, ge=0, le=1, description="teacher_pairs fails when more than this share of those answers has no "
-        "parseable label (the format was not learned: more epochs, a higher lr or more examples)")
+        0.1, ge=0, le=1, description="teacher_pairs (and teacher_single_pairs) fails when more than this share "
+        "of the answers under a prompt has no parseable label (the format was not learned: more epochs, a higher lr "
+        "or more examples)")
 
 
 class PairsConfig(Section):
