@@ -190,7 +190,7 @@ def main() -> None:
                     "65/15/20 by query)")
     ap.add_argument("--sizes", nargs="+", default=["32", "130", "all"], help="training queries per point, or 'all'")
     ap.add_argument("--seeds", type=int, nargs="+", default=[13, 14, 15])
-    ap.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    ap.add_argument("--rows", nargs="+", default=None, help="only these rows and plain, their reference (default: all)")
     ap.add_argument("--extractors", nargs="+", default=list(EXTRACTORS), choices=EXTRACTORS,
                     help="the LRKD extractors trained (default: all three)")
     ap.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=JSON",
@@ -226,8 +226,9 @@ def main() -> None:
         return targets[source]
 
     rows = rows_to_train(tries, a.extractors)
-    if a.rows:
-        rows = {k: v for k, v in rows.items() if k in a.rows or any(k.endswith(f" / {t}") for t in tries)}
+    if a.rows:  # plain stays: every Δ is against it (its cells are trained if missing)
+        rows = {k: v for k, v in rows.items()
+                if k in a.rows or k == "plain" or any(k.endswith(f" / {t}") for t in tries)}
     order = train["query_id"].drop_duplicates().sample(frac=1.0, random_state=0).tolist()
     parts = {size: train["query_id"].isin(set(order[:len(order) if size == "all" else int(size)])).to_numpy()
              for size in a.sizes}
