@@ -282,6 +282,9 @@ def main() -> None:
                           "λ·guidance / CE (last epoch)": "" if rows[r["model"]][1] is None else
                           f"{np.mean([c['guidance_to_ce'][-1] for c in runs]):.2f}",
                           "min / run": f"{np.mean([c['minutes'] for c in runs]):.1f}"})
+    # Every round of rationales finished in this workdir (a --report-only run loads none of them above).
+    folders.update({s: work / "sources" / s for s in ("teacher", "oracle")
+                    if (work / "sources" / s / "embed.json").exists()})
     probes = {s: json.loads((f / "embed.json").read_text()) for s, f in folders.items()}
     extra = {"queries": a.queries, "sizes": a.sizes, "seeds": a.seeds, "tries": tries, "set": a.set,
              "left_out": left_out,
@@ -289,6 +292,7 @@ def main() -> None:
              "e_cot_probe": {s: p["e_cot_probe"] for s, p in probes.items()},
              "annotate": {s: json.loads((f / "annotate.json").read_text()) for s, f in folders.items()},
              "profile": a.profile, "student": params.student.model_dump(exclude={"variants", "seeds"}),
+             "teacher_sft": params.teacher.sft.model_dump(),
              "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True,
                                       text=True).stdout.strip()}
     columns = ["train queries", "train pairs", "model", "seeds", "ACC", "F1", "ΔACC vs plain [95% CI]",
